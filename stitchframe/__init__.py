@@ -1,0 +1,95 @@
+"""stitchframe: heterogeneous model stitching (Stitchable Neural Networks) as a framework.
+
+The curated public API is re-exported here; everything else may change
+without notice.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .anchors import Anchor, Preprocess, anchor_name, count_flops
+from .calibration import calibrate
+from .engine import assemble, build_snnet, choose_layer, load_anchor, validate_spec
+from .errors import (
+    CheckpointError,
+    PluginError,
+    ShapeMismatchError,
+    SpecError,
+    StitchframeError,
+    TrainingError,
+    UnknownNameError,
+)
+from .graph import LAYOUTS, ActivationSpec, BlockGraph, BlockInfo
+from .hookspecs import hookimpl, hookspec
+from .io import load_module_state, save_module
+from .plugins import DEFAULT_PLUGINS, PluginManager, Registries, get_plugin_manager, load_registries
+from .registry import Entry, NoOptions, Registry
+from .routes import Link, Route, RouteTable, Segment
+from .snnet import SNNet, RouteModule
+from .spec import Spec, dump_spec, load_spec, parse_spec
+from .stitch_layers import (
+    Conv1x1Stitch,
+    LeastSquaresStitch,
+    LinearStitch,
+    LowRankStitch,
+    ProjectionStitch,
+    StitchLayer,
+    solve_least_squares,
+)
+from .stitch_spaces import StitchSpace
+
+__all__ = [
+    "__version__",
+    "ActivationSpec",
+    "Anchor",
+    "BlockGraph",
+    "BlockInfo",
+    "CheckpointError",
+    "Conv1x1Stitch",
+    "DEFAULT_PLUGINS",
+    "Entry",
+    "LAYOUTS",
+    "LeastSquaresStitch",
+    "LinearStitch",
+    "Link",
+    "LowRankStitch",
+    "NoOptions",
+    "PluginError",
+    "PluginManager",
+    "Preprocess",
+    "ProjectionStitch",
+    "Registries",
+    "Registry",
+    "Route",
+    "RouteModule",
+    "RouteTable",
+    "SNNet",
+    "Segment",
+    "ShapeMismatchError",
+    "Spec",
+    "SpecError",
+    "StitchLayer",
+    "StitchSpace",
+    "StitchframeError",
+    "TrainingError",
+    "UnknownNameError",
+    "anchor_name",
+    "assemble",
+    "build_snnet",
+    "calibrate",
+    "choose_layer",
+    "count_flops",
+    "dump_spec",
+    "get_plugin_manager",
+    "hookimpl",
+    "hookspec",
+    "load_anchor",
+    "load_module_state",
+    "load_registries",
+    "load_spec",
+    "parse_spec",
+    "save_module",
+    "solve_least_squares",
+    "validate_spec",
+]

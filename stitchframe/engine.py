@@ -1,0 +1,274 @@
+"""Assembling an SN-Net from anchors, a stitch space and a stitching-layer type."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .anchors import Anchor, anchor_name
+from .errors import PluginError, ShapeMismatchError, SpecError, StitchframeError, UnknownNameError
+from .graph import ActivationSpec
+from .plugins import Registries, load_registries, unknown_source_error
+from .registry import Entry
+from .routes import Link, Route
+from .snnet import SNNet, stitch_key
+from .spec import AnchorSpec, Spec, structure_options
+from .stitch_layers import StitchLayer
+
+__all__ = ["load_anchor", "choose_layer", "build_snnet", "assemble", "validate_spec", "AUTO_LAYER"]
+
+#: The layer name that picks ``conv1x1`` between feature maps and ``linear`` otherwise.
+AUTO_LAYER = "auto"
+
+
+def _registries(registries: Registries | None) -> Registries:
+    return registries if registries is not None else load_registries()
+
+
+def _adapter_for(source: str, regs: Registries) -> tuple[Entry | None, str]:
+    if ":" in source:
+        prefix, ident = source.split(":", 1)
+        if prefix in regs.anchor_adapters:
+            return regs.anchor_adapters.get(prefix), ident
+    return None, source
+
+
+def load_anchor(
+    spec: AnchorSpec | str,
+    registries: Registries | None = None,
+    *,
+    where: str = "anchors[0]",
+) -> Anchor:
+    """Load one anchor through the adapter that owns its source prefix.
+
+    Sources no registered prefix claims go to the ``stitchframe_resolve_anchor``
+    hook before failing.
+
+    Args:
+        spec: An :class:`AnchorSpec` or a source string.
+        registries: The registries (default: all installed plugins).
+        where: Spec path for error messages.
+
+    Raises:
+        UnknownNameError: No adapter or resolver claims the source.
+        SpecError: The options do not fit the adapter's ``Options``.
+        PluginError: The adapter raised, or returned something that is not an Anchor.
+    """
+    regs = _registries(registries)
+    if isinstance(spec, str):
+        spec = AnchorSpec(source=spec)
+    entry, ident = _adapter_for(spec.source, regs)
+    if entry is not None:
+        options = structure_options(entry.options, spec.options, f"{where}.options")
+        try:
+            anchor = entry.obj(ident, options)
+        except StitchframeError:
+            raise
+        except Exception as exc:
+            raise PluginError(
+                f"Plugin {entry.plugin!r} failed to load anchor {spec.source!r} at {where}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        origin = f"plugin {entry.plugin!r} (adapter {entry.name!r})"
+    else:
+        anchor = regs.resolve_anchor(spec.source, dict(spec.options))
+        if anchor is None:
+            raise unknown_source_error(spec.source, regs, where)
+        origin = "hook 'stitchframe_resolve_anchor'"
+    if not isinstance(anchor, Anchor):
+        raise PluginError(
+            f"{origin} returned {type(anchor).__name__} for {spec.source!r} at {where}; it must return a stitchframe.Anchor"
+        )
+    if spec.name is not None:
+        anchor.name = spec.name
+    elif not anchor.name:
+        anchor.name = anchor_name(ident)
+    anchor.source = anchor.source or spec.source
+    return anchor
+
+
+def choose_layer(src: ActivationSpec, dst: ActivationSpec) -> str:
+    """The ``auto`` layer type: ``conv1x1`` between maps, ``linear`` otherwise."""
+    return "conv1x1" if src.layout == "map" and dst.layout == "map" else "linear"
+
+
+def _layer_entry(layer: str, regs: Registries, src: ActivationSpec, dst: ActivationSpec, where: str) -> Entry:
+    name = choose_layer(src, dst) if layer == AUTO_LAYER else layer
+    try:
+        return regs.stitch_layers.get(name, where=where)
+    except UnknownNameError as exc:
+        raise UnknownNameError(f"{exc}{' Or use auto.' if layer != AUTO_LAYER else ''}{regs.broken_note()}") from None
+
+
+def build_snnet(
+    anchors: Sequence[Anchor],
+    *,
+    space: str = "snnet",
+    space_options: Mapping[str, Any] | Any = None,
+    layer: str = AUTO_LAYER,
+    layer_options: Mapping[str, Any] | Any = None,
+    final_norm: str = "keep",
+    registries: Registries | None = None,
+    where: str = "stitch",
+) -> SNNet:
+    """Build an SN-Net from loaded anchors.
+
+    Args:
+        anchors: The anchors (unique names).
+        space: Registered stitch space.
+        space_options: Its options (mapping or ``Options`` instance).
+        layer: Registered stitching layer, or ``"auto"``.
+        layer_options: Its options (mapping or ``Options`` instance).
+        final_norm: ``"keep"`` or ``"skip_stitched"``.
+        registries: The registries (default: all installed plugins).
+        where: Spec path prefix for error messages.
+
+    Raises:
+        UnknownNameError: Unknown space or layer.
+        ShapeMismatchError: The space produced a stitch the layer cannot bridge.
+        PluginError: The space raised or produced something that is not a Route.
+    """
+    regs = _registries(registries)
+    by_name = {a.name: a for a in anchors}
+    if len(by_name) != len(anchors):
+        names = [a.name for a in anchors]
+        raise SpecError(f"anchors: names {names} are not unique; set 'name:' on the anchors")
+    space_entry = regs.stitch_spaces.get(space, where=f"{where}.space")
+    if isinstance(space_options, Mapping) or space_options is None:
+        space_options = structure_options(space_entry.options, dict(space_options or {}), f"{where}.space_options")
+    layer_opts_cache: dict[str, Any] = {}
+
+    def layer_options_for(entry: Entry) -> Any:
+        if entry.name not in layer_opts_cache:
+            if isinstance(layer_options, Mapping) or layer_options is None:
+                layer_opts_cache[entry.name] = structure_options(
+                    entry.options, dict(layer_options or {}), f"{where}.layer_options"
+                )
+            else:
+                layer_opts_cache[entry.name] = layer_options
+        return layer_opts_cache[entry.name]
+
+    def specs(src: str, p: int, dst: str, q: int) -> tuple[ActivationSpec, ActivationSpec]:
+        return by_name[src].graph.spec_at(p), by_name[dst].graph.spec_at(q)
+
+    def can_stitch(src: str, p: int, dst: str, q: int) -> bool:
+        s, d = specs(src, p, dst, q)
+        entry = _layer_entry(layer, regs, s, d, f"{where}.layer")
+        return entry.obj.supports(s, d) is None
+
+    try:
+        generated = list(space_entry.obj(space_options).routes(list(anchors), can_stitch))
+    except StitchframeError:
+        raise
+    except Exception as exc:
+        raise PluginError(
+            f"Plugin {space_entry.plugin!r} raised in stitch space {space!r} (StitchSpace.routes): "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    stitches: dict[str, StitchLayer] = {}
+    key_specs: dict[str, tuple[ActivationSpec, ActivationSpec, str]] = {}
+    routes: list[Route] = []
+    seen: set[Route] = set()
+    for route in generated:
+        if not isinstance(route, Route):
+            raise PluginError(
+                f"Stitch space {space!r} from plugin {space_entry.plugin!r} yielded {type(route).__name__}; "
+                "StitchSpace.routes must yield stitchframe.Route objects"
+            )
+        links = []
+        for src, p, dst, q, link in route.stitch_points():
+            for name in (src, dst):
+                if name not in by_name:
+                    raise PluginError(f"Stitch space {space!r} produced route {route} with unknown anchor {name!r}")
+            s, d = specs(src, p, dst, q)
+            entry = _layer_entry(link.layer or layer, regs, s, d, f"{where}.layer")
+            reason = entry.obj.supports(s, d)
+            if reason is not None:
+                raise ShapeMismatchError(
+                    f"Stitch {by_name[src].graph.name_at(p)} {s.describe()} -> {by_name[dst].graph.name_at(q)} "
+                    f"{d.describe()} cannot use stitching layer {entry.name!r} (at {where}.layer): {reason}"
+                )
+            key = link.key or stitch_key(src, p, dst, q)
+            if key in key_specs:
+                ks, kd, kname = key_specs[key]
+                if (ks, kd, kname) != (s, d, entry.name):
+                    raise ShapeMismatchError(
+                        f"Stitch space {space!r} shares layer {key!r} between {ks.describe()} -> {kd.describe()} "
+                        f"and {s.describe()} -> {d.describe()}; shared stitches need equal specs"
+                    )
+            else:
+                key_specs[key] = (s, d, entry.name)
+                try:
+                    stitches[key] = entry.obj(s, d, layer_options_for(entry))
+                except StitchframeError:
+                    raise
+                except Exception as exc:
+                    raise PluginError(
+                        f"Plugin {entry.plugin!r} failed to build stitching layer {entry.name!r} for "
+                        f"{s.describe()} -> {d.describe()}: {type(exc).__name__}: {exc}"
+                    ) from exc
+            links.append(Link(layer=entry.name, key=link.key))
+        resolved = Route(route.segments, links, meta=dict(route.meta))
+        if resolved not in seen:
+            seen.add(resolved)
+            routes.append(resolved)
+    if not routes:
+        raise SpecError(
+            f"{where}: stitch space {space!r} produced no routes for anchors {list(by_name)} with layer {layer!r}"
+        )
+    return SNNet(anchors, routes, stitches, final_norm=final_norm)
+
+
+def assemble(spec: Spec, registries: Registries | None = None) -> SNNet:
+    """Load the spec's anchors and build its SN-Net (no calibration or training).
+
+    Args:
+        spec: The parsed spec.
+        registries: The registries (default: all installed plugins).
+    """
+    regs = _registries(registries)
+    anchors = [load_anchor(a, regs, where=f"anchors[{i}]") for i, a in enumerate(spec.anchors)]
+    st = spec.stitch
+    return build_snnet(
+        anchors,
+        space=st.space,
+        space_options=st.space_options,
+        layer=st.layer,
+        layer_options=st.layer_options,
+        final_norm=st.final_norm,
+        registries=regs,
+    )
+
+
+def validate_spec(spec: Spec, registries: Registries | None = None) -> list[str]:
+    """Check names and plugin options of a spec without loading any model.
+
+    Returns:
+        Notes (warnings) about the spec; errors raise.
+
+    Raises:
+        SpecError, UnknownNameError: The first problem, with its spec path.
+    """
+    regs = _registries(registries)
+    notes: list[str] = []
+    for i, a in enumerate(spec.anchors):
+        entry, _ = _adapter_for(a.source, regs)
+        if entry is None:
+            if regs.pm is None or not regs.pm.hook.stitchframe_resolve_anchor.get_hookimpls():
+                raise unknown_source_error(a.source, regs, f"anchors[{i}].source")
+            notes.append(f"anchors[{i}]: {a.source!r} is left to the stitchframe_resolve_anchor hook")
+        else:
+            structure_options(entry.options, a.options, f"anchors[{i}].options")
+    space = regs.stitch_spaces.get(spec.stitch.space, where="stitch.space")
+    structure_options(space.options, spec.stitch.space_options, "stitch.space_options")
+    if spec.stitch.layer != AUTO_LAYER:
+        entry = regs.stitch_layers.get(spec.stitch.layer, where="stitch.layer")
+        structure_options(entry.options, spec.stitch.layer_options, "stitch.layer_options")
+    else:
+        for name in ("linear", "conv1x1"):
+            if name in regs.stitch_layers:
+                structure_options(regs.stitch_layers.get(name).options, spec.stitch.layer_options, "stitch.layer_options")
+    if spec.data is not None:
+        entry = regs.datasets.get(spec.data.name, where="data.name")
+        structure_options(entry.options, spec.data.options, "data.options")
+    return notes

@@ -1,0 +1,70 @@
+"""Exception hierarchy.
+
+Every error stitchframe raises for a user mistake derives from
+:class:`StitchframeError`, so callers (and the CLI) can tell "you asked for
+something wrong" apart from a bug.  Messages follow one pattern: what was
+received, where (spec path, plugin and hook, block names) and how to fix it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "StitchframeError",
+    "SpecError",
+    "UnknownNameError",
+    "PluginError",
+    "ShapeMismatchError",
+    "CheckpointError",
+    "TrainingError",
+    "did_you_mean",
+]
+
+
+class StitchframeError(Exception):
+    """Base class of every error stitchframe reports to users."""
+
+
+class SpecError(StitchframeError, ValueError):
+    """A spec (YAML file or attrs object) is malformed or inconsistent."""
+
+
+class UnknownNameError(StitchframeError, LookupError):
+    """A name (stitch layer, stitch space, anchor prefix, ...) is not registered.
+
+    Derives from :class:`LookupError` rather than :class:`KeyError` because
+    ``str(KeyError(msg))`` wraps the message in quotes.
+    """
+
+
+class PluginError(StitchframeError):
+    """A plugin failed to import, raised in a hook, or broke the contract."""
+
+
+class ShapeMismatchError(StitchframeError, ValueError):
+    """Two activations cannot be joined (stitch between incompatible specs)."""
+
+
+class CheckpointError(StitchframeError):
+    """A weights file or checkpoint is missing, truncated, corrupt or mismatched."""
+
+
+class TrainingError(StitchframeError):
+    """Training cannot go on (for example a non-finite loss)."""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """Return ``"did you mean 'x'? "`` for the closest choice, or ``""``.
+
+    Args:
+        name: What the user wrote.
+        choices: The valid names.
+
+    Returns:
+        A sentence fragment ending in a space, ready to prefix a list of
+        valid values, or the empty string when nothing is close.
+    """
+    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}? " if close else ""

@@ -1,0 +1,173 @@
+"""Hook specifications: the whole plugin contract of stitchframe.
+
+Plugins implement these with ``@stitchframe.hookimpl`` (re-exported as
+``stitchframe.hookimpl``) and are found through the ``stitchframe``
+entry-point group.  Hooks are called with keyword arguments; an
+implementation may declare only the arguments it uses.
+
+Registration hooks (``stitchframe_register_*``) receive a ``register``
+callback; their return value is ignored.  The callback's signature is::
+
+    register(name, obj, *, options=None, aliases=(), replace=False)
+
+``name`` is lowercase snake_case and unique across all plugins; ``options``
+is an attrs class validating the object's options (defaults to
+``obj.Options``); registering a taken name raises
+:class:`~stitchframe.errors.PluginError` naming both plugins unless
+``replace=True``.
+
+Resolution hooks (``stitchframe_resolve_*``) are ``firstresult``: return an
+object to claim the request or ``None`` to pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("stitchframe")
+hookimpl = pluggy.HookimplMarker("stitchframe")
+
+__all__ = ["hookspec", "hookimpl"]
+
+
+@hookspec
+def stitchframe_register_anchor_adapters(register: Any) -> None:
+    """Register anchor adapters: loaders that turn ``prefix:identifier`` into an Anchor.
+
+    Called once when the engine builds its registries
+    (:func:`stitchframe.plugins.load_registries`), before any spec is read.
+
+    Args:
+        register: Callback ``register(prefix, load, *, options=None, aliases=(),
+            replace=False)``.  ``prefix`` is the source prefix the adapter owns
+            (``"timm"`` for ``timm:deit_tiny_patch16_224``); ``load`` is a callable
+            ``load(identifier: str, options) -> stitchframe.Anchor`` where
+            ``options`` is an instance of the attrs ``options`` class, built from
+            the anchor's ``options:`` mapping in the spec.
+
+    Returns:
+        Nothing; the return value is ignored.
+
+    Example:
+        ```python
+        @stitchframe.hookimpl
+        def stitchframe_register_anchor_adapters(register):
+            register("toy", load_toy_anchor, options=ToyOptions)
+        ```
+
+    Added in 0.1.
+    """
+
+
+@hookspec
+def stitchframe_register_stitch_layers(register: Any) -> None:
+    """Register stitching-layer types.
+
+    Called once when the engine builds its registries.
+
+    Args:
+        register: Callback ``register(name, cls, *, options=None, aliases=(),
+            replace=False)``.  ``cls`` is a :class:`stitchframe.StitchLayer`
+            subclass constructed as ``cls(src, dst, options)`` from two
+            :class:`stitchframe.ActivationSpec` objects; its classmethod
+            ``supports(src, dst)`` returns ``None`` when it can bridge the pair
+            or a one-line reason when it cannot.  ``options`` defaults to
+            ``cls.Options``.
+
+    Returns:
+        Nothing; the return value is ignored.
+
+    Example:
+        ```python
+        @stitchframe.hookimpl
+        def stitchframe_register_stitch_layers(register):
+            register("mlp", MLPStitch)
+        ```
+
+    Added in 0.1.
+    """
+
+
+@hookspec
+def stitchframe_register_stitch_spaces(register: Any) -> None:
+    """Register stitch-space generators (which routes an SN-Net offers).
+
+    Called once when the engine builds its registries.
+
+    Args:
+        register: Callback ``register(name, cls, *, options=None, aliases=(),
+            replace=False)``.  ``cls`` is a :class:`stitchframe.StitchSpace`
+            subclass constructed as ``cls(options)``; its method
+            ``routes(anchors, can_stitch)`` yields :class:`stitchframe.Route`
+            objects (see :mod:`stitchframe.stitch_spaces`).
+
+    Returns:
+        Nothing; the return value is ignored.
+
+    Example:
+        ```python
+        @stitchframe.hookimpl
+        def stitchframe_register_stitch_spaces(register):
+            register("every_pair", EveryPairSpace)
+        ```
+
+    Added in 0.1.
+    """
+
+
+@hookspec
+def stitchframe_register_datasets(register: Any) -> None:
+    """Register datasets that specs can name under ``data.name``.
+
+    Called once when the engine builds its registries.
+
+    Args:
+        register: Callback ``register(name, load, *, options=None, aliases=(),
+            replace=False)``.  ``load`` is a callable
+            ``load(options, preprocess) -> stitchframe.DatasetSplits`` where
+            ``preprocess`` is the :class:`stitchframe.Preprocess` the anchors
+            agree on (input size, mean, std).
+
+    Returns:
+        Nothing; the return value is ignored.
+
+    Example:
+        ```python
+        @stitchframe.hookimpl
+        def stitchframe_register_datasets(register):
+            register("my_images", load_my_images, options=MyImagesOptions)
+        ```
+
+    Added in 0.1.
+    """
+
+
+@hookspec(firstresult=True)
+def stitchframe_resolve_anchor(source: str, options: dict[str, Any]) -> Any:
+    """Load an anchor from a source that no registered adapter prefix claims.
+
+    Called by :func:`stitchframe.load_anchor` when ``source`` has no
+    ``prefix:`` or its prefix is not registered, before reporting an unknown
+    source.  Implementations are tried in turn until one returns non-``None``.
+
+    Args:
+        source: The source string exactly as written in the spec.
+        options: The anchor's ``options:`` mapping from the spec (plain data,
+            not validated by stitchframe).
+
+    Returns:
+        A :class:`stitchframe.Anchor` to claim the source, or ``None`` to pass.
+
+    Example:
+        ```python
+        @stitchframe.hookimpl
+        def stitchframe_resolve_anchor(source, options):
+            if source.endswith(".onnx"):
+                return load_onnx_anchor(source, **options)
+            return None
+        ```
+
+    Added in 0.1.
+    """

@@ -1,0 +1,180 @@
+"""Safetensors I/O: SN-Nets, exported routes, atomic writes.
+
+Only safetensors and JSON are ever read back: nothing here unpickles.
+Writes go to a temporary file in the same directory and are renamed into
+place, so a crash never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import CheckpointError
+
+__all__ = ["atomic_write", "save_module", "load_module_state", "read_metadata", "write_json", "read_json"]
+
+FORMAT_KEY = "stitchframe_format"
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` then atomically rename ``tmp_path`` to ``path``.
+
+    The temporary file lives in the destination directory (same file system)
+    and is removed if ``write`` fails.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> Path:
+    """Write JSON atomically."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, default=str)
+            fh.write("\n")
+
+    return atomic_write(path, write)
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Read JSON, raising :class:`CheckpointError` naming the file when it is missing or corrupt."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise CheckpointError(f"{str(path)!r} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{str(path)!r} is not valid JSON ({exc}); the file is corrupt or truncated") from None
+
+
+def _unique_state(module: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """State dict with tensors sharing storage stored once; returns (tensors, aliases)."""
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    for name, t in module.state_dict().items():
+        key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        if t.numel() and key in seen:
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        tensors[name] = t.detach().contiguous().cpu()
+    return tensors, aliases
+
+
+def save_module(
+    module: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    kind: str,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Save a module's state dict to safetensors, atomically.
+
+    Args:
+        module: The module.
+        path: Destination ``.safetensors`` file.
+        kind: Format tag stored in the header (``"snnet"``, ``"route"``, ``"checkpoint"``).
+        metadata: JSON-serialisable values stored in the header.
+    """
+    tensors, aliases = _unique_state(module)
+    from . import __version__
+
+    meta = {FORMAT_KEY: kind, "stitchframe_version": __version__, "aliases": json.dumps(aliases)}
+    for k, v in (metadata or {}).items():
+        meta[k] = v if isinstance(v, str) else json.dumps(v, default=str)
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The safetensors header metadata of a file."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return dict(fh.metadata() or {})
+    except FileNotFoundError:
+        raise CheckpointError(f"Weights file {str(path)!r} does not exist") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"Weights file {str(path)!r} is not a readable safetensors file ({exc}); it is corrupt or truncated"
+        ) from None
+
+
+def load_module_state(
+    module: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    kind: str | None = None,
+    strict: bool = True,
+) -> dict[str, str]:
+    """Load a safetensors file written by :func:`save_module` into ``module``.
+
+    Returns:
+        The header metadata.
+
+    Raises:
+        CheckpointError: The file is missing, corrupt, of another kind, or its
+            tensors do not match the module (names the file and the tensor).
+    """
+    meta = read_metadata(path)
+    if kind is not None and meta.get(FORMAT_KEY) not in (None, kind):
+        raise CheckpointError(f"{str(path)!r} holds a {meta.get(FORMAT_KEY)!r}, expected a {kind!r}")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"Weights file {str(path)!r} cannot be read ({exc}); it is corrupt or truncated") from None
+    try:
+        aliases = json.loads(meta.get("aliases", "{}"))
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{str(path)!r}: corrupt 'aliases' metadata") from None
+    for alias, target in aliases.items():
+        if target in tensors:
+            tensors[alias] = tensors[target]
+    own = module.state_dict()
+    for name, t in tensors.items():
+        if name not in own:
+            if strict:
+                raise CheckpointError(
+                    f"{str(path)!r} has tensor {name!r}, which the model lacks; the file was saved from a "
+                    "different spec (compare spec hashes) or model"
+                )
+            continue
+        if tuple(own[name].shape) != tuple(t.shape):
+            raise CheckpointError(
+                f"{str(path)!r}: tensor {name!r} has shape {tuple(t.shape)}, the model expects {tuple(own[name].shape)}"
+            )
+        if not torch.isfinite(t).all() if t.is_floating_point() else False:
+            raise CheckpointError(f"{str(path)!r}: tensor {name!r} holds NaN or infinite values")
+    if strict:
+        missing = sorted(set(own) - set(tensors))
+        if missing:
+            raise CheckpointError(
+                f"{str(path)!r} lacks {len(missing)} tensor(s) the model needs, e.g. {missing[0]!r}; "
+                "it was saved from a different spec or is incomplete"
+            )
+    module.load_state_dict(tensors, strict=False)
+    return meta

@@ -1,0 +1,305 @@
+"""Plugin manager, entry-point loading and the registries plugins fill.
+
+There is no global plugin manager: :func:`get_plugin_manager` returns a new
+one each time and :func:`load_registries` turns it into a
+:class:`Registries` object that the engine is handed explicitly.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+import pluggy
+
+from . import hookspecs
+from .errors import PluginError, UnknownNameError, did_you_mean
+from .registry import Registry
+
+__all__ = [
+    "DEFAULT_PLUGINS",
+    "ENTRY_POINT_GROUP",
+    "PluginManager",
+    "PluginProblem",
+    "Registries",
+    "get_plugin_manager",
+    "load_registries",
+]
+
+ENTRY_POINT_GROUP = "stitchframe"
+
+#: Built-in plugin modules.  They need only torch and register through the
+#: same hooks as third-party plugins.
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "stitchframe.stitch_layers",
+    "stitchframe.stitch_spaces",
+)
+
+_REGISTER_HOOKS = {
+    "stitchframe_register_anchor_adapters": ("anchor_adapters", "anchor adapter"),
+    "stitchframe_register_stitch_layers": ("stitch_layers", "stitch layer"),
+    "stitchframe_register_stitch_spaces": ("stitch_spaces", "stitch space"),
+    "stitchframe_register_datasets": ("datasets", "dataset"),
+}
+
+
+@attrs.frozen(kw_only=True)
+class PluginProblem:
+    """A plugin that could not be loaded or whose hook failed.
+
+    Attributes:
+        plugin: The plugin name (entry-point name or module name).
+        hook: The hook that failed, or ``None`` for import/registration failures.
+        message: One line saying what went wrong and how to fix it.
+    """
+
+    plugin: str
+    hook: str | None
+    message: str
+
+
+class PluginManager(pluggy.PluginManager):
+    """A :class:`pluggy.PluginManager` that remembers broken plugins and versions."""
+
+    def __init__(self) -> None:
+        super().__init__("stitchframe")
+        self.add_hookspecs(hookspecs)
+        self.problems: list[PluginProblem] = []
+        self.versions: dict[str, str | None] = {}
+
+    def register_plugin(self, plugin: Any, name: str | None = None, version: str | None = None) -> None:
+        """Register ``plugin`` (a module, class or object with hookimpls).
+
+        Unlike :meth:`pluggy.PluginManager.register` this validates the plugin at
+        once: an implementation of a hook that does not exist (a misspelling)
+        is a :class:`~stitchframe.errors.PluginError` naming the plugin and the
+        closest real hook.
+        """
+        name = name or getattr(plugin, "__name__", None) or repr(plugin)
+        try:
+            self.register(plugin, name=name)
+        except ValueError as exc:  # pluggy: name or object registered twice
+            raise PluginError(f"Plugin {name!r} could not be registered: {exc}") from exc
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"Plugin {name!r} is invalid: {exc}") from exc
+        known = set(_hook_names())
+        for attr in dir(plugin):
+            if not attr.startswith("stitchframe_") or attr in known:
+                continue
+            if self.parse_hookimpl_opts(plugin, attr) is None:
+                continue
+            self.unregister(name=name)
+            raise PluginError(
+                f"Plugin {name!r} implements unknown hook {attr!r}; "
+                f"{did_you_mean(attr, known)}Known hooks: {', '.join(sorted(known))}."
+            )
+        self.versions[name] = version if version is not None else getattr(plugin, "__version__", None)
+
+    def plugin_names(self) -> list[str]:
+        """Names of the registered plugins, in registration order."""
+        return [self.get_name(p) for p in self.get_plugins()]
+
+
+def _hook_names() -> list[str]:
+    return [n for n in dir(hookspecs) if n.startswith("stitchframe_")]
+
+
+def _allowed_from_env() -> set[str] | None:
+    value = os.environ.get("STITCHFRAME_LOAD_PLUGINS")
+    if value is None:
+        return None
+    return {v.strip() for v in value.split(",") if v.strip()}
+
+
+def get_plugin_manager(
+    load_entrypoints: bool = True,
+    plugins: Iterable[Any] = (),
+) -> PluginManager:
+    """Return a new plugin manager with the built-ins and installed plugins.
+
+    Args:
+        load_entrypoints: Load the ``stitchframe`` entry-point group.  When the
+            ``STITCHFRAME_LOAD_PLUGINS`` environment variable is set, only the
+            comma-separated entry points it names are loaded (empty: none).
+        plugins: Extra plugin objects (modules, classes, instances) to register
+            after the built-ins, for tests and scripts.
+
+    Returns:
+        The manager.  Plugins that failed to import or register are not
+        raised: they are listed in ``pm.problems`` so the rest keep working.
+    """
+    pm = PluginManager()
+    from . import __version__
+
+    for modname in DEFAULT_PLUGINS:
+        pm.register_plugin(importlib.import_module(modname), name=modname, version=__version__)
+    if load_entrypoints:
+        allowed = _allowed_from_env()
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if (allowed is not None and ep.name not in allowed) or pm.has_plugin(ep.name):
+                continue
+            version = ep.dist.version if ep.dist is not None else None
+            pm.versions[ep.name] = version
+            try:
+                obj = ep.load()
+            except Exception as exc:  # noqa: BLE001 - any import failure is reported
+                pm.problems.append(
+                    PluginProblem(
+                        plugin=ep.name,
+                        hook=None,
+                        message=f"Plugin {ep.name!r} failed to import {ep.value!r}: "
+                        f"{type(exc).__name__}: {exc}. Reinstall it or uninstall its distribution.",
+                    )
+                )
+                continue
+            try:
+                pm.register_plugin(obj, name=ep.name, version=version)
+            except PluginError as exc:
+                pm.problems.append(PluginProblem(plugin=ep.name, hook=None, message=str(exc)))
+    for obj in plugins:
+        pm.register_plugin(obj)
+    return pm
+
+
+@attrs.define(kw_only=True)
+class Registries:
+    """Everything plugins registered, handed explicitly to the engine.
+
+    Attributes:
+        anchor_adapters: Anchor loaders by source prefix.
+        stitch_layers: Stitching-layer classes.
+        stitch_spaces: Stitch-space classes.
+        datasets: Dataset loaders.
+        pm: The plugin manager they came from (for resolution hooks).
+        problems: Plugins that failed, by name and hook.
+    """
+
+    anchor_adapters: Registry = attrs.field(factory=lambda: Registry("anchor adapter"))
+    stitch_layers: Registry = attrs.field(factory=lambda: Registry("stitch layer"))
+    stitch_spaces: Registry = attrs.field(factory=lambda: Registry("stitch space"))
+    datasets: Registry = attrs.field(factory=lambda: Registry("dataset"))
+    pm: PluginManager | None = None
+    problems: list[PluginProblem] = attrs.field(factory=list)
+
+    def broken_note(self) -> str:
+        """A sentence naming broken plugins, to append to lookup errors."""
+        if not self.problems:
+            return ""
+        names = sorted({p.plugin for p in self.problems})
+        return f" Broken plugins (see `stitchframe plugins`): {', '.join(names)}."
+
+    def resolve_anchor(self, source: str, options: dict[str, Any]) -> Any:
+        """Call ``stitchframe_resolve_anchor``; errors name the plugin."""
+        if self.pm is None:
+            return None
+        for impl in reversed(self.pm.hook.stitchframe_resolve_anchor.get_hookimpls()):
+            kwargs = {"source": source, "options": options}
+            try:
+                result = impl.function(**{k: kwargs[k] for k in impl.argnames})
+            except Exception as exc:
+                raise PluginError(
+                    f"Plugin {impl.plugin_name!r} raised in hook 'stitchframe_resolve_anchor' "
+                    f"for source {source!r}: {type(exc).__name__}: {exc}"
+                ) from exc
+            if result is not None:
+                return result
+        return None
+
+    def plugin_report(self) -> list[dict[str, Any]]:
+        """One dict per plugin: name, version, hooks, what it registered, status."""
+        rows: dict[str, dict[str, Any]] = {}
+        if self.pm is not None:
+            for name in self.pm.plugin_names():
+                plugin = self.pm.get_plugin(name)
+                hooks = sorted(
+                    h.name for h in self.pm.get_hookcallers(plugin) or [] if h.name.startswith("stitchframe_")
+                )
+                rows[name] = {
+                    "name": name,
+                    "version": self.pm.versions.get(name),
+                    "hooks": hooks,
+                    "registered": {},
+                    "status": "ok",
+                    "errors": [],
+                }
+        for attr, _kind in _REGISTER_HOOKS.values():
+            reg: Registry = getattr(self, attr)
+            for entry in reg:
+                row = rows.setdefault(
+                    entry.plugin,
+                    {"name": entry.plugin, "version": None, "hooks": [], "registered": {}, "status": "ok", "errors": []},
+                )
+                row["registered"].setdefault(attr, []).append(entry.name)
+        for problem in self.problems:
+            row = rows.setdefault(
+                problem.plugin,
+                {
+                    "name": problem.plugin,
+                    "version": self.pm.versions.get(problem.plugin) if self.pm else None,
+                    "hooks": [],
+                    "registered": {},
+                    "status": "ok",
+                    "errors": [],
+                },
+            )
+            row["status"] = "broken"
+            row["errors"].append(problem.message)
+        return list(rows.values())
+
+
+def load_registries(pm: PluginManager | None = None) -> Registries:
+    """Run every registration hook and collect the results.
+
+    Each plugin's implementation is called with a ``register`` callback that
+    records that plugin as the origin of what it registers.  A hook that
+    raises (including a duplicate name) is recorded in ``problems`` with the
+    plugin and hook named, and the other plugins' registrations still count.
+
+    Args:
+        pm: A plugin manager; by default :func:`get_plugin_manager`.
+
+    Returns:
+        The filled registries.
+    """
+    pm = pm if pm is not None else get_plugin_manager()
+    regs = Registries(pm=pm, problems=list(pm.problems))
+    for hook_name, (attr, _kind) in _REGISTER_HOOKS.items():
+        registry: Registry = getattr(regs, attr)
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+            plugin = impl.plugin_name
+
+            def register(name, obj, *, options=None, aliases=(), replace=False, _plugin=plugin, _reg=registry):
+                return _reg.register(name, obj, options=options, aliases=aliases, plugin=_plugin, replace=replace)
+
+            try:
+                kwargs = {"register": register}
+                impl.function(**{k: kwargs[k] for k in impl.argnames})
+            except Exception as exc:  # noqa: BLE001 - reported with plugin and hook
+                message = str(exc) if isinstance(exc, PluginError) else f"{type(exc).__name__}: {exc}"
+                regs.problems.append(
+                    PluginProblem(
+                        plugin=plugin,
+                        hook=hook_name,
+                        message=f"Plugin {plugin!r} failed in hook {hook_name!r}: {message}",
+                    )
+                )
+    return regs
+
+
+def unknown_source_error(source: str, regs: Registries, where: str = "") -> UnknownNameError:
+    """Error for an anchor source no adapter or resolver claims."""
+    at = f" at {where}" if where else ""
+    prefixes = regs.anchor_adapters.names()
+    prefix = source.split(":", 1)[0] if ":" in source else None
+    if prefix is None:
+        what = f"Anchor source {source!r}{at} has no 'prefix:'"
+    else:
+        what = f"Unknown anchor prefix {prefix!r} in source {source!r}{at}; {did_you_mean(prefix, prefixes)}".rstrip()
+    return UnknownNameError(
+        f"{what}. Write it as 'prefix:identifier' with a registered prefix: "
+        f"{', '.join(prefixes) or '(none: install a plugin such as stitchframe-timm)'}.{regs.broken_note()}"
+    )

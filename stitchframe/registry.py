@@ -1,0 +1,186 @@
+"""Named registries filled by plugins.
+
+A :class:`Registry` maps lowercase names (and aliases) to factories, each with
+an attrs ``Options`` class and the name of the plugin that registered it.
+Nothing is ever overwritten silently: registering a taken name raises
+:class:`~stitchframe.errors.PluginError` naming both plugins unless
+``replace=True`` is passed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any, Generic, TypeVar
+
+import attrs
+
+from .errors import PluginError, UnknownNameError, did_you_mean
+
+__all__ = ["Entry", "Registry", "NoOptions"]
+
+T = TypeVar("T")
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@attrs.frozen(kw_only=True)
+class NoOptions:
+    """Options class for registered objects that take no options."""
+
+
+@attrs.frozen(kw_only=True)
+class Entry(Generic[T]):
+    """One registered object.
+
+    Attributes:
+        name: The canonical name.
+        obj: The registered factory or class.
+        options: The attrs class validating this entry's options.
+        plugin: The plugin that registered it.
+        aliases: Other names that resolve to this entry.
+        doc: First line of the object's docstring, for listings.
+    """
+
+    name: str
+    obj: Any
+    options: type = NoOptions
+    plugin: str = "?"
+    aliases: tuple[str, ...] = ()
+    doc: str = ""
+
+
+class Registry(Generic[T]):
+    """A namespace of registered objects of one kind.
+
+    Args:
+        kind: Human name of what is registered (``"stitch layer"``), used in
+            error messages.
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Entry[T]] = {}
+        self._aliases: dict[str, str] = {}
+
+    def register(
+        self,
+        name: str,
+        obj: T,
+        *,
+        options: type | None = None,
+        aliases: tuple[str, ...] | list[str] = (),
+        plugin: str = "?",
+        replace: bool = False,
+    ) -> Entry[T]:
+        """Register ``obj`` under ``name``.
+
+        Args:
+            name: Lowercase snake_case name, unique across all plugins.
+            obj: The factory or class.
+            options: attrs class for the options; defaults to the object's
+                ``Options`` attribute, or :class:`NoOptions`.
+            aliases: Other names for the same entry.
+            plugin: Name of the registering plugin (filled in by the plugin
+                manager's callback).
+            replace: Deliberately override an existing entry.
+
+        Returns:
+            The new entry.
+
+        Raises:
+            PluginError: The name is malformed, or taken and ``replace`` is false.
+        """
+        names = (name, *aliases)
+        for n in names:
+            if not isinstance(n, str) or not _NAME.match(n):
+                raise PluginError(
+                    f"Plugin {plugin!r} registered {self.kind} name {n!r}; names must be "
+                    "lowercase snake_case (letters, digits, '_', starting with a letter)."
+                )
+        if options is None:
+            options = getattr(obj, "Options", NoOptions)
+        if not attrs.has(options):
+            raise PluginError(
+                f"Plugin {plugin!r} registered {self.kind} {name!r} with options={options!r}; "
+                "options must be an attrs class (decorate it with @attrs.frozen(kw_only=True))."
+            )
+        for n in names:
+            taken = self._lookup(n)
+            if taken is not None and not replace:
+                raise PluginError(
+                    f"Plugin {plugin!r} registered {self.kind} {n!r}, which plugin "
+                    f"{taken.plugin!r} already registered; pick another name or pass replace=True "
+                    "to override deliberately."
+                )
+        if replace:
+            for n in names:
+                taken = self._lookup(n)
+                if taken is not None:
+                    self._remove(taken.name)
+        doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
+        entry = Entry(
+            name=name,
+            obj=obj,
+            options=options,
+            plugin=plugin,
+            aliases=tuple(aliases),
+            doc=doc[0] if doc else "",
+        )
+        self._entries[name] = entry
+        for a in aliases:
+            self._aliases[a] = name
+        return entry
+
+    def _lookup(self, name: str) -> Entry[T] | None:
+        if name in self._entries:
+            return self._entries[name]
+        if name in self._aliases:
+            return self._entries[self._aliases[name]]
+        return None
+
+    def _remove(self, name: str) -> None:
+        entry = self._entries.pop(name)
+        for a in entry.aliases:
+            self._aliases.pop(a, None)
+
+    def get(self, name: str, *, where: str = "") -> Entry[T]:
+        """Return the entry for ``name`` (or an alias).
+
+        Args:
+            name: The name to look up.
+            where: Where the name came from (a spec path), for the message.
+
+        Raises:
+            UnknownNameError: Nothing is registered under that name; the
+                message suggests close matches and lists what is registered.
+        """
+        entry = self._lookup(name) if isinstance(name, str) else None
+        if entry is None:
+            at = f" at {where}" if where else ""
+            known = self.names()
+            raise UnknownNameError(
+                f"Unknown {self.kind} {name!r}{at}; {did_you_mean(name, known)}"
+                f"Registered: {', '.join(known) or '(none)'}."
+            )
+        return entry
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self._lookup(name) is not None
+
+    def __iter__(self) -> Iterator[Entry[T]]:
+        return iter(sorted(self._entries.values(), key=lambda e: e.name))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def names(self) -> list[str]:
+        """Sorted canonical names."""
+        return sorted(self._entries)
+
+    def origin(self, name: str) -> str:
+        """Name of the plugin that registered ``name``."""
+        return self.get(name).plugin
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {self.names()})"

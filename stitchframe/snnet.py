@@ -1,0 +1,380 @@
+"""The SNNet module: anchors plus stitching layers, one route selected at a time."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from .anchors import Anchor, count_flops
+from .errors import StitchframeError
+from .routes import Route, RouteTable
+from .stitch_layers import StitchLayer
+
+__all__ = ["SNNet", "RouteModule", "FINAL_NORM_CHOICES", "stitch_key"]
+
+#: ``keep``: every route ends with its end anchor's final norm (SN-Netv2).
+#: ``skip_stitched``: stitched routes skip it, anchor routes keep it (SN-Net v1 code).
+FINAL_NORM_CHOICES = ("keep", "skip_stitched")
+
+
+def stitch_key(src: str, src_pos: int, dst: str, dst_pos: int) -> str:
+    """Default key of the stitching layer between two cut points."""
+    return f"{src}:{src_pos}->{dst}:{dst_pos}"
+
+
+class _Seg(NamedTuple):
+    """One segment of an execution plan (plain references, no copies)."""
+
+    key: str
+    uses_context: bool
+    prepare: Any
+    stem: Any
+    blocks: tuple
+    stitch: Any
+    norm: Any
+    head: Any
+
+
+def _execute(inputs: Any, plan: Sequence[_Seg]) -> Any:
+    """Run a plan.  SNNet and exported routes share this, so outputs are bit-identical."""
+    ctxs: dict[str, Any] = {}
+    x = inputs
+    for s in plan:
+        if s.uses_context:
+            if s.key not in ctxs:
+                ctxs[s.key] = s.prepare(inputs)
+            c = ctxs[s.key]
+            if s.stem is not None:
+                x = s.stem(inputs, c)
+            for blk in s.blocks:
+                x = blk(x, c)
+        else:
+            c = None
+            if s.stem is not None:
+                x = s.stem(inputs)
+            for blk in s.blocks:
+                x = blk(x)
+        if s.stitch is not None:
+            x = s.stitch(x)
+        if s.head is not None:
+            if s.norm is not None:
+                x = s.norm(x)
+            x = s.head(x, c) if s.uses_context else s.head(x)
+    return x
+
+
+class _SegmentModule(nn.Module):
+    """The modules of one segment of an exported route."""
+
+    def __init__(self, anchor: Anchor, start: int, end: int, *, first: bool, last: bool, stitch, norm: bool):
+        super().__init__()
+        self.anchor_name = anchor.name
+        self.uses_context = anchor.uses_context
+        self.start = start
+        self.context = anchor.context
+        self._prepare_fn = None if anchor.context is not None else getattr(anchor, "_prepare_fn", None)
+        self.stem = anchor.stem if first else None
+        self.blocks = nn.ModuleList(anchor.blocks[start:end])
+        self.stitch = stitch
+        self.norm = anchor.norm if (last and norm) else None
+        self.head = anchor.head if last else None
+
+    def prepare(self, inputs: Any) -> Any:
+        return self.context(inputs) if self.context is not None else self._prepare_fn(inputs)
+
+    def plan(self) -> _Seg:
+        return _Seg(
+            self.anchor_name,
+            self.uses_context,
+            self.prepare,
+            self.stem,
+            tuple(self.blocks),
+            self.stitch,
+            self.norm,
+            self.head,
+        )
+
+
+class RouteModule(nn.Module):
+    """A standalone module computing one route; holds only that route's weights.
+
+    Made by :meth:`SNNet.export`.  Its ``state_dict`` keys are
+    ``segments.<i>.{stem,blocks.<j>,stitch,norm,head}...``; ``route`` records
+    which route it is.
+    """
+
+    def __init__(self, route: Route, segments: Sequence[_SegmentModule]) -> None:
+        super().__init__()
+        self.route = route
+        self.segments = nn.ModuleList(segments)
+
+    def forward(self, inputs: Any) -> Any:
+        return _execute(inputs, [s.plan() for s in self.segments])
+
+    def merge(self) -> RouteModule:
+        """Merge training-time structure of the stitching layers (``lowrank``) in place."""
+        for s in self.segments:
+            if isinstance(s.stitch, StitchLayer):
+                s.stitch.merge()
+        return self
+
+    def extra_repr(self) -> str:
+        return f"route={self.route.describe()!r}"
+
+
+class SNNet(nn.Module):
+    """A Stitchable Neural Network: anchors, stitching layers, and a route table.
+
+    Usually built by :func:`stitchframe.build_snnet` or
+    :func:`stitchframe.assemble`.  ``forward`` runs the selected route;
+    :meth:`select` switches routes in O(1) (plans are precomputed).
+
+    Args:
+        anchors: The anchors (names must be unique).
+        routes: Routes whose links carry a layer type and key
+            (``link.key`` or the default :func:`stitch_key`).
+        stitches: Stitching layers by key.
+        final_norm: One of :data:`FINAL_NORM_CHOICES`.
+    """
+
+    def __init__(
+        self,
+        anchors: Sequence[Anchor],
+        routes: Sequence[Route],
+        stitches: Mapping[str, StitchLayer],
+        *,
+        final_norm: str = "keep",
+    ) -> None:
+        super().__init__()
+        if final_norm not in FINAL_NORM_CHOICES:
+            raise StitchframeError(f"final_norm {final_norm!r} must be one of {', '.join(FINAL_NORM_CHOICES)}")
+        names = [a.name for a in anchors]
+        if len(set(names)) != len(names):
+            raise StitchframeError(f"Anchor names must be unique, got {names}; give anchors explicit names")
+        self.anchors = nn.ModuleDict({a.name: a for a in anchors})
+        self.stitches = nn.ModuleDict(dict(stitches))
+        self.final_norm = final_norm
+        for r in routes:
+            self._check_route(r)
+        self.routes = RouteTable(self._with_costs(r) for r in routes)
+        self._plans = [self._make_plan(r) for r in self.routes]
+        self._selected = 0
+
+    # -- routes --------------------------------------------------------
+    def link_key(self, src: str, src_pos: int, dst: str, dst_pos: int, link) -> str:
+        """Key of the stitching layer a link uses."""
+        return link.key or stitch_key(src, src_pos, dst, dst_pos)
+
+    def stitch_for(self, route: Route, i: int) -> StitchLayer:
+        """The stitching layer of link ``i`` of ``route``."""
+        src, p, dst, q, link = list(route.stitch_points())[i]
+        return self.stitches[self.link_key(src, p, dst, q, link)]
+
+    def _check_route(self, route: Route) -> None:
+        for seg in route.segments:
+            if seg.anchor not in self.anchors:
+                raise StitchframeError(f"Route {route} uses unknown anchor {seg.anchor!r}; anchors: {list(self.anchors)}")
+            if seg.end > self.anchors[seg.anchor].depth:
+                raise StitchframeError(
+                    f"Route {route}: {seg} goes past {seg.anchor}'s {self.anchors[seg.anchor].depth} blocks"
+                )
+        last = route.segments[-1]
+        if last.end != self.anchors[last.anchor].depth:
+            raise StitchframeError(f"Route {route} must end at {last.anchor}'s last block ({self.anchors[last.anchor].depth})")
+        for src, p, dst, q, link in route.stitch_points():
+            key = self.link_key(src, p, dst, q, link)
+            if key not in self.stitches:
+                raise StitchframeError(f"Route {route} needs stitching layer {key!r}, which this SN-Net lacks")
+
+    def _uses_norm(self, route: Route) -> bool:
+        return self.final_norm == "keep" or route.is_anchor
+
+    def _route_modules(self, route: Route) -> list[nn.Module]:
+        mods: list[nn.Module] = []
+        for i, seg in enumerate(route.segments):
+            a: Anchor = self.anchors[seg.anchor]
+            if i == 0:
+                mods += [a.stem]
+            if a.context is not None:
+                mods.append(a.context)
+            mods += list(a.blocks[seg.start : seg.end])
+        for i in range(len(route.links)):
+            mods.append(self.stitch_for(route, i))
+        last: Anchor = self.anchors[route.segments[-1].anchor]
+        if self._uses_norm(route) and last.norm is not None:
+            mods.append(last.norm)
+        mods.append(last.head)
+        return mods
+
+    def _with_costs(self, route: Route) -> Route:
+        if route.flops is not None and route.params is not None:
+            return route
+        flops = 0
+        for i, seg in enumerate(route.segments):
+            g = self.anchors[seg.anchor].graph
+            if i == 0:
+                flops += g.stem.flops
+            flops += g.flops_between(seg.start, seg.end)
+        for i in range(len(route.links)):
+            flops += self._stitch_flops(route, i)
+        flops += self.anchors[route.segments[-1].anchor].graph.head.flops
+        seen: set[int] = set()
+        params = 0
+        for m in self._route_modules(route):
+            for p in m.parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    params += p.numel()
+        return route.with_costs(flops, params)
+
+    def _stitch_flops(self, route: Route, i: int) -> int:
+        src, p, _dst, _q, _link = list(route.stitch_points())[i]
+        layer = self.stitch_for(route, i)
+        cache = self.__dict__.setdefault("_stitch_flops_cache", {})
+        key = (id(layer), src, p)
+        if key not in cache:
+            spec = self.anchors[src].graph.spec_at(p)
+            param = next(layer.parameters(), None)
+            kw = {"device": param.device, "dtype": param.dtype} if param is not None else {}
+            with torch.no_grad():
+                _, cache[key] = count_flops(layer, spec.example(1, **kw))
+        return cache[key]
+
+    def _make_plan(self, route: Route) -> tuple[_Seg, ...]:
+        plan = []
+        n = len(route.segments)
+        for i, seg in enumerate(route.segments):
+            a: Anchor = self.anchors[seg.anchor]
+            last = i == n - 1
+            plan.append(
+                _Seg(
+                    a.name,
+                    a.uses_context,
+                    a.prepare,
+                    a.stem if i == 0 else None,
+                    tuple(a.blocks[seg.start : seg.end]),
+                    None if last else self.stitch_for(route, i),
+                    a.norm if (last and self._uses_norm(route)) else None,
+                    a.head if last else None,
+                )
+            )
+        return tuple(plan)
+
+    # -- public API ----------------------------------------------------
+    @property
+    def selected(self) -> Route:
+        """The route ``forward`` runs."""
+        return self.routes[self._selected]
+
+    @property
+    def selected_id(self) -> int:
+        """Id of the selected route."""
+        return self._selected
+
+    def select(self, route: int | str | Route) -> Route:
+        """Switch to another route (by id, printed name, or :class:`Route`); O(1)."""
+        if isinstance(route, int) and 0 <= route < len(self._plans):
+            self._selected = route
+        else:
+            self._selected = self.routes.index_of(route)
+        return self.routes[self._selected]
+
+    def forward(self, inputs: Any) -> Any:
+        """Run the selected route."""
+        return _execute(inputs, self._plans[self._selected])
+
+    def forward_route(self, inputs: Any, route: int | str | Route) -> Any:
+        """Run one route without changing the selection."""
+        return _execute(inputs, self._plans[self.routes.index_of(route)])
+
+    def set_route_meta(self, route: int | str | Route, **meta: Any) -> Route:
+        """Record metadata (``accuracy=...``, ``latency_ms=...``) on a route."""
+        i = self.routes.index_of(route)
+        r = self.routes[i]
+        new = r.with_costs(r.flops, r.params, **meta)
+        self.routes.replace(i, new)
+        return new
+
+    def select_for(
+        self,
+        *,
+        max_flops: float | None = None,
+        max_params: float | None = None,
+        max_latency_ms: float | None = None,
+        metric: str = "accuracy",
+    ) -> Route:
+        """Select the best route within a budget and return it.
+
+        "Best" is the highest recorded ``metric`` in route metadata (set by
+        evaluation); routes without one rank below those with one, and among
+        them more FLOPs ranks higher.
+
+        Raises:
+            StitchframeError: No route fits; the message gives the cheapest.
+        """
+        fits = []
+        for i, r in enumerate(self.routes):
+            if max_flops is not None and r.flops > max_flops:
+                continue
+            if max_params is not None and r.params > max_params:
+                continue
+            if max_latency_ms is not None:
+                lat = r.meta.get("latency_ms")
+                if lat is None:
+                    raise StitchframeError(
+                        "max_latency_ms needs measured latencies; run `stitchframe evaluate --latency` first"
+                    )
+                if lat > max_latency_ms:
+                    continue
+            fits.append(i)
+        if not fits:
+            cheapest = min(self.routes, key=lambda r: r.flops)
+            raise StitchframeError(
+                f"No route fits max_flops={max_flops}, max_params={max_params}, max_latency_ms={max_latency_ms}; "
+                f"the cheapest route is {cheapest} with {cheapest.flops:.4g} FLOPs and {cheapest.params} params"
+            )
+
+        def rank(i: int):
+            r = self.routes[i]
+            m = r.meta.get(metric)
+            return (m is not None, m if m is not None else 0.0, r.flops)
+
+        best = max(fits, key=rank)
+        self.select(best)
+        return self.routes[best]
+
+    def export(self, route: int | str | Route | None = None, *, merge: bool = False) -> RouteModule:
+        """A standalone copy of one route (default: the selected one).
+
+        The module holds only that route's weights (deep copies, so training
+        the SN-Net later does not change it) and gives bit-identical outputs.
+        With ``merge=True`` stitching layers are merged for inference (close,
+        not bit-identical, for ``lowrank``).  It is ready for
+        :func:`torch.export.export` and ONNX export.
+        """
+        r = self.routes[self.routes.index_of(route)] if route is not None else self.selected
+        n = len(r.segments)
+        segs = []
+        for i, seg in enumerate(r.segments):
+            a: Anchor = self.anchors[seg.anchor]
+            segs.append(
+                _SegmentModule(
+                    a,
+                    seg.start,
+                    seg.end,
+                    first=i == 0,
+                    last=i == n - 1,
+                    stitch=None if i == n - 1 else self.stitch_for(r, i),
+                    norm=self._uses_norm(r),
+                )
+            )
+        module = copy.deepcopy(RouteModule(r, segs))
+        module.train(self.training)
+        return module.merge() if merge else module
+
+    def extra_repr(self) -> str:
+        return f"routes={len(self.routes)}, final_norm={self.final_norm!r}"

@@ -1,0 +1,343 @@
+"""The spec: what ``stitchframe build spec.yaml`` reads.
+
+YAML is parsed by PyYAML, structured into the attrs classes below by cattrs
+(unknown keys rejected), and validated by attrs validators.  Every error is a
+one-line :class:`~stitchframe.errors.SpecError` naming the dotted spec path
+(``stitch.layer_options.rank``).  Plugin options (``anchors[i].options``,
+``stitch.space_options``, ``stitch.layer_options``, ``data.options``) are
+validated the same way against the registered ``Options`` class when the spec
+meets the registries (:func:`validate_spec`, :func:`stitchframe.assemble`).
+
+Every field carries ``metadata={"help": ...}``; the spec reference page of
+the docs is generated from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import cattrs
+import yaml
+from cattrs.errors import ForbiddenExtraKeysError
+
+from .errors import SpecError, did_you_mean
+
+__all__ = [
+    "AnchorSpec",
+    "StitchSpec",
+    "CalibrationSpec",
+    "DataSpec",
+    "TrainSpec",
+    "EvalSpec",
+    "Spec",
+    "load_spec",
+    "parse_spec",
+    "dump_spec",
+    "spec_hash",
+    "structure_options",
+    "unstructure_options",
+]
+
+_v = attrs.validators
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@attrs.frozen(kw_only=True)
+class AnchorSpec:
+    """One anchor of the family. A plain string is shorthand for ``{source: ...}``."""
+
+    source: str = attrs.field(
+        validator=_v.instance_of(str),
+        metadata=_help("Where the model comes from, 'prefix:identifier' (timm:deit_tiny_patch16_224, hf:./minilm)."),
+    )
+    name: str | None = attrs.field(
+        default=None,
+        validator=_v.optional(_v.matches_re(r"^[a-z][a-z0-9_]*$")),
+        metadata=_help("Anchor name used in route strings and weight keys (lowercase snake_case); default from the source."),
+    )
+    options: dict[str, Any] = attrs.field(
+        factory=dict, metadata=_help("Options of the adapter that owns the source prefix (see its plugin's docs).")
+    )
+
+
+@attrs.frozen(kw_only=True)
+class StitchSpec:
+    """Which routes to offer and how to stitch them."""
+
+    space: str = attrs.field(
+        default="snnet", metadata=_help("Stitch space: snnet | snnet2 | anchors | one registered by a plugin.")
+    )
+    space_options: dict[str, Any] = attrs.field(
+        factory=dict, metadata=_help("Options of the stitch space (snnet: kernel, stride, nearest, share, ...).")
+    )
+    layer: str = attrs.field(
+        default="auto",
+        metadata=_help("Stitching layer: auto | linear | conv1x1 | lowrank | one registered by a plugin. "
+                       "auto: conv1x1 between feature maps, linear otherwise."),
+    )
+    layer_options: dict[str, Any] = attrs.field(
+        factory=dict, metadata=_help("Options of the stitching layer (lowrank: rank, alpha; linear: resize, prefix).")
+    )
+    final_norm: Literal["keep", "skip_stitched"] = attrs.field(
+        default="keep",
+        validator=_v.in_(("keep", "skip_stitched")),
+        metadata=_help("keep: every route ends with its end anchor's final norm (SN-Netv2); "
+                       "skip_stitched: stitched routes skip it (the SN-Net v1 code)."),
+    )
+
+
+@attrs.frozen(kw_only=True)
+class CalibrationSpec:
+    """Least-squares initialisation of the stitching layers."""
+
+    batches: int = attrs.field(
+        default=8, validator=[_v.instance_of(int), _v.ge(0)],
+        metadata=_help("Training batches used for least squares (0: keep the random initialisation)."),
+    )
+    ridge: float = attrs.field(
+        default=0.0, validator=_v.ge(0.0), metadata=_help("Relative ridge regularisation of the least-squares solve.")
+    )
+
+
+@attrs.frozen(kw_only=True)
+class DataSpec:
+    """The dataset."""
+
+    name: str = attrs.field(metadata=_help("Dataset: fashion_mnist | digits | imagefolder | synthetic | a plugin's."))
+    options: dict[str, Any] = attrs.field(factory=dict, metadata=_help("Options of the dataset loader."))
+    img_size: int | None = attrs.field(
+        default=None, validator=_v.optional(_v.ge(8)),
+        metadata=_help("Input resolution; default: the anchors' own."),
+    )
+    num_workers: int = attrs.field(default=0, validator=_v.ge(0), metadata=_help("DataLoader worker processes."))
+
+
+@attrs.frozen(kw_only=True)
+class TrainSpec:
+    """Training of the SN-Net after calibration."""
+
+    epochs: float = attrs.field(default=1.0, validator=_v.ge(0), metadata=_help("Epochs over the training split (fractions allowed)."))
+    max_steps: int | None = attrs.field(
+        default=None, validator=_v.optional(_v.ge(0)), metadata=_help("Stop after this many optimizer steps.")
+    )
+    batch_size: int = attrs.field(default=64, validator=_v.ge(1), metadata=_help("Global batch size per optimizer step."))
+    grad_accum: int = attrs.field(default=1, validator=_v.ge(1), metadata=_help("Micro-batches accumulated per step."))
+    lr: float = attrs.field(default=5e-5, validator=_v.gt(0), metadata=_help("Learning rate of the anchors."))
+    stitch_lr: float | None = attrs.field(
+        default=None, validator=_v.optional(_v.gt(0)), metadata=_help("Learning rate of the stitching layers (default: 10 x lr).")
+    )
+    weight_decay: float = attrs.field(default=0.05, validator=_v.ge(0), metadata=_help("AdamW weight decay."))
+    warmup_steps: int = attrs.field(default=0, validator=_v.ge(0), metadata=_help("Linear warm-up steps."))
+    scheduler: Literal["cosine", "constant"] = attrs.field(
+        default="cosine", validator=_v.in_(("cosine", "constant")), metadata=_help("Learning-rate schedule after warm-up.")
+    )
+    sampling: Literal["uniform", "flops_grouped"] = attrs.field(
+        default="uniform", validator=_v.in_(("uniform", "flops_grouped")),
+        metadata=_help("Route sampling per step: uniform over routes, or SN-Netv2's FLOPs-grouped sampling."),
+    )
+    flops_groups: int = attrs.field(default=8, validator=_v.ge(1), metadata=_help("Number of FLOPs groups for flops_grouped."))
+    loss: Literal["ce", "distill"] = attrs.field(
+        default="ce", validator=_v.in_(("ce", "distill")), metadata=_help("Cross-entropy, or distillation from a teacher anchor.")
+    )
+    teacher: str | None = attrs.field(default=None, metadata=_help("Teacher anchor for distill (default: the largest)."))
+    distill_alpha: float = attrs.field(
+        default=0.5, validator=[_v.ge(0), _v.le(1)], metadata=_help("Weight of the distillation term (1 - alpha for CE).")
+    )
+    temperature: float = attrs.field(default=1.0, validator=_v.gt(0), metadata=_help("Distillation temperature."))
+    freeze: list[Literal["anchors", "stitches", "stems", "heads"]] = attrs.field(
+        factory=list,
+        validator=_v.deep_iterable(_v.in_(("anchors", "stitches", "stems", "heads"))),
+        metadata=_help("Parts kept frozen: anchors, stitches, stems, heads."),
+    )
+    amp: Literal["auto", "bf16", "off"] = attrs.field(
+        default="auto", validator=_v.in_(("auto", "bf16", "off")), metadata=_help("bf16 autocast: auto (on CUDA only), bf16, off.")
+    )
+    grad_clip: float | None = attrs.field(default=None, validator=_v.optional(_v.gt(0)), metadata=_help("Clip gradient norm."))
+    checkpoint_every: int = attrs.field(
+        default=0, validator=_v.ge(0), metadata=_help("Save a checkpoint every N steps (0: only at the end).")
+    )
+    log_every: int = attrs.field(default=10, validator=_v.ge(1), metadata=_help("Log loss and throughput every N steps."))
+
+
+@attrs.frozen(kw_only=True)
+class EvalSpec:
+    """Evaluation of every route."""
+
+    batch_size: int = attrs.field(default=128, validator=_v.ge(1), metadata=_help("Evaluation batch size."))
+    max_batches: int | None = attrs.field(
+        default=None, validator=_v.optional(_v.ge(1)), metadata=_help("Evaluate on at most this many batches.")
+    )
+    latency: bool = attrs.field(default=False, metadata=_help("Also measure each route's latency."))
+
+
+@attrs.frozen(kw_only=True)
+class Spec:
+    """A whole SN-Net build."""
+
+    anchors: list[AnchorSpec] = attrs.field(
+        validator=_v.min_len(1), metadata=_help("The anchor family (any order; spaces order them by FLOPs).")
+    )
+    stitch: StitchSpec = attrs.field(factory=StitchSpec, metadata=_help("Stitch space and stitching layers."))
+    calibration: CalibrationSpec = attrs.field(factory=CalibrationSpec, metadata=_help("Least-squares initialisation."))
+    data: DataSpec | None = attrs.field(default=None, metadata=_help("Dataset (not needed by `stitchframe routes`)."))
+    train: TrainSpec = attrs.field(factory=TrainSpec, metadata=_help("Training."))
+    eval: EvalSpec = attrs.field(factory=EvalSpec, metadata=_help("Evaluation."))
+    output: str | None = attrs.field(default=None, metadata=_help("Output directory (default: runs/<spec file name>)."))
+    seed: int = attrs.field(default=0, validator=_v.instance_of(int), metadata=_help("Random seed."))
+    device: Literal["auto", "cpu", "cuda"] = attrs.field(
+        default="auto", validator=_v.in_(("auto", "cpu", "cuda")), metadata=_help("auto: CUDA when available.")
+    )
+
+    def __attrs_post_init__(self) -> None:
+        names = [a.name for a in self.anchors if a.name is not None]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise SpecError(f"anchors: names {sorted(dup)} are used twice; give each anchor a unique name")
+    
+
+# ---------------------------------------------------------------------------
+# structuring with paths
+# ---------------------------------------------------------------------------
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True)
+
+    def anchor_hook(value: Any, _type: type) -> AnchorSpec:
+        if isinstance(value, str):
+            return AnchorSpec(source=value)
+        if not isinstance(value, dict):
+            raise TypeError(f"expected a 'prefix:identifier' string or a mapping, got {type(value).__name__}")
+        return _base_anchor(value, AnchorSpec)
+
+    _base_anchor = cattrs.gen.make_dict_structure_fn(AnchorSpec, conv, _cattrs_forbid_extra_keys=True)
+    conv.register_structure_hook(AnchorSpec, anchor_hook)
+    return conv
+
+
+_CONVERTER = _make_converter()
+
+
+def _format_exc(exc: BaseException, type_: Any) -> str:
+    if isinstance(exc, ForbiddenExtraKeysError):
+        valid = sorted(a.name for a in attrs.fields(exc.cl)) if attrs.has(exc.cl) else []
+        extra = sorted(exc.extra_fields)
+        hint = did_you_mean(extra[0], valid) if extra else ""
+        return f"unknown key(s) {', '.join(map(repr, extra))}; {hint}valid keys: {', '.join(valid)}"
+    if isinstance(exc, KeyError):
+        return "required key is missing"
+    if type_ is not None and typing.get_origin(type_) is Literal:
+        choices = ", ".join(repr(c) for c in typing.get_args(type_))
+        return f"must be one of {choices}"
+    if isinstance(exc, (ValueError, TypeError)):
+        msg = str(exc)
+        if type_ in (int, float, str, bool) and ("invalid literal" in msg or "could not convert" in msg or not msg):
+            return f"expected {type_.__name__}"
+        return msg or f"invalid value for {getattr(type_, '__name__', type_)}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+_FIELD_IN_MSG = re.compile(r"^(?:Length of )?'([A-Za-z_][A-Za-z0-9_]*)'")
+
+
+def _first_error(exc: Exception, path: str) -> str:
+    """First cattrs/attrs error as ``dotted.path: message`` (``path`` is the root)."""
+    msgs = cattrs.transform_error(exc, path=path, format_exception=_format_exc)
+    out = []
+    for m in msgs:
+        text, _, where = m.rpartition(" @ ")
+        # attrs validators name the field: "'rank' must be >= 1: 0" -> path.rank
+        field = _FIELD_IN_MSG.match(text)
+        if field and not where.endswith(f".{field.group(1)}"):
+            where = f"{where}.{field.group(1)}"
+        out.append(text if where == path else f"{where}: {text}")
+    return out[0] + (f" (and {len(out) - 1} more)" if len(out) > 1 else "")
+
+
+def structure_options(cls: type, data: Any, where: str) -> Any:
+    """Build an options object from plain data, raising :class:`SpecError` with the path.
+
+    Args:
+        cls: The attrs options class (a registered entry's ``options``).
+        data: The mapping from the spec (``None``: defaults).
+        where: The dotted spec path of ``data``, for messages.
+    """
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise SpecError(f"{where}: expected a mapping of options, got {type(data).__name__} {data!r}")
+    try:
+        return _CONVERTER.structure(data, cls)
+    except cattrs.BaseValidationError as exc:
+        raise SpecError(_first_error(exc, where) + _fix_hint(where)) from None
+    except (ValueError, TypeError) as exc:
+        raise SpecError(f"{where}: {exc}{_fix_hint(where)}") from None
+
+
+def unstructure_options(obj: Any) -> dict[str, Any]:
+    """Options object -> plain dict."""
+    return _CONVERTER.unstructure(obj)
+
+
+def _fix_hint(where: str) -> str:
+    return "; fix the spec (see `stitchframe validate` and the spec reference)."
+
+
+def parse_spec(data: Any, *, source: str = "spec") -> Spec:
+    """Structure a plain mapping into a :class:`Spec`.
+
+    Raises:
+        SpecError: One line naming the dotted path of the first bad field.
+    """
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: the spec must be a mapping with an 'anchors' list, got {type(data).__name__}")
+    try:
+        return _CONVERTER.structure(data, Spec)
+    except cattrs.BaseValidationError as exc:
+        raise SpecError(f"{source}: " + _first_error(exc, "spec").removeprefix("spec.")) from None
+    except SpecError as exc:
+        raise SpecError(f"{source}: {exc}") from None
+    except (ValueError, TypeError) as exc:
+        raise SpecError(f"{source}: {exc}") from None
+
+
+def load_spec(path: str | os.PathLike[str]) -> Spec:
+    """Read a YAML spec file.
+
+    Raises:
+        SpecError: The file is missing, not YAML, or not a valid spec; the
+            message names the file and the dotted path of the bad field.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"Spec file {str(p)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"Spec file {str(p)!r} cannot be read: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(f"{p}:{where}: not valid YAML ({problem})") from None
+    return parse_spec(data, source=str(p))
+
+
+def dump_spec(spec: Spec) -> str:
+    """The spec as YAML (round-trips through :func:`load_spec`)."""
+    return yaml.safe_dump(_CONVERTER.unstructure(spec), sort_keys=False)
+
+
+def spec_hash(spec: Spec) -> str:
+    """A short, stable hash of a spec (recorded in saved weights)."""
+    text = json.dumps(_CONVERTER.unstructure(spec), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,466 @@
+"""Stitching layers and their least-squares initialisation.
+
+A stitching layer maps the activation at a cut point of one anchor
+(``src`` spec) to the activation another anchor expects (``dst`` spec).  The
+built-ins are projections over the channel dimension, applied per position:
+
+* ``linear`` - any pair of layouts that can be aligned position by position:
+  tokens, sequences, channels-last maps, and across layouts (tokens <-> maps)
+  with prefix tokens dropped, folded or synthesised and grids resized;
+* ``conv1x1`` - channels-first feature maps (a 1x1 convolution), resizing when
+  grids differ;
+* ``lowrank`` - a least-squares base that stays frozen plus a trainable
+  rank-``r`` update, merged into the base for inference.
+
+Least squares (SN-Net's initialisation, ``W = pinv(X) Y`` with a bias) is
+computed from accumulated normal equations ``XᵀX`` and ``XᵀY`` in float64,
+so batches can be streamed and raw activations are never stored.
+
+This module is also the built-in plugin that registers the three types.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import attrs
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ShapeMismatchError, StitchframeError
+from .graph import ActivationSpec
+from .hookspecs import hookimpl
+from .registry import NoOptions
+
+__all__ = [
+    "StitchLayer",
+    "LeastSquaresStitch",
+    "NormalEquations",
+    "ProjectionOptions",
+    "ProjectionStitch",
+    "LinearStitch",
+    "Conv1x1Stitch",
+    "LowRankOptions",
+    "LowRankStitch",
+    "solve_least_squares",
+]
+
+
+class StitchLayer(nn.Module):
+    """Base class of stitching layers.
+
+    Subclasses set ``Options`` (an attrs class), implement
+    :meth:`supports` and ``forward``, and, to be calibrated, the three
+    ``fit_*`` methods.  The engine constructs them as ``cls(src, dst, options)``.
+
+    Args:
+        src: Spec of the activation coming in.
+        dst: Spec of the activation to produce.
+        options: An instance of ``Options`` (``None``: defaults).
+    """
+
+    Options: type = NoOptions
+
+    def __init__(self, src: ActivationSpec, dst: ActivationSpec, options: Any = None) -> None:
+        super().__init__()
+        reason = type(self).supports(src, dst)
+        if reason is not None:
+            raise ShapeMismatchError(
+                f"{type(self).__name__} cannot stitch {src.describe()} ({src.layout}) -> "
+                f"{dst.describe()} ({dst.layout}): {reason}"
+            )
+        self.src = src
+        self.dst = dst
+        self.options = options if options is not None else self.Options()
+
+    @classmethod
+    def supports(cls, src: ActivationSpec, dst: ActivationSpec) -> str | None:
+        """Return ``None`` if this type can map ``src`` to ``dst``, else a one-line reason."""
+        return None
+
+    # -- calibration protocol -------------------------------------------
+    def fit_start(self) -> None:
+        """Begin a calibration pass (reset accumulators)."""
+
+    def fit_update(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """Accumulate one batch of paired activations (``src``-shaped ``x``, ``dst``-shaped ``y``).
+
+        ``mask`` (``[B, L]``, true where valid) excludes padded sequence positions.
+        """
+
+    def fit_end(self, ridge: float = 0.0) -> None:
+        """Solve for the weights from everything accumulated."""
+
+    def fit(self, x: torch.Tensor, y: torch.Tensor, ridge: float = 0.0, mask: torch.Tensor | None = None):
+        """Fit on one batch: ``fit_start``, ``fit_update``, ``fit_end``. Returns ``self``."""
+        self.fit_start()
+        self.fit_update(x, y, mask)
+        self.fit_end(ridge)
+        return self
+
+    def merge(self) -> None:
+        """Fold any training-time structure into plain weights (no-op by default)."""
+
+    def extra_repr(self) -> str:
+        return f"{self.src.describe()} {self.src.layout} -> {self.dst.describe()} {self.dst.layout}"
+
+
+class NormalEquations:
+    """Accumulates ``XᵀX`` and ``XᵀY`` (with a bias column) in float64.
+
+    Args:
+        d_in: Input width (without the bias column).
+        d_out: Output width.
+    """
+
+    def __init__(self, d_in: int, d_out: int) -> None:
+        self.xtx = torch.zeros(d_in + 1, d_in + 1, dtype=torch.float64)
+        self.xty = torch.zeros(d_in + 1, d_out, dtype=torch.float64)
+        self.rows = 0
+
+    @staticmethod
+    def augment(x: torch.Tensor) -> torch.Tensor:
+        """Rows ``[n, d]`` -> ``[n, d+1]`` float64 with a trailing ones column."""
+        x = x.detach().to(torch.float64)
+        return torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
+
+    def add(self, x: torch.Tensor, y: torch.Tensor, *, gram: torch.Tensor | None = None) -> None:
+        """Add rows ``x [n, d_in]`` and ``y [n, d_out]``; ``gram`` may pass a precomputed ``XᵀX``."""
+        xa = self.augment(x)
+        self.xtx += (gram if gram is not None else xa.T @ xa).cpu()
+        self.xty += (xa.T @ y.detach().to(torch.float64)).cpu()
+        self.rows += x.shape[0]
+
+    def solve(self, ridge: float = 0.0) -> torch.Tensor:
+        """Return ``W [d_in+1, d_out]`` (last row: bias) minimising ``|XW - Y|² + ridge·|W|²``."""
+        return solve_least_squares(self.xtx, self.xty, ridge)
+
+
+def solve_least_squares(xtx: torch.Tensor, xty: torch.Tensor, ridge: float = 0.0) -> torch.Tensor:
+    """Solve normal equations; singular systems get the minimum-norm solution.
+
+    ``ridge`` is relative: ``ridge * mean(diag(XᵀX))`` is added to the
+    diagonal of the weight rows (not the bias).
+    """
+    a = xtx.to(torch.float64).cpu().clone()
+    b = xty.to(torch.float64).cpu()
+    if ridge > 0:
+        d = a.shape[0] - 1
+        scale = torch.diagonal(a)[:d].mean().clamp_min(1e-12)
+        a[:d, :d] += ridge * scale * torch.eye(d, dtype=torch.float64)
+    return torch.linalg.lstsq(a, b, driver="gelsd").solution
+
+
+# ---------------------------------------------------------------------------
+# Aligning two layouts position by position
+# ---------------------------------------------------------------------------
+def _bridge_reason(src: ActivationSpec, dst: ActivationSpec) -> str | None:
+    if (src.layout == "sequence") != (dst.layout == "sequence"):
+        return "a sequence (text) activation has no spatial grid to align with a spatial one"
+    if src.layout == "sequence" and None not in (src.length, dst.length) and src.length != dst.length:
+        return f"sequence lengths differ ({src.length} vs {dst.length})"
+    return None
+
+
+def _split(x: torch.Tensor, spec: ActivationSpec) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Activation -> (positions ``[B, N, C]``, prefix ``[B, k, C]`` or ``None``)."""
+    if spec.layout == "tokens":
+        k = spec.prefix
+        return x[:, k:], (x[:, :k] if k else None)
+    if spec.layout == "map":
+        return x.flatten(2).transpose(1, 2), None
+    if spec.layout == "nhwc":
+        return x.flatten(1, 2), None
+    return x, None
+
+
+def _join(f: torch.Tensor, p: torch.Tensor | None, spec: ActivationSpec) -> torch.Tensor:
+    """Inverse of :func:`_split` for the destination spec."""
+    if spec.layout == "tokens":
+        return torch.cat([p, f], dim=1) if p is not None else f
+    if spec.layout == "map":
+        return f.transpose(1, 2).unflatten(2, spec.grid)
+    if spec.layout == "nhwc":
+        return f.unflatten(1, spec.grid)
+    return f
+
+
+def _resize_mode(options: ProjectionOptions, src: tuple[int, int], dst: tuple[int, int]) -> str:
+    if options.resize != "auto":
+        return options.resize
+    return "area" if dst[0] <= src[0] and dst[1] <= src[1] else "bilinear"
+
+
+def _resize_map(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    if mode == "area":
+        return F.adaptive_avg_pool2d(x, size)
+    if mode in ("bilinear", "bicubic"):
+        return F.interpolate(x, size=size, mode=mode, align_corners=False)
+    return F.interpolate(x, size=size, mode=mode)
+
+
+@attrs.frozen(kw_only=True)
+class ProjectionOptions:
+    """Options of the projection stitches (``linear``, ``conv1x1``)."""
+
+    resize: Literal["auto", "area", "bilinear", "bicubic", "nearest"] = attrs.field(
+        default="auto",
+        validator=attrs.validators.in_(("auto", "area", "bilinear", "bicubic", "nearest")),
+        metadata={"help": "How to resize when the two grids differ; auto: area to shrink, bilinear to grow."},
+    )
+    prefix: Literal["drop", "fold"] = attrs.field(
+        default="drop",
+        validator=attrs.validators.in_(("drop", "fold")),
+        metadata={
+            "help": "When the destination has no prefix tokens: drop the source's cls/distillation "
+            "tokens, or fold their mean into every position."
+        },
+    )
+    bias: bool = attrs.field(default=True, metadata={"help": "Learn a bias."})
+
+
+class LeastSquaresStitch(StitchLayer):
+    """A stitch whose calibration is linear least squares.
+
+    Subclasses implement :meth:`ls_rows` (source activation -> design rows),
+    :meth:`ls_targets` (destination activation -> target rows) and
+    :meth:`ls_assign`.  The calibrator shares ``XᵀX`` between layers whose
+    :meth:`ls_signature` and source cut point are equal.
+    """
+
+    def ls_rows(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Design rows per sub-problem (``{"main": [n, d_in]}``)."""
+        raise NotImplementedError
+
+    def ls_targets(self, y: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Target rows per sub-problem, matching :meth:`ls_rows`."""
+        raise NotImplementedError
+
+    def ls_assign(self, solutions: dict[str, torch.Tensor]) -> None:
+        """Load solved ``[d_in+1, d_out]`` matrices (last row: bias)."""
+        raise NotImplementedError
+
+    def ls_signature(self) -> tuple:
+        """Hashable description of :meth:`ls_rows` (equal -> same design rows)."""
+        return (type(self).__name__, self.src, self.dst)
+
+    def fit_start(self) -> None:
+        self._normal: dict[str, NormalEquations] = {}
+
+    def fit_update(self, x, y, mask=None, *, rows=None, grams=None) -> None:
+        if not hasattr(self, "_normal"):
+            self.fit_start()
+        rows = rows if rows is not None else self.ls_rows(x, mask)
+        targets = self.ls_targets(y, mask)
+        for key, r in rows.items():
+            t = targets[key]
+            if r.shape[0] != t.shape[0]:
+                raise ShapeMismatchError(
+                    f"{type(self).__name__}: {r.shape[0]} source rows vs {t.shape[0]} target rows for '{key}'"
+                )
+            eq = self._normal.get(key)
+            if eq is None:
+                eq = self._normal[key] = NormalEquations(r.shape[1], t.shape[1])
+            eq.add(r, t, gram=None if grams is None else grams.get(key))
+
+    def fit_end(self, ridge: float = 0.0) -> None:
+        normal = getattr(self, "_normal", None)
+        if not normal:
+            raise StitchframeError(f"{type(self).__name__}.fit_end called before any fit_update")
+        self.ls_assign({k: eq.solve(ridge if k == "main" else max(ridge, 1e-3)) for k, eq in normal.items()})
+        del self._normal
+
+
+class ProjectionStitch(LeastSquaresStitch):
+    """Per-position channel projection ``y = W x + b`` with layout alignment.
+
+    Handles: prefix tokens (mapped with the same projection when both sides
+    have the same count; synthesised from pooled features when the
+    destination has prefix tokens the source lacks; dropped or folded when
+    the destination has none), grid resizing, and conversion between
+    ``tokens``, ``map`` and ``nhwc`` layouts.
+    """
+
+    Options = ProjectionOptions
+
+    def __init__(self, src: ActivationSpec, dst: ActivationSpec, options: Any = None) -> None:
+        super().__init__(src, dst, options)
+        c_in, c_out = src.channels, dst.channels
+        self.weight = nn.Parameter(torch.empty(c_out, c_in))
+        self.bias = nn.Parameter(torch.zeros(c_out)) if self.options.bias else None
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        k_s, k_d = src.prefix, dst.prefix
+        self._shared_prefix = k_d > 0 and k_s == k_d
+        self._synth_prefix = k_d > 0 and k_s != k_d
+        self._fold = k_s > 0 and k_d == 0 and self.options.prefix == "fold"
+        if self._synth_prefix:
+            self.prefix_weight = nn.Parameter(torch.zeros(k_d * c_out, c_in))
+            self.prefix_bias = nn.Parameter(torch.zeros(k_d * c_out))
+        self._resize = None
+        if src.grid is not None and dst.grid is not None and src.grid != dst.grid:
+            self._resize = _resize_mode(self.options, src.grid, dst.grid)
+        same_layout = src.layout == dst.layout and (src.layout != "tokens" or src.prefix == dst.prefix)
+        self._direct = same_layout and self._resize is None and src.layout in ("tokens", "sequence", "nhwc")
+
+    @classmethod
+    def supports(cls, src: ActivationSpec, dst: ActivationSpec) -> str | None:
+        return _bridge_reason(src, dst)
+
+    # -- the computation ------------------------------------------------
+    def effective_weight(self) -> torch.Tensor:
+        """The ``[C_out, C_in]`` matrix applied (subclasses add updates)."""
+        return self.weight
+
+    def _positions(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Source activation -> aligned positions ``[B, N_dst, C_in]`` and prefix."""
+        f, p = _split(x, self.src)
+        if self._fold and p is not None:
+            f = f + p.mean(dim=1, keepdim=True)
+        if self._resize is not None:
+            f = f.transpose(1, 2).unflatten(2, self.src.grid)
+            f = _resize_map(f, self.dst.grid, self._resize).flatten(2).transpose(1, 2)
+        return f, p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.effective_weight()
+        if self._direct:
+            return F.linear(x, w, self.bias)
+        f, p = self._positions(x)
+        if self._shared_prefix:
+            out = F.linear(torch.cat([p, f], dim=1), w, self.bias)
+            return _join(out[:, self.dst.prefix :], out[:, : self.dst.prefix], self.dst)
+        out_p = None
+        if self._synth_prefix:
+            pooled = f.mean(dim=1)
+            out_p = F.linear(pooled, self.prefix_weight, self.prefix_bias).unflatten(
+                1, (self.dst.prefix, self.dst.channels)
+            )
+        return _join(F.linear(f, w, self.bias), out_p, self.dst)
+
+    # -- least squares --------------------------------------------------
+    def _mask_rows(self, rows: torch.Tensor, mask: torch.Tensor | None, spec: ActivationSpec) -> torch.Tensor:
+        if mask is None or spec.layout != "sequence":
+            return rows.reshape(-1, rows.shape[-1])
+        return rows[mask.to(torch.bool)]
+
+    def ls_rows(self, x, mask=None):
+        with torch.no_grad():
+            f, p = self._positions(x)
+            if self._shared_prefix:
+                rows = {"main": torch.cat([p, f], dim=1).reshape(-1, f.shape[-1])}
+            else:
+                rows = {"main": self._mask_rows(f, mask, self.src)}
+            if self._synth_prefix:
+                rows["prefix"] = f.mean(dim=1)
+        return rows
+
+    def ls_targets(self, y, mask=None):
+        with torch.no_grad():
+            f, p = _split(y, self.dst)
+            if self._shared_prefix:
+                targets = {"main": torch.cat([p, f], dim=1).reshape(-1, f.shape[-1])}
+            else:
+                targets = {"main": self._mask_rows(f, mask, self.dst)}
+            if self._synth_prefix:
+                targets["prefix"] = p.reshape(p.shape[0], -1)
+        return targets
+
+    def ls_signature(self) -> tuple:
+        return ("projection", self.src, self.dst.grid, self.dst.prefix, self._fold, self._resize)
+
+    def ls_assign(self, solutions: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            sol = solutions["main"]
+            self.weight.copy_(sol[:-1].T.to(self.weight))
+            if self.bias is not None:
+                self.bias.copy_(sol[-1].to(self.bias))
+            if self._synth_prefix and "prefix" in solutions:
+                sp = solutions["prefix"]
+                self.prefix_weight.copy_(sp[:-1].T.to(self.prefix_weight))
+                self.prefix_bias.copy_(sp[-1].to(self.prefix_bias))
+
+
+class LinearStitch(ProjectionStitch):
+    """Linear projection over channels, for tokens, sequences and across layouts."""
+
+
+class Conv1x1Stitch(ProjectionStitch):
+    """1x1 convolution between channels-first feature maps, resizing when grids differ."""
+
+    @classmethod
+    def supports(cls, src: ActivationSpec, dst: ActivationSpec) -> str | None:
+        if src.layout != "map" or dst.layout != "map":
+            return f"conv1x1 joins 'map' layouts only (got {src.layout!r} -> {dst.layout!r}); use 'linear'"
+        return None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._resize is not None:
+            x = _resize_map(x, self.dst.grid, self._resize)
+        return F.conv2d(x, self.effective_weight()[:, :, None, None], self.bias)
+
+
+@attrs.frozen(kw_only=True)
+class LowRankOptions(ProjectionOptions):
+    """Options of the ``lowrank`` stitch."""
+
+    rank: int = attrs.field(
+        default=8,
+        validator=[attrs.validators.instance_of(int), attrs.validators.ge(1)],
+        metadata={"help": "Rank r of the trainable update."},
+    )
+    alpha: float | None = attrs.field(
+        default=None, metadata={"help": "Scale of the update is alpha / rank (default: alpha = rank)."}
+    )
+
+
+class LowRankStitch(ProjectionStitch):
+    """Least-squares base (frozen) plus a trainable rank-r update (SN-Netv2).
+
+    ``W = W0 + (alpha / r) · B A`` with ``W0`` from least squares, ``A`` small
+    random and ``B`` zero, so training starts exactly at the least-squares
+    solution.  :meth:`merge` folds the update into ``W0`` for inference.
+    Works on every layout pair ``linear`` supports; maps use a 1x1 convolution.
+    """
+
+    Options = LowRankOptions
+
+    def __init__(self, src: ActivationSpec, dst: ActivationSpec, options: Any = None) -> None:
+        super().__init__(src, dst, options)
+        r = min(self.options.rank, src.channels, dst.channels)
+        self.weight.requires_grad_(False)
+        self.lora_a = nn.Parameter(torch.empty(r, src.channels))
+        self.lora_b = nn.Parameter(torch.zeros(dst.channels, r))
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+        self.scale = (self.options.alpha if self.options.alpha is not None else self.options.rank) / r
+        self._map = src.layout == "map" and dst.layout == "map"
+
+    def effective_weight(self) -> torch.Tensor:
+        return self.weight + self.scale * (self.lora_b @ self.lora_a)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._map:
+            if self._resize is not None:
+                x = _resize_map(x, self.dst.grid, self._resize)
+            return F.conv2d(x, self.effective_weight()[:, :, None, None], self.bias)
+        return super().forward(x)
+
+    def ls_assign(self, solutions: dict[str, torch.Tensor]) -> None:
+        super().ls_assign(solutions)
+        with torch.no_grad():
+            self.lora_b.zero_()
+
+    def merge(self) -> None:
+        """Fold ``scale · B A`` into the base weight and zero ``B``."""
+        with torch.no_grad():
+            self.weight.copy_(self.effective_weight())
+            self.lora_b.zero_()
+
+
+@hookimpl
+def stitchframe_register_stitch_layers(register) -> None:
+    """Register the built-in stitching layers."""
+    register("linear", LinearStitch)
+    register("conv1x1", Conv1x1Stitch)
+    register("lowrank", LowRankStitch)
