@@ -40,6 +40,14 @@ def _console(err: bool = False) -> Console:
     return Console(stderr=err, highlight=False, soft_wrap=True)
 
 
+def registries_for(args: argparse.Namespace):
+    """Registries with installed plugins plus those named by ``--plugin``."""
+    from .plugins import get_plugin_manager, load_registries
+
+    regs = load_registries(get_plugin_manager(plugins=getattr(args, "plugin", None) or ()))
+    return regs
+
+
 def _warn_problems(regs) -> None:
     if regs.problems:
         con = _console(err=True)
@@ -50,9 +58,7 @@ def _warn_problems(regs) -> None:
 @command("plugins")
 def cmd_plugins(args: argparse.Namespace) -> int:
     """List installed plugins, their versions, hooks and what they registered, as JSON."""
-    from .plugins import load_registries
-
-    regs = load_registries()
+    regs = registries_for(args)
     print(json.dumps(regs.plugin_report(), indent=2))
     return 0
 
@@ -61,11 +67,10 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check a spec (schema, names, plugin options) without loading any model."""
     from .engine import validate_spec
-    from .plugins import load_registries
     from .spec import load_spec
 
     spec = load_spec(args.spec)
-    regs = load_registries()
+    regs = registries_for(args)
     _warn_problems(regs)
     notes = validate_spec(spec, regs)
     for n in notes:
@@ -90,11 +95,10 @@ def route_table(routes, *, title: str = "routes") -> Table:
 def cmd_routes(args: argparse.Namespace) -> int:
     """Print the route table of a spec's SN-Net (loads the anchors, no training)."""
     from .engine import assemble
-    from .plugins import load_registries
     from .spec import load_spec
 
     spec = load_spec(args.spec)
-    regs = load_registries()
+    regs = registries_for(args)
     _warn_problems(regs)
     net = assemble(spec, regs)
     if args.json:
@@ -114,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"stitchframe {__version__}")
     parser.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        metavar="MODULE[:ATTR]",
+        help="load a plugin that is not installed as an entry point (repeatable; also STITCHFRAME_PLUGINS)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 

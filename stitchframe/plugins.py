@@ -27,6 +27,7 @@ __all__ = [
     "PluginProblem",
     "Registries",
     "get_plugin_manager",
+    "import_plugin",
     "load_registries",
 ]
 
@@ -115,6 +116,25 @@ def _allowed_from_env() -> set[str] | None:
     return {v.strip() for v in value.split(",") if v.strip()}
 
 
+def import_plugin(ref: str) -> Any:
+    """Import a plugin given as ``"package.module"`` or ``"package.module:attribute"``.
+
+    Raises:
+        PluginError: The module or attribute cannot be imported.
+    """
+    modname, _, attr = ref.partition(":")
+    try:
+        obj = importlib.import_module(modname)
+        for part in attr.split(".") if attr else []:
+            obj = getattr(obj, part)
+    except Exception as exc:  # noqa: BLE001 - reported with the reference
+        raise PluginError(
+            f"Plugin {ref!r} cannot be imported: {type(exc).__name__}: {exc}. "
+            "Give it as 'package.module' or 'package.module:attribute' importable from this environment."
+        ) from exc
+    return obj
+
+
 def get_plugin_manager(
     load_entrypoints: bool = True,
     plugins: Iterable[Any] = (),
@@ -125,8 +145,11 @@ def get_plugin_manager(
         load_entrypoints: Load the ``stitchframe`` entry-point group.  When the
             ``STITCHFRAME_LOAD_PLUGINS`` environment variable is set, only the
             comma-separated entry points it names are loaded (empty: none).
-        plugins: Extra plugin objects (modules, classes, instances) to register
-            after the built-ins, for tests and scripts.
+            The ``STITCHFRAME_PLUGINS`` environment variable adds plugins that
+            are not installed as entry points, as comma-separated
+            ``module[:attribute]`` references (also read when this is false).
+        plugins: Extra plugins passed explicitly: objects (modules, classes,
+            instances) or ``"module[:attribute]"`` strings.
 
     Returns:
         The manager.  Plugins that failed to import or register are not
@@ -160,8 +183,18 @@ def get_plugin_manager(
                 pm.register_plugin(obj, name=ep.name, version=version)
             except PluginError as exc:
                 pm.problems.append(PluginProblem(plugin=ep.name, hook=None, message=str(exc)))
-    for obj in plugins:
-        pm.register_plugin(obj)
+    refs = [r.strip() for r in os.environ.get("STITCHFRAME_PLUGINS", "").split(",") if r.strip()]
+    for obj in [*refs, *plugins]:
+        name = obj if isinstance(obj, str) else None
+        if pm.has_plugin(name) if name else pm.is_registered(obj):
+            continue
+        try:
+            plugin = import_plugin(obj) if isinstance(obj, str) else obj
+            pm.register_plugin(plugin, name=name)
+        except PluginError as exc:
+            if not isinstance(obj, str):
+                raise
+            pm.problems.append(PluginProblem(plugin=obj, hook=None, message=str(exc)))
     return pm
 
 
@@ -298,7 +331,8 @@ def unknown_source_error(source: str, regs: Registries, where: str = "") -> Unkn
     if prefix is None:
         what = f"Anchor source {source!r}{at} has no 'prefix:'"
     else:
-        what = f"Unknown anchor prefix {prefix!r} in source {source!r}{at}; {did_you_mean(prefix, prefixes)}".rstrip()
+        hint = did_you_mean(prefix, prefixes).strip()
+        what = f"Unknown anchor prefix {prefix!r} in source {source!r}{at}" + (f"; {hint}" if hint else "")
     return UnknownNameError(
         f"{what}. Write it as 'prefix:identifier' with a registered prefix: "
         f"{', '.join(prefixes) or '(none: install a plugin such as stitchframe-timm)'}.{regs.broken_note()}"
