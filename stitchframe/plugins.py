@@ -38,6 +38,7 @@ ENTRY_POINT_GROUP = "stitchframe"
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "stitchframe.stitch_layers",
     "stitchframe.stitch_spaces",
+    "stitchframe.datasets",
 )
 
 _REGISTER_HOOKS = {

@@ -1,0 +1,204 @@
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import attrs
+import pytest
+import torch
+
+import stitchframe.pipeline as pipeline
+from stitchframe import CheckpointError, OutputExistsError, SpecError, StitchframeError, build, load_snnet, parse_spec
+from stitchframe.io import read_metadata
+from stitchframe.spec import dump_spec, load_spec, spec_hash
+from tests import tiny
+
+
+def tiny_spec(**changes) -> dict:
+    spec = {
+        "anchors": ["tiny:vit32", {"source": "tiny:vit48", "options": {"seed": 1}}],
+        "stitch": {"space": "snnet"},
+        "calibration": {"batches": 2},
+        "data": {"name": "synthetic", "options": {"train_size": 64, "val_size": 48}},
+        "train": {"epochs": 0, "batch_size": 16},
+        "eval": {"batch_size": 16},
+    }
+    for key, value in changes.items():
+        spec[key] = {**spec[key], **value} if isinstance(value, dict) and key in spec else value
+    return spec
+
+
+def _build(regs, out, **kw):
+    return build(parse_spec(kw.pop("spec", None) or tiny_spec()), output=out, registries=regs, **kw)
+
+
+def test_build_writes_a_complete_output_that_reloads(regs, tmp_path):
+    out = tmp_path / "out"
+    res = _build(regs, out)
+    assert res.output == out.absolute()
+    for name in ("snnet.safetensors", "spec.yaml", "routes.json", "routes.md", "pareto.png", "build.json"):
+        assert (out / name).is_file(), name
+    assert (out / "checkpoints" / "evaluation.jsonl").is_file()
+    assert not pipeline.partial_dir(out).exists() and not (out / "build-state.json").exists()
+    spec = load_spec(out / "spec.yaml")
+    assert dump_spec(spec) == dump_spec(parse_spec(tiny_spec()))
+    header = read_metadata(out / "snnet.safetensors")
+    assert header["spec_hash"] == spec_hash(spec)
+    table = json.loads(header["routes"])
+    assert [r["name"] for r in table] == [r.describe() for r in res.snnet.routes]
+    routes = json.loads((out / "routes.json").read_text())["routes"]
+    assert [r["accuracy"] for r in routes] == [r.accuracy for r in res.evaluation.routes]
+    manifest = json.loads((out / "build.json").read_text())
+    assert manifest["data"]["num_classes"] == 10 and manifest["train"] is None
+    assert manifest["evaluation"]["block_forwards"] < manifest["evaluation"]["naive_block_forwards"]
+
+    net = load_snnet(out, regs)
+    x = torch.stack([tiny.images(4)[i] for i in range(4)])
+    with torch.no_grad():
+        for i in range(len(net.routes)):
+            assert torch.equal(net.forward_route(x, i), res.snnet.eval().forward_route(x, i))
+            assert net.routes[i].meta["accuracy"] == res.snnet.routes[i].meta["accuracy"]
+
+
+def test_load_snnet_rejects_an_edited_spec(regs, tmp_path):
+    out = tmp_path / "out"
+    _build(regs, out)
+    (out / "spec.yaml").write_text(dump_spec(parse_spec(tiny_spec(seed=5))))
+    with pytest.raises(CheckpointError, match="another spec"):
+        load_snnet(out, regs)
+    with pytest.raises(CheckpointError, match="not a stitchframe build output"):
+        load_snnet(tmp_path, regs)
+
+
+def test_existing_output_needs_overwrite(regs, tmp_path):
+    out = tmp_path / "out"
+    _build(regs, out)
+    before = (out / "snnet.safetensors").read_bytes()
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        _build(regs, out, spec=tiny_spec(seed=3))
+    assert (out / "snnet.safetensors").read_bytes() == before
+    _build(regs, out, spec=tiny_spec(seed=3), overwrite=True)
+    assert json.loads((out / "build.json").read_text())["spec_hash"] == spec_hash(parse_spec(tiny_spec(seed=3)))
+    other = tmp_path / "not_a_build"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="not a stitchframe build"):
+        _build(regs, other, overwrite=True)
+    assert (other / "notes.txt").read_text() == "mine"
+
+
+def test_failed_build_keeps_previous_outputs_and_resumes(regs, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    _build(regs, out)
+    files = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("evaluation crashed")
+
+    monkeypatch.setattr(pipeline, "_evaluate", broken)
+    with pytest.raises(RuntimeError, match="evaluation crashed"):
+        _build(regs, out, spec=tiny_spec(seed=7), overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == files
+    partial = pipeline.partial_dir(out)
+    assert json.loads((partial / "build-state.json").read_text())["stage"] == "trained"
+    calibrated = (partial / "snnet.safetensors").read_bytes()
+
+    monkeypatch.undo()
+    monkeypatch.setattr(pipeline, "calibrate", broken)  # resuming must not calibrate again
+    with pytest.raises(CheckpointError, match="another spec"):
+        _build(regs, out, spec=tiny_spec(seed=8), overwrite=True, resume=True)
+    res = _build(regs, out, spec=tiny_spec(seed=7), overwrite=True, resume=True)
+    assert not partial.exists()
+    assert json.loads((out / "build.json").read_text())["spec_hash"] == spec_hash(parse_spec(tiny_spec(seed=7)))
+    assert pipeline.state_fingerprint(res.snnet) == pipeline.state_fingerprint(
+        _load_state(regs, tiny_spec(seed=7), calibrated, tmp_path)
+    )
+
+
+def _load_state(regs, spec_dict, weights: bytes, tmp_path):
+    from stitchframe import assemble, load_module_state
+
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(weights)
+    net = assemble(parse_spec(spec_dict), regs)
+    load_module_state(net, path)
+    return net
+
+
+def test_an_unfinished_build_is_discarded_without_resume(regs, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    monkeypatch.setattr(pipeline, "_evaluate", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError):
+        _build(regs, out)
+    assert pipeline.partial_dir(out).exists() and not out.exists()
+    monkeypatch.undo()
+    calls = []
+    monkeypatch.setattr(pipeline, "calibrate", lambda *a, **k: calls.append(1))
+    _build(regs, out)
+    assert calls == [1] and out.is_dir()
+
+
+def test_an_interrupted_swap_is_recovered(regs, tmp_path):
+    out = tmp_path / "out"
+    _build(regs, out)
+    out.rename(tmp_path / ".out.old")  # a crash between the two renames of the swap
+    with pytest.raises(OutputExistsError):
+        _build(regs, out)
+    assert (out / "build.json").is_file() and not (tmp_path / ".out.old").exists()
+
+
+@attrs.frozen
+class FakeTrainResult:
+    steps: int
+    final_loss: float
+
+
+def test_training_is_called_with_the_contract(regs, tmp_path, monkeypatch):
+    calls = []
+
+    def train(snnet, dataset, train_spec, *, device, checkpoint_dir, resume, seed, num_workers, collate_fn, console):
+        calls.append(dict(snnet=snnet, dataset=dataset, train_spec=train_spec, device=device,
+                          checkpoint_dir=checkpoint_dir, resume=resume, seed=seed, num_workers=num_workers,
+                          collate_fn=collate_fn, console=console))
+        with torch.no_grad():  # training changes weights; the evaluation must see them
+            for p in snnet.stitches.parameters():
+                p.mul_(0.5)
+        return FakeTrainResult(steps=3, final_loss=1.25)
+
+    monkeypatch.setitem(sys.modules, "stitchframe.train", types.SimpleNamespace(train=train))
+    out = tmp_path / "out"
+    res = _build(regs, out, spec=tiny_spec(train={"epochs": 1, "batch_size": 16}, seed=4), resume=True)
+    (call,) = calls
+    assert call["snnet"] is res.snnet and len(call["dataset"]) == 64
+    assert call["train_spec"] == parse_spec(tiny_spec(train={"epochs": 1, "batch_size": 16})).train
+    assert call["device"] == torch.device("cpu") and call["seed"] == 4 and call["resume"] is True
+    assert call["checkpoint_dir"] == pipeline.partial_dir(out.absolute()) / "checkpoints"
+    assert call["num_workers"] == 0 and call["collate_fn"] is None and call["console"] is None
+    assert json.loads((out / "build.json").read_text())["train"] == {"steps": 3, "final_loss": 1.25}
+    assert pipeline.state_fingerprint(load_snnet(out, regs)) == pipeline.state_fingerprint(res.snnet)
+
+
+def test_training_without_a_training_loop_is_a_clear_error(regs, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "stitchframe.train", None)
+    with pytest.raises(StitchframeError, match="epochs: 0"):
+        _build(regs, tmp_path / "out", spec=tiny_spec(train={"epochs": 1}))
+
+
+def test_spec_mistakes_are_reported_before_any_work(regs, tmp_path):
+    with pytest.raises(SpecError, match=r"outputs 10 classes but dataset 'synthetic' has 5.*anchors\[0\]\.options"):
+        _build(regs, tmp_path / "a", spec=tiny_spec(data={"name": "synthetic", "options": {"num_classes": 5}}))
+    with pytest.raises(SpecError, match=r"data.img_size is 32 but anchors\[0\] \('vit32'\) was built for 16x16"):
+        _build(regs, tmp_path / "b", spec=tiny_spec(data={"name": "synthetic", "img_size": 32}))
+    with pytest.raises(SpecError, match="data section"):
+        _build(regs, tmp_path / "c", spec={k: v for k, v in tiny_spec().items() if k != "data"})
+    with pytest.raises(SpecError, match="no output folder"):
+        build(parse_spec(tiny_spec()), registries=regs)
+
+
+def test_only_rank_zero_writes(regs, tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    res = _build(regs, tmp_path / "out")
+    assert res.evaluation is None and not (tmp_path / "out").exists()
+    assert not pipeline.partial_dir(tmp_path / "out").exists()
