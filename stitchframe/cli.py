@@ -186,7 +186,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                        merge=args.merge, registries=regs)
     r = res.module.route
     con = _console()
-    con.print(f"route {res.route_id}: {r.describe()} ({(r.flops or 0) / 1e9:.3f} GFLOPs, {(r.params or 0) / 1e6:.2f} M params)")
+    cost = f"{(r.flops or 0) / 1e9:.3f} GFLOPs, {(r.params or 0) / 1e6:.2f} M params"
+    con.print(f"route {res.route_id}: {r.describe()} ({cost})")
     for path in (res.weights, res.description, res.onnx):
         if path is not None:
             con.print(f"wrote {path}")
@@ -220,13 +221,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p = sub.add_parser("build", help=cmd_build.__doc__)
     p.add_argument("spec", help="path to spec.yaml")
-    p.add_argument("--output", "-o", metavar="DIR", help="output folder (default: the spec's output, else runs/<spec name>)")
+    p.add_argument("--output", "-o", metavar="DIR",
+                   help="output folder (default: the spec's output, else runs/<spec name>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing build output")
     p.add_argument("--resume", action="store_true", help="continue the unfinished build of this output")
     p = sub.add_parser("evaluate", help=cmd_evaluate.__doc__)
     p.add_argument("out_dir", metavar="OUT_DIR", help="a build output folder")
     p.add_argument("--latency", action="store_true", help="also measure each route's latency (batch size 1)")
-    p.add_argument("--max-batches", type=_positive_int, metavar="N", help="evaluate at most N batches (default: the spec's)")
+    p.add_argument("--max-batches", type=_positive_int, metavar="N",
+                   help="evaluate at most N batches (default: the spec's)")
     p = sub.add_parser("export", help=cmd_export.__doc__)
     p.add_argument("out_dir", metavar="OUT_DIR", help="a build output folder")
     which = p.add_mutually_exclusive_group(required=True)

@@ -20,19 +20,25 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from .anchors import Preprocess
-from .errors import SpecError, StitchframeError
+from .anchors import Anchor, Preprocess
+from .errors import PluginError, SpecError, StitchframeError
 from .hookspecs import hookimpl
+from .spec import Spec, structure_options
+
+if TYPE_CHECKING:
+    from .plugins import Registries
 
 __all__ = [
     "DatasetSplits",
+    "agreed_preprocess",
+    "load_data",
     "ArrayImageDataset",
     "FashionMNISTOptions",
     "DigitsOptions",
@@ -252,9 +258,10 @@ def load_fashion_mnist(options: FashionMNISTOptions, preprocess: Preprocess) -> 
     files = _fashion_files(root)
     if files is None:
         message = (
-            f"Fashion-MNIST files not found in {str(root)!r} (expected {', '.join(sorted(sum(_FASHION_FILES.values(), ())))}); "
-            f"install the Debian package dataset-fashion-mnist (apt install dataset-fashion-mnist), point data.options.root "
-            "at a folder holding them, or use data.name: digits"
+            f"Fashion-MNIST files not found in {str(root)!r} "
+            f"(expected {', '.join(sorted(sum(_FASHION_FILES.values(), ())))}); install the Debian package "
+            "dataset-fashion-mnist (apt install dataset-fashion-mnist), point data.options.root at a folder "
+            "holding them, or use data.name: digits"
         )
         if options.fallback == "digits":
             warnings.warn(f"{message}; falling back to digits (data.options.fallback)", stacklevel=2)
@@ -312,7 +319,7 @@ def load_digits(options: DigitsOptions, preprocess: Preprocess) -> DatasetSplits
     val_idx = []
     for c in range(10):
         idx = np.flatnonzero(labels == c)
-        k = max(1, int(round(len(idx) * options.val_fraction)))
+        k = max(1, round(len(idx) * options.val_fraction))
         val_idx.extend(rng.permutation(idx)[:k].tolist())
     is_val = np.zeros(len(labels), dtype=bool)
     is_val[val_idx] = True
@@ -336,7 +343,9 @@ def load_digits(options: DigitsOptions, preprocess: Preprocess) -> DatasetSplits
 class ImageFolderOptions:
     """Options of ``imagefolder``."""
 
-    root: str = attrs.field(metadata=_help("Dataset root holding one folder per split, each with one folder per class."))
+    root: str = attrs.field(
+        metadata=_help("Dataset root holding one folder per split, each with one folder per class.")
+    )
     train_dir: str = attrs.field(default="train", metadata=_help("Training split folder under root."))
     val_dir: str = attrs.field(default="val", metadata=_help("Validation split folder under root."))
     train_size: int | None = attrs.field(
@@ -457,6 +466,94 @@ def load_synthetic(options: SyntheticOptions, preprocess: Preprocess) -> Dataset
         classes=tuple(f"class_{i}" for i in range(options.num_classes)),
         description=f"synthetic images {h}x{w}: {len(train)} train / {len(val)} val, {options.num_classes} classes",
     )
+
+
+# ---------------------------------------------------------------------------
+# choosing the preprocessing and loading the spec's dataset
+# ---------------------------------------------------------------------------
+def _traced_size(anchor: Anchor) -> tuple[int, int] | None:
+    x = anchor.example_inputs
+    if isinstance(x, torch.Tensor) and x.dim() == 4:
+        return int(x.shape[-2]), int(x.shape[-1])
+    size = anchor.preprocess.input_size
+    return (int(size[1]), int(size[2])) if size is not None else None
+
+
+def agreed_preprocess(anchors: list[Anchor], img_size: int | None = None) -> tuple[Preprocess, list[str]]:
+    """The input preprocessing all anchors accept, with ``data.img_size`` applied.
+
+    Every route starts at some anchor's stem, so all anchors must be traced
+    at the resolution the data has (their FLOPs and activation grids were
+    measured there).  Mean/std come from the first anchor; a note says so
+    when others differ.
+
+    Returns:
+        ``(preprocess, notes)``.
+
+    Raises:
+        SpecError: Mixed modalities, or anchors traced at another size than
+            ``img_size`` (or at different sizes when it is unset).
+    """
+    base = anchors[0].preprocess
+    notes: list[str] = []
+    modalities = {a.preprocess.modality for a in anchors}
+    if len(modalities) > 1:
+        raise SpecError(f"anchors: the anchors take different modalities {sorted(modalities)}; use one family")
+    if base.modality != "image":
+        return base, notes
+    sizes = {a.name: _traced_size(a) for a in anchors}
+    if img_size is not None:
+        for i, a in enumerate(anchors):
+            if sizes[a.name] not in (None, (img_size, img_size)):
+                h, w = sizes[a.name]
+                raise SpecError(
+                    f"data.img_size is {img_size} but anchors[{i}] ({a.name!r}) was built for {h}x{w} inputs; "
+                    f"set the same image size in anchors[{i}].options (see its adapter's options) or drop data.img_size"
+                )
+        size = (img_size, img_size)
+    else:
+        distinct = {s for s in sizes.values() if s is not None}
+        if len(distinct) > 1:
+            raise SpecError(
+                f"anchors: the anchors were built for different input sizes {sizes}; set data.img_size "
+                "and the same image size in every anchor's options"
+            )
+        size = distinct.pop() if distinct else None
+    if size is None:
+        raise SpecError("anchors: no anchor declares an input size; set data.img_size")
+    if any((a.preprocess.mean, a.preprocess.std) != (base.mean, base.std) for a in anchors):
+        notes.append(f"anchors normalise differently; using {anchors[0].name}'s mean/std for every route")
+    channels = base.input_size[0] if base.input_size else 3
+    return attrs.evolve(base, input_size=(channels, *size)), notes
+
+
+def load_data(spec: Spec, registries: Registries, preprocess: Preprocess) -> DatasetSplits:
+    """Load ``spec.data`` through the dataset registry.
+
+    Raises:
+        SpecError: The spec has no ``data`` section or bad options.
+        UnknownNameError: Unknown dataset.
+        PluginError: The loader raised or returned something else than DatasetSplits.
+    """
+    if spec.data is None:
+        raise SpecError("data: building needs a data section, e.g. data: {name: fashion_mnist}")
+    entry = registries.datasets.get(spec.data.name, where="data.name")
+    options = structure_options(entry.options, spec.data.options, "data.options")
+    try:
+        splits = entry.obj(options, preprocess)
+    except StitchframeError:
+        raise
+    except Exception as exc:
+        raise PluginError(
+            f"Plugin {entry.plugin!r} failed to load dataset {spec.data.name!r} (data.name): "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(splits, DatasetSplits):
+        raise PluginError(
+            f"Dataset {spec.data.name!r} from plugin {entry.plugin!r} returned {type(splits).__name__}; "
+            "a dataset loader must return stitchframe.DatasetSplits"
+        )
+    return splits
 
 
 @hookimpl

@@ -357,67 +357,90 @@ def evaluate_routes(
         total = min(total, max_batches)
     header = {"fingerprint": fingerprint, "routes": names, "batch_size": batch_size, "dataset_size": len(dataset)}
     path = Path(partial_path) if partial_path is not None else None
-    done = _read_partial(path, header)[:total] if path is not None else []
-    route_ids = list(range(len(names)))
-    correct = [sum(r["correct"][k] for r in done) for k in route_ids]
-    loss = [sum(r["loss"][k] for r in done) for k in route_ids]
-    samples = sum(r["samples"] for r in done)
-    trie = RouteTrie(snnet)
-    blocks = naive = ran = 0
-    writer = _PartialWriter(path, header, fresh=not done)
+    sums = _Sums(len(names))
+    for record_ in _read_partial(path, header)[:total] if path is not None else []:
+        sums.add(record_)
+    resumed = sums.batches
+    writer = _PartialWriter(path, header, fresh=resumed == 0)
     was_training = snnet.training
     snnet.eval()
     try:
-        remaining = range(len(done) * batch_size, min(len(dataset), total * batch_size))
+        remaining = range(resumed * batch_size, min(len(dataset), total * batch_size))
         loader = DataLoader(Subset(dataset, remaining), batch_size=batch_size, shuffle=False,
                             collate_fn=collate_fn, num_workers=num_workers)
-        if progress is not None:
-            progress(len(done), total)
-        with torch.no_grad():
-            for b, (inputs, target) in enumerate(loader, start=len(done)):
-                inputs = _to_device(inputs, device)
-                target = torch.as_tensor(target).to(device)
-                _check_labels(target)
-                c, lsum, nb = _batch_metrics(route_ids, inputs, target, trie, names)
-                writer.write({"batch": b, "samples": int(target.shape[0]), "correct": c, "loss": lsum})
-                correct = [a + x for a, x in zip(correct, c)]
-                loss = [a + x for a, x in zip(loss, lsum)]
-                samples += int(target.shape[0])
-                blocks += nb
-                naive += trie.naive_blocks
-                ran += 1
-                if progress is not None:
-                    progress(b + 1, total)
-        if samples == 0:
+        _run_batches(RouteTrie(snnet), loader, sums, writer, device, names, progress, total)
+        if sums.samples == 0:
             raise StitchframeError("Evaluation got no data: the validation split is empty")
         lat = measure_latency(snnet, dataset, device=device, repeats=latency_repeats,
                               collate_fn=collate_fn) if latency else {}
     finally:
         writer.close()
         snnet.train(was_training)
-    results = tuple(
-        RouteResult(
-            id=i,
-            name=names[i],
-            accuracy=100.0 * correct[i] / samples,
-            loss=loss[i] / samples,
-            samples=samples,
-            flops=int(snnet.routes[i].flops or 0),
-            params=int(snnet.routes[i].params or 0),
-            latency_ms=lat.get(i),
-        )
-        for i in route_ids
-    )
-    evaluation = Evaluation(
-        routes=results,
-        batches=len(done) + ran,
-        resumed_batches=len(done),
-        block_forwards=blocks,
-        naive_block_forwards=naive,
-    )
+    evaluation = sums.evaluation(snnet, names, lat, resumed)
     if record:
         record_results(snnet, evaluation)
     return evaluation
+
+
+@attrs.define
+class _Sums:
+    """Running per-route sums over batches."""
+
+    n: int
+    correct: list[float] = attrs.field(init=False)
+    loss: list[float] = attrs.field(init=False)
+    samples: int = 0
+    batches: int = 0
+    block_forwards: int = 0
+    naive_block_forwards: int = 0
+
+    def __attrs_post_init__(self) -> None:
+        self.correct = [0.0] * self.n
+        self.loss = [0.0] * self.n
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.correct = [a + x for a, x in zip(self.correct, record["correct"])]
+        self.loss = [a + x for a, x in zip(self.loss, record["loss"])]
+        self.samples += record["samples"]
+        self.batches += 1
+
+    def evaluation(self, snnet: SNNet, names: list[str], latency: dict[int, float], resumed: int) -> Evaluation:
+        results = tuple(
+            RouteResult(
+                id=i,
+                name=names[i],
+                accuracy=100.0 * self.correct[i] / self.samples,
+                loss=self.loss[i] / self.samples,
+                samples=self.samples,
+                flops=int(snnet.routes[i].flops or 0),
+                params=int(snnet.routes[i].params or 0),
+                latency_ms=latency.get(i),
+            )
+            for i in range(self.n)
+        )
+        return Evaluation(routes=results, batches=self.batches, resumed_batches=resumed,
+                          block_forwards=self.block_forwards, naive_block_forwards=self.naive_block_forwards)
+
+
+def _run_batches(trie: RouteTrie, loader: DataLoader, sums: _Sums, writer: _PartialWriter, device: torch.device,
+                 names: list[str], progress: Callable[[int, int], None] | None, total: int) -> None:
+    """Evaluate the loader's batches, appending each batch's sums to ``writer`` and ``sums``."""
+    if progress is not None:
+        progress(sums.batches, total)
+    route_ids = list(range(len(names)))
+    with torch.no_grad():
+        for inputs, target in loader:
+            inputs = _to_device(inputs, device)
+            target = torch.as_tensor(target).to(device)
+            _check_labels(target)
+            correct, loss, blocks = _batch_metrics(route_ids, inputs, target, trie, names)
+            record = {"batch": sums.batches, "samples": int(target.shape[0]), "correct": correct, "loss": loss}
+            writer.write(record)
+            sums.add(record)
+            sums.block_forwards += blocks
+            sums.naive_block_forwards += trie.naive_blocks
+            if progress is not None:
+                progress(sums.batches, total)
 
 
 def record_results(snnet: SNNet, evaluation: Evaluation) -> None:

@@ -71,6 +71,11 @@ def _example(snnet: SNNet, route_id: int, batch: int = 2) -> Any:
 
 
 def _export_onnx(module: RouteModule, example: torch.Tensor, path: Path) -> Path:
+    import importlib.util
+
+    missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise StitchframeError(f"ONNX export needs {' and '.join(missing)}: pip install 'stitchframe[onnx]'")
     module.eval()
     weight_bytes = sum(t.numel() * t.element_size() for t in module.state_dict().values())
     try:
@@ -85,7 +90,7 @@ def _export_onnx(module: RouteModule, example: torch.Tensor, path: Path) -> Path
             external_data=weight_bytes > 1 << 30,  # one self-contained file below 1 GiB (the protobuf limit is 2)
             verbose=False,
         )
-    except Exception as exc:  # noqa: BLE001 - reported with the route
+    except Exception as exc:  # reported with the route
         raise StitchframeError(f"ONNX export of route {module.route} failed: {type(exc).__name__}: {exc}") from exc
     return path
 
@@ -158,7 +163,9 @@ def load_route(path: str | Path, registries: Registries | None = None) -> RouteM
     desc_path = path.with_suffix(".json")
     desc = read_json(desc_path)
     if desc.get("format") != ROUTE_FORMAT:
-        raise CheckpointError(f"{str(desc_path)!r} is not a stitchframe route description (format {desc.get('format')!r})")
+        raise CheckpointError(
+            f"{str(desc_path)!r} is not a stitchframe route description (format {desc.get('format')!r})"
+        )
     import yaml
 
     spec = parse_spec(yaml.safe_load(desc["spec"]), source=f"{desc_path}:spec")

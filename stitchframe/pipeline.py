@@ -43,25 +43,23 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .anchors import Anchor, Preprocess, _to_device
+from .anchors import Preprocess, _to_device
 from .calibration import calibrate
-from .datasets import DatasetSplits
+from .datasets import DatasetSplits, agreed_preprocess, load_data
 from .engine import assemble
-from .errors import CheckpointError, OutputExistsError, PluginError, SpecError, StitchframeError
+from .errors import CheckpointError, OutputExistsError, SpecError, StitchframeError
 from .evaluate import Evaluation, evaluate_routes, logits_of, state_fingerprint
 from .io import atomic_write, load_module_state, read_json, read_metadata, save_module, write_json
 from .plugins import Registries, load_registries
 from .report import summary_sentence, write_report
 from .snnet import SNNet
-from .spec import Spec, dump_spec, load_spec, spec_hash, structure_options
+from .spec import Spec, dump_spec, load_spec, spec_hash
 
 __all__ = [
     "BuildResult",
     "build",
     "evaluate_build",
     "load_snnet",
-    "load_data",
-    "agreed_preprocess",
     "resolve_device",
     "partial_dir",
     "MANIFEST",
@@ -141,90 +139,6 @@ def _progress(console, description: str, total: int | None) -> Iterator[Callable
         task = bar.add_task(description, total=total)
         yield lambda done, total: bar.update(task, completed=done, total=total)
     console.print(f"{description}: done")
-
-
-def _traced_size(anchor: Anchor) -> tuple[int, int] | None:
-    x = anchor.example_inputs
-    if isinstance(x, torch.Tensor) and x.dim() == 4:
-        return int(x.shape[-2]), int(x.shape[-1])
-    size = anchor.preprocess.input_size
-    return (int(size[1]), int(size[2])) if size is not None else None
-
-
-def agreed_preprocess(anchors: list[Anchor], img_size: int | None = None) -> tuple[Preprocess, list[str]]:
-    """The input preprocessing all anchors accept, with ``data.img_size`` applied.
-
-    Every route starts at some anchor's stem, so all anchors must be traced
-    at the resolution the data has (their FLOPs and activation grids were
-    measured there).  Mean/std come from the first anchor; a note says so
-    when others differ.
-
-    Returns:
-        ``(preprocess, notes)``.
-
-    Raises:
-        SpecError: Mixed modalities, or anchors traced at another size than
-            ``img_size`` (or at different sizes when it is unset).
-    """
-    base = anchors[0].preprocess
-    notes: list[str] = []
-    modalities = {a.preprocess.modality for a in anchors}
-    if len(modalities) > 1:
-        raise SpecError(f"anchors: the anchors take different modalities {sorted(modalities)}; use one family")
-    if base.modality != "image":
-        return base, notes
-    sizes = {a.name: _traced_size(a) for a in anchors}
-    if img_size is not None:
-        for i, a in enumerate(anchors):
-            if sizes[a.name] not in (None, (img_size, img_size)):
-                h, w = sizes[a.name]
-                raise SpecError(
-                    f"data.img_size is {img_size} but anchors[{i}] ({a.name!r}) was built for {h}x{w} inputs; "
-                    f"set the same image size in anchors[{i}].options (see its adapter's options) or drop data.img_size"
-                )
-        size = (img_size, img_size)
-    else:
-        distinct = {s for s in sizes.values() if s is not None}
-        if len(distinct) > 1:
-            raise SpecError(
-                f"anchors: the anchors were built for different input sizes {sizes}; set data.img_size "
-                "and the same image size in every anchor's options"
-            )
-        size = distinct.pop() if distinct else None
-    if size is None:
-        raise SpecError("anchors: no anchor declares an input size; set data.img_size")
-    if any((a.preprocess.mean, a.preprocess.std) != (base.mean, base.std) for a in anchors):
-        notes.append(f"anchors normalise differently; using {anchors[0].name}'s mean/std for every route")
-    channels = base.input_size[0] if base.input_size else 3
-    return attrs.evolve(base, input_size=(channels, *size)), notes
-
-
-def load_data(spec: Spec, registries: Registries, preprocess: Preprocess) -> DatasetSplits:
-    """Load ``spec.data`` through the dataset registry.
-
-    Raises:
-        SpecError: The spec has no ``data`` section or bad options.
-        UnknownNameError: Unknown dataset.
-        PluginError: The loader raised or returned something else than DatasetSplits.
-    """
-    if spec.data is None:
-        raise SpecError("data: building needs a data section, e.g. data: {name: fashion_mnist}")
-    entry = registries.datasets.get(spec.data.name, where="data.name")
-    options = structure_options(entry.options, spec.data.options, "data.options")
-    try:
-        splits = entry.obj(options, preprocess)
-    except StitchframeError:
-        raise
-    except Exception as exc:
-        raise PluginError(
-            f"Plugin {entry.plugin!r} failed to load dataset {spec.data.name!r} (data.name): {type(exc).__name__}: {exc}"
-        ) from exc
-    if not isinstance(splits, DatasetSplits):
-        raise PluginError(
-            f"Dataset {spec.data.name!r} from plugin {entry.plugin!r} returned {type(splits).__name__}; "
-            "a dataset loader must return stitchframe.DatasetSplits"
-        )
-    return splits
 
 
 def _check_classes(snnet: SNNet, num_classes: int, data_name: str) -> None:
@@ -400,12 +314,15 @@ def _evaluate(snnet: SNNet, spec: Spec, splits: DatasetSplits, partial_path: Pat
         )
 
 
+_JSON_TYPES = (int, float, str, bool, list, dict, type(None))
+
+
 def _plain(obj: Any) -> Any:
+    """Plain data for JSON from what training returned (attrs classes become dicts)."""
     if obj is None:
         return None
     if attrs.has(type(obj)):
-        return attrs.asdict(obj, value_serializer=lambda _i, _a, v: v if isinstance(v, (int, float, str, bool,
-                                                                                       list, dict, type(None))) else str(v))
+        return attrs.asdict(obj, value_serializer=lambda _i, _a, v: v if isinstance(v, _JSON_TYPES) else str(v))
     return str(obj)
 
 
@@ -414,7 +331,8 @@ def _write_outputs(partial: Path, snnet: SNNet, spec: Spec, splits: DatasetSplit
     spec_h = spec_hash(spec)
     title = f"{' / '.join(snnet.anchors)} on {spec.data.name}"
     summary = write_report(snnet.routes, partial, title=title)
-    save_module(snnet, partial / WEIGHTS, kind="snnet", metadata={"spec_hash": spec_h, "routes": snnet.routes.to_list()})
+    meta = {"spec_hash": spec_h, "routes": snnet.routes.to_list()}
+    save_module(snnet, partial / WEIGHTS, kind="snnet", metadata=meta)
     atomic_write(partial / "spec.yaml", lambda tmp: Path(tmp).write_text(dump_spec(spec), encoding="utf-8"))
     from . import __version__
 

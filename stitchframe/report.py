@@ -127,7 +127,8 @@ def _fmt(value: Any, spec: str) -> str:
 def routes_markdown(records: Sequence[dict[str, Any]], summary: dict[str, Any] | None = None, *,
                     title: str = "Routes") -> str:
     """The route table as markdown, cheapest route first, with the summary below it."""
-    lines = [f"# {title}", "", f"FLOPs: {FLOPS_UNIT}. Accuracy: top-1 (%). Front: on the accuracy-FLOPs Pareto front.", ""]
+    legend = f"FLOPs: {FLOPS_UNIT}. Accuracy: top-1 (%). Front: on the accuracy-FLOPs Pareto front."
+    lines = [f"# {title}", "", legend, ""]
     lines += ["| id | route | kind | GFLOPs | M params | top-1 % | loss | latency ms | front |",
               "|---:|---|---|---:|---:|---:|---:|---:|:---:|"]
     for r in sorted(records, key=lambda r: (r["flops"] or 0, r["id"])):
