@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import signal
 import threading
 import time
@@ -27,33 +28,23 @@ from typing import Any
 import attrs
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .anchors import _to_device
 from .checkpoint import clear_checkpoints, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from .distributed import DistInfo, barrier, setup_distributed
-from .errors import CheckpointError, SpecError, TrainingError, did_you_mean
+from .errors import CheckpointError, SpecError, TrainingError
+from .objectives import output_logits, teacher_name, training_loss
+from .optim import build_optimizer, frozen_modules, lr_factor
 from .sampling import EpochOrder, SeededDataset, _hash_ints, make_sampler
 from .snnet import SNNet
 from .spec import TrainSpec, unstructure_options
 
-__all__ = [
-    "TrainResult",
-    "train",
-    "build_optimizer",
-    "lr_factor",
-    "output_logits",
-    "training_loss",
-    "teacher_name",
-    "total_steps",
-]
+__all__ = ["TrainResult", "train", "total_steps"]
 
 #: TrainSpec fields that may change between a run and its resumption.
 _RESUMABLE_CHANGES = frozenset({"checkpoint_every", "log_every", "keep_checkpoints"})
-#: Parameters (by final name) never decayed besides norms and biases (1-D tensors).
-_NO_DECAY_NAMES = ("cls_token", "dist_token", "reg_token", "pos_embed", "absolute_pos_embed", "position_embeddings")
 
 
 @attrs.define
@@ -85,138 +76,10 @@ class TrainResult:
 # ---------------------------------------------------------------------------
 # small public pieces
 # ---------------------------------------------------------------------------
-def lr_factor(step: int, *, total: int, warmup: int, scheduler: str) -> float:
-    """Learning-rate multiplier of optimizer step ``step`` (0-based).
-
-    Linear warm-up over ``warmup`` steps, then constant or a cosine decay that
-    reaches zero after ``total`` steps.
-    """
-    if step < warmup:
-        return (step + 1) / warmup
-    if scheduler == "constant":
-        return 1.0
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
 def total_steps(cfg: TrainSpec, steps_per_epoch: int) -> int:
     """Optimizer steps of a run: ``ceil(epochs * steps_per_epoch)``, capped by ``max_steps``."""
     steps = math.ceil(cfg.epochs * steps_per_epoch - 1e-9)
     return steps if cfg.max_steps is None else min(steps, cfg.max_steps)
-
-
-def output_logits(output: Any) -> torch.Tensor:
-    """The logits of a model output: a tensor, a mapping or object with ``logits``, or a tuple's first item.
-
-    Raises:
-        TrainingError: No logits can be found.
-    """
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, Mapping) and isinstance(output.get("logits"), torch.Tensor):
-        return output["logits"]
-    if isinstance(getattr(output, "logits", None), torch.Tensor):
-        return output.logits
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    raise TrainingError(
-        f"The SN-Net returned a {type(output).__name__}; training needs logits: a tensor, or a dict/object "
-        "with a 'logits' tensor (fix the anchor's head in its adapter)"
-    )
-
-
-def training_loss(logits: torch.Tensor, target: torch.Tensor, cfg: TrainSpec, teacher: torch.Tensor | None = None):
-    """Cross-entropy, mixed with ``T²·KL(teacher ‖ student)`` at temperature ``T`` when distilling.
-
-    Args:
-        logits: Student logits ``[B, classes]`` (computed in float32).
-        target: Class indices ``[B]`` or class probabilities ``[B, classes]``.
-        cfg: The train spec (``loss``, ``distill_alpha``, ``temperature``, ``label_smoothing``).
-        teacher: Teacher logits for ``loss: distill``.
-    """
-    logits = logits.float()
-    ce = F.cross_entropy(logits, target, label_smoothing=cfg.label_smoothing)
-    if cfg.loss != "distill" or teacher is None:
-        return ce
-    t = cfg.temperature
-    kl = F.kl_div(
-        F.log_softmax(logits / t, dim=-1),
-        F.log_softmax(teacher.float() / t, dim=-1),
-        reduction="batchmean",
-        log_target=True,
-    )
-    return (1.0 - cfg.distill_alpha) * ce + cfg.distill_alpha * (t * t) * kl
-
-
-def teacher_name(snnet: SNNet, cfg: TrainSpec) -> str:
-    """The teacher anchor: ``cfg.teacher`` or the anchor with the most FLOPs.
-
-    Raises:
-        SpecError: ``train.teacher`` names no anchor.
-    """
-    names = list(snnet.anchors)
-    if cfg.teacher is None:
-        return max(names, key=lambda n: snnet.anchors[n].graph.flops)
-    if cfg.teacher not in snnet.anchors:
-        raise SpecError(
-            f"train.teacher: unknown anchor {cfg.teacher!r}; {did_you_mean(cfg.teacher, names)}"
-            f"anchors: {', '.join(names)}"
-        )
-    return cfg.teacher
-
-
-def _frozen_modules(snnet: SNNet, freeze: list[str]) -> list[nn.Module]:
-    mods: list[nn.Module] = []
-    for part in freeze:
-        if part == "anchors":
-            mods += list(snnet.anchors.values())
-        elif part == "stitches":
-            mods += list(snnet.stitches.values())
-        elif part == "stems":
-            mods += [m for a in snnet.anchors.values() for m in (a.stem, a.context) if m is not None]
-        elif part == "heads":
-            mods += [m for a in snnet.anchors.values() for m in (a.norm, a.head) if m is not None]
-    return mods
-
-
-def build_optimizer(snnet: SNNet, cfg: TrainSpec) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters, in up to four groups.
-
-    Anchors train at ``cfg.lr`` and stitching layers at ``cfg.stitch_lr``
-    (default ``10 * lr``); 1-D parameters (norms, biases) and token/position
-    embeddings get no weight decay.  Each group records its ``base_lr`` and
-    ``name``.  Parameters with ``requires_grad=False`` are left out.
-
-    Raises:
-        TrainingError: Nothing is trainable.
-    """
-    stitch_lr = cfg.stitch_lr if cfg.stitch_lr is not None else 10.0 * cfg.lr
-    buckets: dict[tuple[str, bool], list[nn.Parameter]] = {}
-    seen: set[int] = set()
-    for name, p in snnet.named_parameters():
-        if not p.requires_grad or id(p) in seen:
-            continue
-        seen.add(id(p))
-        part = "stitches" if name.startswith("stitches.") else "anchors"
-        decay = p.ndim > 1 and name.rsplit(".", 1)[-1] not in _NO_DECAY_NAMES
-        buckets.setdefault((part, decay), []).append(p)
-    if not buckets:
-        raise TrainingError(
-            f"Nothing to train: train.freeze={list(cfg.freeze)!r} leaves no trainable parameter; remove a part from it"
-        )
-    groups = []
-    for part in ("anchors", "stitches"):
-        lr = cfg.lr if part == "anchors" else stitch_lr
-        for decay in (True, False):
-            if (part, decay) in buckets:
-                groups.append({
-                    "params": buckets[(part, decay)],
-                    "lr": lr,
-                    "base_lr": lr,
-                    "weight_decay": cfg.weight_decay if decay else 0.0,
-                    "name": f"{part}/{'decay' if decay else 'no_decay'}",
-                })
-    return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
 def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -315,7 +178,7 @@ class _Trainer:
             "requires_grad": [(p, p.requires_grad) for p in snnet.parameters()],
         }
         snnet.to(self.device)
-        self.frozen = _frozen_modules(snnet, list(self.cfg.freeze))
+        self.frozen = frozen_modules(snnet, list(self.cfg.freeze))
         for m in self.frozen:
             m.requires_grad_(False)
         self.optimizer = build_optimizer(snnet, self.cfg)
@@ -368,8 +231,6 @@ class _Trainer:
     def _seed_rngs(self, step: int) -> None:
         s = _hash_ints(self.seed, self.dist.rank, step, 0x7EED)[0] >> 1
         torch.manual_seed(s)
-        import random
-
         random.seed(s)
         np.random.seed(s % 2**32)
 
@@ -410,7 +271,7 @@ class _Trainer:
             for m, flag in modes:
                 m.training = flag
 
-    def _micro_loss(self, batch: Any, trainable: bool) -> tuple[torch.Tensor, int]:
+    def _micro_loss(self, batch: Any, trainable: bool) -> torch.Tensor:
         inputs, target = _split_batch(batch)
         inputs = _to_device(inputs, self.device)
         target = target.to(self.device, non_blocking=True)
@@ -421,7 +282,7 @@ class _Trainer:
             if self.teacher is not None:
                 with self._teacher_mode() as t:
                     teacher = output_logits(t(inputs))
-        return training_loss(logits, target, self.cfg, teacher), len(target)
+        return training_loss(logits, target, self.cfg, teacher)
 
     def _step(self, it: Iterator[Any], signals: _StopSignals) -> bool:
         """One optimizer step; returns True when a rank received a stop signal."""
@@ -434,7 +295,7 @@ class _Trainer:
         for m in range(acc):
             sync = not self.dist.distributed or m == acc - 1
             with contextlib.nullcontext() if sync or not trainable else self.model.no_sync():
-                loss, _ = self._micro_loss(next(it), trainable)
+                loss = self._micro_loss(next(it), trainable)
                 if trainable:
                     (loss / acc).backward()
             total += loss.detach() / acc
@@ -565,7 +426,9 @@ class _Progress:
                 TimeRemainingColumn(), console=self.t.console,
             )
             self.bar.__enter__()
-            self.task = self.bar.add_task("train", total=self.t.total, completed=self.t.step, loss="-", lr="-", speed="-")
+            self.task = self.bar.add_task(
+                "train", total=self.t.total, completed=self.t.step, loss="-", lr="-", speed="-"
+            )
         return self
 
     def update(self) -> None:

@@ -18,8 +18,10 @@ from torch.utils.data import Dataset, TensorDataset
 import stitchframe
 from stitchframe import CheckpointError, SpecError, TrainingError
 from stitchframe.checkpoint import latest_checkpoint, load_checkpoint
+from stitchframe.objectives import output_logits, teacher_name, training_loss
+from stitchframe.optim import build_optimizer, lr_factor
 from stitchframe.spec import TrainSpec, parse_spec
-from stitchframe.train import build_optimizer, lr_factor, output_logits, teacher_name, train, training_loss
+from stitchframe.train import train
 from tests import tiny
 from tests._training import DDP_SPEC, cnn_snnet, prototype_data, state_of, vit_snnet
 
@@ -192,6 +194,30 @@ def test_resume_without_a_checkpoint_starts_fresh_and_a_fresh_run_replaces_old_o
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["latest", "step-00000001", "step-00000002"]
     run(vit_snnet(), data, TrainSpec(epochs=0.5, batch_size=16, lr=1e-3), tmp_path)
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["latest", "step-00000001"]
+
+
+class Augmented(Dataset):
+    """Adds random noise drawn from the global torch RNG: a stand-in for random augmentation."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        x, y = self.data[i]
+        return x + 0.1 * torch.randn_like(x), y
+
+
+def test_data_loader_workers_do_not_change_the_result(tmp_path):
+    cfg = TrainSpec(epochs=1, max_steps=3, batch_size=16, lr=1e-3)
+    data = Augmented(prototype_data(64))
+    a, b = vit_snnet(), vit_snnet()
+    ra = run(a, data, cfg, tmp_path / "a")
+    rb = run(b, data, cfg, tmp_path / "b", num_workers=2)
+    assert ra.losses == rb.losses
+    assert_same_weights(state_of(a), state_of(b))
 
 
 # ---------------------------------------------------------------------------
