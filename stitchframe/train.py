@@ -16,6 +16,8 @@ global batch, all train the same route, and only rank 0 prints and writes.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 import random
 import signal
@@ -108,10 +110,13 @@ def _spec_dict(cfg: TrainSpec) -> dict[str, Any]:
 
 
 def _train_hash(cfg: TrainSpec) -> str:
-    import hashlib
-    import json
-
     return hashlib.sha256(json.dumps(_spec_dict(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _ignore_sigint(_worker_id: int) -> None:
+    """DataLoader workers ignore Ctrl-C (sent to the whole process group): the main process
+    finishes its step, saves a checkpoint and shuts them down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class _StopSignals:
@@ -155,6 +160,8 @@ class _Trainer:
             )
         self.dataset = SeededDataset(dataset)
         self.loader_kw = {"num_workers": kw["num_workers"], "collate_fn": kw["collate_fn"]}
+        if kw["num_workers"] > 0:
+            self.loader_kw["worker_init_fn"] = _ignore_sigint
         self.order = EpochOrder(
             len(dataset), batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
             world_size=self.dist.world_size, rank=self.dist.rank, seed=self.seed,

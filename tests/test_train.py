@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ from stitchframe.optim import build_optimizer, lr_factor
 from stitchframe.spec import TrainSpec, parse_spec
 from stitchframe.train import train
 from tests import tiny
-from tests._training import DDP_SPEC, cnn_snnet, prototype_data, state_of, vit_snnet
+from tests._training import DDP_SPEC, SignalAt, cnn_snnet, prototype_data, state_of, vit_snnet
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -349,6 +350,15 @@ def test_sigterm_saves_a_checkpoint_and_returns(tmp_path):
     net = vit_snnet()
     load_checkpoint(tmp_path / "ckpt", model=net)
     assert_same_weights(state_of(net), load_file(str(tmp_path / "final.safetensors")))
+
+
+def test_sigint_in_process_stops_cleanly_and_restores_the_handler(tmp_path):
+    before = signal.getsignal(signal.SIGINT)
+    data = SignalAt(prototype_data(64), at=8 * 4 + 3, sig=signal.SIGINT)  # during step 5 (0-based 4)
+    result = run(vit_snnet(), data, TrainSpec(epochs=1, batch_size=8, lr=1e-3), tmp_path)
+    assert result.stopped_early == "SIGINT" and result.steps == 5
+    assert latest_checkpoint(tmp_path / "ckpt").name == "step-00000005"
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_ddp_with_two_processes_matches_a_single_process(tmp_path):
