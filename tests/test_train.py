@@ -373,6 +373,16 @@ def test_ddp_with_two_processes_matches_a_single_process(tmp_path):
     assert_equivalent_training(state_of(net), ddp)
 
 
+def test_amp_is_off_on_cpu_unless_asked_for(tmp_path):
+    from stitchframe.train import _amp_dtype
+
+    assert _amp_dtype("auto", torch.device("cpu")) is None and _amp_dtype("off", torch.device("cpu")) is None
+    net = vit_snnet()
+    result = run(net, prototype_data(32), TrainSpec(epochs=2, batch_size=16, lr=1e-3, amp="bf16"), tmp_path)
+    assert all(math.isfinite(v) for v in result.losses)
+    assert all(p.dtype == torch.float32 for p in net.parameters())  # autocast, weights stay float32
+
+
 @pytest.mark.gpu
 def test_bf16_training_on_cuda(tmp_path):
     net = vit_snnet()
