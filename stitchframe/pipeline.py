@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader
 from .anchors import Preprocess, _to_device
 from .calibration import calibrate
 from .datasets import DatasetSplits, agreed_preprocess, load_data
+from .distributed import is_main_process
 from .engine import assemble
 from .errors import CheckpointError, OutputExistsError, SpecError, StitchframeError
 from .evaluate import Evaluation, evaluate_routes, logits_of, state_fingerprint
@@ -93,19 +94,6 @@ class BuildResult:
     summary: dict[str, Any] | None
     train_result: Any
     data: str
-
-
-# ---------------------------------------------------------------------------
-# distributed (helpers from stitchframe.distributed when present)
-# ---------------------------------------------------------------------------
-def _is_main() -> bool:
-    try:
-        from .distributed import is_main_process
-    except ImportError:
-        import os
-
-        return os.environ.get("RANK", "0") in ("", "0")
-    return is_main_process()
 
 
 # ---------------------------------------------------------------------------
@@ -280,15 +268,8 @@ def _train(snnet: SNNet, spec: Spec, splits: DatasetSplits, device: torch.device
         if console is not None:
             console.print("training skipped (train.epochs or train.max_steps is 0)")
         return None
-    try:
-        from .train import train
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__package__}.train":
-            raise
-        raise StitchframeError(
-            "This stitchframe has no training loop (stitchframe.train is missing); set train.epochs: 0 "
-            "to build from the calibrated stitches only"
-        ) from None
+    from .train import train
+
     return train(snnet, splits.train, spec.train, device=device, checkpoint_dir=checkpoints, resume=resume,
                  seed=spec.seed, num_workers=spec.data.num_workers, collate_fn=splits.collate_fn, console=console)
 
@@ -317,16 +298,22 @@ def _evaluate(snnet: SNNet, spec: Spec, splits: DatasetSplits, partial_path: Pat
 _JSON_TYPES = (int, float, str, bool, list, dict, type(None))
 
 
-def _plain(obj: Any) -> Any:
-    """Plain data for JSON from what training returned (attrs classes become dicts)."""
+def _plain(obj: Any, partial: Path, output: Path) -> Any:
+    """Plain data for JSON from what training returned, with paths into ``partial`` moved to ``output``."""
+
+    def value(_inst, _attr, v):
+        if isinstance(v, Path) and v.is_relative_to(partial):
+            v = output / v.relative_to(partial)
+        return v if isinstance(v, _JSON_TYPES) else str(v)
+
     if obj is None:
         return None
     if attrs.has(type(obj)):
-        return attrs.asdict(obj, value_serializer=lambda _i, _a, v: v if isinstance(v, _JSON_TYPES) else str(v))
+        return attrs.asdict(obj, value_serializer=value)
     return str(obj)
 
 
-def _write_outputs(partial: Path, snnet: SNNet, spec: Spec, splits: DatasetSplits, preprocess: Preprocess,
+def _write_outputs(partial: Path, output: Path, snnet: SNNet, spec: Spec, splits: DatasetSplits, preprocess: Preprocess,
                    evaluation: Evaluation, train_result: Any, timings: dict[str, float]) -> dict[str, Any]:
     spec_h = spec_hash(spec)
     title = f"{' / '.join(snnet.anchors)} on {spec.data.name}"
@@ -346,7 +333,7 @@ def _write_outputs(partial: Path, snnet: SNNet, spec: Spec, splits: DatasetSplit
         "preprocess": attrs.asdict(preprocess),
         "evaluation": {k: v for k, v in attrs.asdict(evaluation).items() if k != "routes"},
         "summary": summary,
-        "train": _plain(train_result),
+        "train": _plain(train_result, partial, output),
         "seconds": timings,
     })
     return summary
@@ -384,7 +371,7 @@ def build(
     """
     regs = registries if registries is not None else load_registries()
     out = _resolve_output(spec, output)
-    main = _is_main()
+    main = is_main_process()
     spec_h = spec_hash(spec)
     if main:
         _recover(out)
@@ -442,7 +429,7 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, stage: str, res
     evaluation = _evaluate(snnet, spec, splits, partial / "checkpoints" / "evaluation.jsonl", console)
     timings["evaluate"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
-    summary = _write_outputs(partial, snnet, spec, splits, preprocess, evaluation, train_result, timings)
+    summary = _write_outputs(partial, out, snnet, spec, splits, preprocess, evaluation, train_result, timings)
     _swap(partial, out)
     if console is not None:
         from .cli import route_table

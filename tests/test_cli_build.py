@@ -22,7 +22,7 @@ SPEC = {
     "stitch": {"space": "snnet"},
     "calibration": {"batches": 2},
     "data": {"name": "synthetic", "options": {"train_size": 64, "val_size": 40}},
-    "train": {"epochs": 0, "batch_size": 16},
+    "train": {"epochs": 1, "max_steps": 4, "batch_size": 16, "lr": 1e-3},
     "eval": {"batch_size": 16},
 }
 

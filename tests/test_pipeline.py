@@ -1,10 +1,7 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
 
-import attrs
 import pytest
 import torch
 
@@ -148,41 +145,40 @@ def test_an_interrupted_swap_is_recovered(regs, tmp_path):
     assert (out / "build.json").is_file() and not (tmp_path / ".out.old").exists()
 
 
-@attrs.frozen
-class FakeTrainResult:
-    steps: int
-    final_loss: float
+def test_training_runs_between_calibration_and_evaluation(regs, tmp_path):
+    spec = tiny_spec(train={"epochs": 1, "max_steps": 4, "batch_size": 16, "lr": 1e-3})
+    res = _build(regs, tmp_path / "out", spec=spec)
+    manifest = json.loads((tmp_path / "out" / "build.json").read_text())
+    assert manifest["train"]["steps"] == 4 and len(manifest["train"]["routes"]) == 4
+    assert manifest["train"]["checkpoint"].startswith(str((tmp_path / "out").absolute()))
+    assert (tmp_path / "out" / "checkpoints" / "latest").is_file()
+    untrained = _build(regs, tmp_path / "untrained", spec=tiny_spec())
+    assert pipeline.state_fingerprint(res.snnet) != pipeline.state_fingerprint(untrained.snnet)
+    assert pipeline.state_fingerprint(load_snnet(tmp_path / "out", regs)) == pipeline.state_fingerprint(res.snnet)
 
 
-def test_training_is_called_with_the_contract(regs, tmp_path, monkeypatch):
-    calls = []
+def test_interrupted_training_resumes_from_its_checkpoint(regs, tmp_path, monkeypatch):
+    import stitchframe.train
 
-    def train(snnet, dataset, train_spec, *, device, checkpoint_dir, resume, seed, num_workers, collate_fn, console):
-        calls.append(dict(snnet=snnet, dataset=dataset, train_spec=train_spec, device=device,
-                          checkpoint_dir=checkpoint_dir, resume=resume, seed=seed, num_workers=num_workers,
-                          collate_fn=collate_fn, console=console))
-        with torch.no_grad():  # training changes weights; the evaluation must see them
-            for p in snnet.stitches.parameters():
-                p.mul_(0.5)
-        return FakeTrainResult(steps=3, final_loss=1.25)
+    spec = tiny_spec(train={"epochs": 2, "max_steps": 6, "batch_size": 16, "lr": 1e-3, "checkpoint_every": 3})
+    straight = _build(regs, tmp_path / "straight", spec=spec)
+    real_train = stitchframe.train.train
+    steps_run = []
 
-    monkeypatch.setitem(sys.modules, "stitchframe.train", types.SimpleNamespace(train=train))
-    out = tmp_path / "out"
-    res = _build(regs, out, spec=tiny_spec(train={"epochs": 1, "batch_size": 16}, seed=4), resume=True)
-    (call,) = calls
-    assert call["snnet"] is res.snnet and len(call["dataset"]) == 64
-    assert call["train_spec"] == parse_spec(tiny_spec(train={"epochs": 1, "batch_size": 16})).train
-    assert call["device"] == torch.device("cpu") and call["seed"] == 4 and call["resume"] is True
-    assert call["checkpoint_dir"] == pipeline.partial_dir(out.absolute()) / "checkpoints"
-    assert call["num_workers"] == 0 and call["collate_fn"] is None and call["console"] is None
-    assert json.loads((out / "build.json").read_text())["train"] == {"steps": 3, "final_loss": 1.25}
-    assert pipeline.state_fingerprint(load_snnet(out, regs)) == pipeline.state_fingerprint(res.snnet)
+    def killed_after_three(*args, **kwargs):
+        result = real_train(*args, **kwargs, stop_after=3)
+        steps_run.append(result.steps)
+        raise KeyboardInterrupt
 
-
-def test_training_without_a_training_loop_is_a_clear_error(regs, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "stitchframe.train", None)
-    with pytest.raises(StitchframeError, match="epochs: 0"):
-        _build(regs, tmp_path / "out", spec=tiny_spec(train={"epochs": 1}))
+    monkeypatch.setattr(stitchframe.train, "train", killed_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        _build(regs, tmp_path / "out", spec=spec)
+    assert steps_run == [3] and not (tmp_path / "out").exists()
+    monkeypatch.undo()
+    res = _build(regs, tmp_path / "out", spec=spec, resume=True)
+    assert res.train_result.steps == 6 and res.train_result.routes[:3] == straight.train_result.routes[:3]
+    assert pipeline.state_fingerprint(res.snnet) == pipeline.state_fingerprint(straight.snnet)
+    assert [r.accuracy for r in res.evaluation.routes] == [r.accuracy for r in straight.evaluation.routes]
 
 
 def test_spec_mistakes_are_reported_before_any_work(regs, tmp_path):
