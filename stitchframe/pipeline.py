@@ -48,7 +48,7 @@ from .calibration import calibrate
 from .datasets import DatasetSplits, agreed_preprocess, load_data
 from .distributed import is_main_process
 from .engine import assemble
-from .errors import CheckpointError, OutputExistsError, SpecError, StitchframeError
+from .errors import CheckpointError, OutputExistsError, SpecError
 from .evaluate import Evaluation, evaluate_routes, logits_of, state_fingerprint
 from .io import atomic_write, load_module_state, read_json, read_metadata, save_module, write_json
 from .plugins import Registries, load_registries

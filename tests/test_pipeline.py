@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import stitchframe.pipeline as pipeline
-from stitchframe import CheckpointError, OutputExistsError, SpecError, StitchframeError, build, load_snnet, parse_spec
+from stitchframe import CheckpointError, OutputExistsError, SpecError, build, load_snnet, parse_spec
 from stitchframe.io import read_metadata
 from stitchframe.spec import dump_spec, load_spec, spec_hash
 from tests import tiny
