@@ -84,7 +84,7 @@ class BuildResult:
         snnet: The calibrated, trained SN-Net with per-route metrics recorded.
         evaluation: The evaluation of every route (``None`` on ranks other than 0).
         summary: The report summary (stitched routes vs the anchors' line).
-        train_result: Whatever training returned (``None`` when skipped).
+        train_result: What training returned, as plain data (``None`` when skipped).
         data: One line describing the dataset.
     """
 
@@ -92,7 +92,7 @@ class BuildResult:
     snnet: SNNet
     evaluation: Evaluation | None
     summary: dict[str, Any] | None
-    train_result: Any
+    train_result: dict[str, Any] | None
     data: str
 
 
@@ -194,32 +194,28 @@ def _check_output(output: Path, overwrite: bool) -> None:
         )
 
 
-def _prepare_partial(output: Path, spec_h: str, resume: bool, main: bool, console) -> tuple[Path, str]:
-    """Create (or reuse, when resuming) the partial folder; returns it and the stage reached."""
+def _prepare_partial(output: Path, spec_h: str, resume: bool, main: bool, console) -> tuple[Path, dict[str, Any]]:
+    """Create (or reuse, when resuming) the partial folder; returns it and its state (``stage``, ``train``)."""
     partial = partial_dir(output)
-    stage = "started"
+    state: dict[str, Any] = {"spec_hash": spec_h, "stage": "started"}
     if partial.exists() and resume:
-        state = read_json(partial / _STATE) if (partial / _STATE).is_file() else {}
-        if state.get("spec_hash") not in (None, spec_h):
+        found = read_json(partial / _STATE) if (partial / _STATE).is_file() else {}
+        if found.get("spec_hash") not in (None, spec_h):
             raise CheckpointError(
-                f"The unfinished build in {str(partial)!r} was made from another spec (hash {state.get('spec_hash')}, "
+                f"The unfinished build in {str(partial)!r} was made from another spec (hash {found.get('spec_hash')}, "
                 f"this spec {spec_h}); rerun without --resume to start over"
             )
-        stage = state.get("stage", "started")
+        state.update(found)
         if console is not None:
-            console.print(f"resuming the unfinished build in {partial} (stage: {stage})")
+            console.print(f"resuming the unfinished build in {partial} (stage: {state['stage']})")
     elif partial.exists() and main:
         if console is not None:
             console.print(f"discarding the unfinished build in {partial} (use --resume to continue it)")
         shutil.rmtree(partial)
     if main:
         (partial / "checkpoints").mkdir(parents=True, exist_ok=True)
-        write_json(partial / _STATE, {"spec_hash": spec_h, "stage": stage})
-    return partial, stage
-
-
-def _mark(partial: Path, spec_h: str, stage: str) -> None:
-    write_json(partial / _STATE, {"spec_hash": spec_h, "stage": stage})
+        write_json(partial / _STATE, state)
+    return partial, state
 
 
 def _swap(partial: Path, output: Path) -> None:
@@ -313,7 +309,7 @@ def _plain(obj: Any, partial: Path, output: Path) -> Any:
     return str(obj)
 
 
-def _write_outputs(partial: Path, output: Path, snnet: SNNet, spec: Spec, splits: DatasetSplits, preprocess: Preprocess,
+def _write_outputs(partial: Path, snnet: SNNet, spec: Spec, splits: DatasetSplits, preprocess: Preprocess,
                    evaluation: Evaluation, train_result: Any, timings: dict[str, float]) -> dict[str, Any]:
     spec_h = spec_hash(spec)
     title = f"{' / '.join(snnet.anchors)} on {spec.data.name}"
@@ -333,7 +329,7 @@ def _write_outputs(partial: Path, output: Path, snnet: SNNet, spec: Spec, splits
         "preprocess": attrs.asdict(preprocess),
         "evaluation": {k: v for k, v in attrs.asdict(evaluation).items() if k != "routes"},
         "summary": summary,
-        "train": _plain(train_result, partial, output),
+        "train": train_result,
         "seconds": timings,
     })
     return summary
@@ -378,16 +374,16 @@ def build(
         _check_output(out, overwrite)
     if spec.data is None:
         raise SpecError("data: building needs a data section, e.g. data: {name: fashion_mnist}")
-    partial, stage = _prepare_partial(out, spec_h, resume, main, console)
+    partial, state = _prepare_partial(out, spec_h, resume, main, console)
     try:
-        return _run(spec, regs, out, partial, stage, resume, main, console)
+        return _run(spec, regs, out, partial, state, resume, main, console)
     except BaseException:
         if console is not None and main and partial.exists():
             console.print(f"[yellow]build failed; the unfinished build stays in {partial} (rerun with --resume)[/]")
         raise
 
 
-def _run(spec: Spec, regs: Registries, out: Path, partial: Path, stage: str, resume: bool, main: bool,
+def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str, Any], resume: bool, main: bool,
          console) -> BuildResult:
     spec_h = spec_hash(spec)
     timings: dict[str, float] = {}
@@ -404,24 +400,26 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, stage: str, res
     _check_classes(snnet, splits.num_classes, spec.data.name)
     timings["load"] = time.perf_counter() - t0
     weights = partial / WEIGHTS
-    if _STAGES.index(stage) >= 1 and weights.is_file():
+    if _STAGES.index(state["stage"]) >= 1 and weights.is_file():
         load_module_state(snnet, weights, kind="snnet")
     else:
         t = time.perf_counter()
         _calibrate(snnet, spec, splits, device, console)
         timings["calibrate"] = time.perf_counter() - t
+        state["stage"] = "calibrated"
         if main:
             save_module(snnet, weights, kind="snnet", metadata={"spec_hash": spec_h, "stage": "calibrated"})
-            _mark(partial, spec_h, "calibrated")
-        stage = "calibrated"
-    train_result = None
-    if stage != "trained":
+            write_json(partial / _STATE, state)
+    train_result = state.get("train")
+    if state["stage"] != "trained":
         t = time.perf_counter()
-        train_result = _train(snnet, spec, splits, device, partial / "checkpoints", resume, console)
+        train_result = _plain(_train(snnet, spec, splits, device, partial / "checkpoints", resume, console),
+                              partial, out)
         timings["train"] = time.perf_counter() - t
+        state.update(stage="trained", train=train_result)
         if main:
             save_module(snnet, weights, kind="snnet", metadata={"spec_hash": spec_h, "stage": "trained"})
-            _mark(partial, spec_h, "trained")
+            write_json(partial / _STATE, state)
     if not main:
         return BuildResult(output=out, snnet=snnet, evaluation=None, summary=None, train_result=train_result,
                            data=splits.description)
@@ -429,7 +427,7 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, stage: str, res
     evaluation = _evaluate(snnet, spec, splits, partial / "checkpoints" / "evaluation.jsonl", console)
     timings["evaluate"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
-    summary = _write_outputs(partial, out, snnet, spec, splits, preprocess, evaluation, train_result, timings)
+    summary = _write_outputs(partial, snnet, spec, splits, preprocess, evaluation, train_result, timings)
     _swap(partial, out)
     if console is not None:
         from .cli import route_table

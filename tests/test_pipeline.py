@@ -86,31 +86,34 @@ def test_existing_output_needs_overwrite(regs, tmp_path):
 
 
 def test_failed_build_keeps_previous_outputs_and_resumes(regs, tmp_path, monkeypatch):
+    import stitchframe.train
+
     out = tmp_path / "out"
     _build(regs, out)
     files = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    spec = tiny_spec(seed=7, train={"epochs": 1, "max_steps": 2, "batch_size": 16})
 
     def broken(*args, **kwargs):
-        raise RuntimeError("evaluation crashed")
+        raise RuntimeError("crashed")
 
     monkeypatch.setattr(pipeline, "_evaluate", broken)
-    with pytest.raises(RuntimeError, match="evaluation crashed"):
-        _build(regs, out, spec=tiny_spec(seed=7), overwrite=True)
+    with pytest.raises(RuntimeError, match="crashed"):
+        _build(regs, out, spec=spec, overwrite=True)
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == files
     partial = pipeline.partial_dir(out)
     assert json.loads((partial / "build-state.json").read_text())["stage"] == "trained"
-    calibrated = (partial / "snnet.safetensors").read_bytes()
+    trained = (partial / "snnet.safetensors").read_bytes()
 
     monkeypatch.undo()
-    monkeypatch.setattr(pipeline, "calibrate", broken)  # resuming must not calibrate again
+    monkeypatch.setattr(pipeline, "calibrate", broken)  # resuming must neither calibrate nor train again
+    monkeypatch.setattr(stitchframe.train, "train", broken)
     with pytest.raises(CheckpointError, match="another spec"):
         _build(regs, out, spec=tiny_spec(seed=8), overwrite=True, resume=True)
-    res = _build(regs, out, spec=tiny_spec(seed=7), overwrite=True, resume=True)
+    res = _build(regs, out, spec=spec, overwrite=True, resume=True)
     assert not partial.exists()
-    assert json.loads((out / "build.json").read_text())["spec_hash"] == spec_hash(parse_spec(tiny_spec(seed=7)))
-    assert pipeline.state_fingerprint(res.snnet) == pipeline.state_fingerprint(
-        _load_state(regs, tiny_spec(seed=7), calibrated, tmp_path)
-    )
+    manifest = json.loads((out / "build.json").read_text())
+    assert manifest["spec_hash"] == spec_hash(parse_spec(spec)) and manifest["train"]["steps"] == 2
+    assert pipeline.state_fingerprint(res.snnet) == pipeline.state_fingerprint(_load_state(regs, spec, trained, tmp_path))
 
 
 def _load_state(regs, spec_dict, weights: bytes, tmp_path):
@@ -176,7 +179,7 @@ def test_interrupted_training_resumes_from_its_checkpoint(regs, tmp_path, monkey
     assert steps_run == [3] and not (tmp_path / "out").exists()
     monkeypatch.undo()
     res = _build(regs, tmp_path / "out", spec=spec, resume=True)
-    assert res.train_result.steps == 6 and res.train_result.routes[:3] == straight.train_result.routes[:3]
+    assert res.train_result["steps"] == 6 and res.train_result["routes"][:3] == straight.train_result["routes"][:3]
     assert pipeline.state_fingerprint(res.snnet) == pipeline.state_fingerprint(straight.snnet)
     assert [r.accuracy for r in res.evaluation.routes] == [r.accuracy for r in straight.evaluation.routes]
 
