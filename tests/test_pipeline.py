@@ -113,7 +113,8 @@ def test_failed_build_keeps_previous_outputs_and_resumes(regs, tmp_path, monkeyp
     assert not partial.exists()
     manifest = json.loads((out / "build.json").read_text())
     assert manifest["spec_hash"] == spec_hash(parse_spec(spec)) and manifest["train"]["steps"] == 2
-    assert pipeline.state_fingerprint(res.snnet) == pipeline.state_fingerprint(_load_state(regs, spec, trained, tmp_path))
+    reloaded = _load_state(regs, spec, trained, tmp_path)
+    assert pipeline.state_fingerprint(res.snnet) == pipeline.state_fingerprint(reloaded)
 
 
 def _load_state(regs, spec_dict, weights: bytes, tmp_path):
