@@ -145,8 +145,8 @@ def image_transform(preprocess: Preprocess, *, train: bool, augment: bool = Fals
         geometry = [v2.Resize((h, w), interpolation=interp, antialias=True)]
     return v2.Compose([
         v2.ToImage(),
-        v2.RGB(),
         *geometry,
+        v2.RGB(),  # after resizing: grayscale is resized once, then repeated
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(mean=list(preprocess.mean), std=list(preprocess.std)),
     ])
