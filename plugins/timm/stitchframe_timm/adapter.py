@@ -25,7 +25,7 @@ FAMILIES: tuple[Family, ...] = (vit.FAMILY, swin.FAMILY, resnet.FAMILY, efficien
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return text.splitlines()[0].rstrip(".") if text else type(exc).__name__
 
 
 def _check_model_name(identifier: str) -> None:
@@ -156,6 +156,7 @@ def load_timm_anchor(identifier: str, options: TimmOptions | None = None) -> Anc
             key_map=options.key_map,
             classifier=_classifier_names(model),
             reinit_classifier=options.num_classes is not None,
+            label=f"options.weights of {source!r}",
         )
     return timm_anchor(model, name=anchor_name(identifier), source=source, img_size=options.img_size, family=family)
 

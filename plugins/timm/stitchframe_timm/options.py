@@ -92,10 +92,10 @@ class TimmOptions:
         clash = sorted(set(self.model_kwargs) & set(RESERVED_KWARGS))
         if clash:
             raise ValueError(
-                f"model_kwargs sets {clash[0]!r}, which has its own option; write '{clash[0]}: ...' beside "
+                f"options.model_kwargs sets {clash[0]!r}, which has its own option; write '{clash[0]}: ...' beside "
                 "model_kwargs instead"
             )
         if self.pretrained and self.weights is not None:
             raise ValueError(
-                f"pretrained: true and weights: {self.weights!r} are both set; keep one of them"
+                f"options pretrained: true and weights: {self.weights!r} are both set; keep one of them"
             )

