@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.metadata
+from pathlib import Path
 
+import attrs
 import pytest
 import torch
 
@@ -30,8 +32,6 @@ def test_entry_point_is_declared():
 
 
 def test_every_option_has_help():
-    import attrs
-
     for field in attrs.fields(TimmOptions):
         assert field.metadata.get("help"), field.name
 
@@ -156,3 +156,22 @@ def test_bad_options_are_spec_errors(timm_regs, options, words):
     assert "\n" not in msg
     for word in words:
         assert word in msg
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.mark.parametrize("example", ["deit_tsb.yaml", "efficientnet_lite.yaml"])
+def test_examples_validate(timm_regs, example):
+    spec = stitchframe.load_spec(EXAMPLES / example)
+    assert spec.data is not None and spec.data.name == "imagefolder"
+    if "imagefolder" not in timm_regs.datasets:  # a core without the datasets plugin
+        spec = attrs.evolve(spec, data=None)
+    stitchframe.validate_spec(spec, timm_regs)
+
+
+def test_efficientnet_lite_example_builds_offline(timm_regs):
+    spec = stitchframe.load_spec(EXAMPLES / "efficientnet_lite.yaml")
+    net = stitchframe.assemble(spec, timm_regs)
+    assert len(net.routes) == 87
+    assert {a.preprocess.input_size for a in net.anchors.values()} == {(3, 224, 224)}

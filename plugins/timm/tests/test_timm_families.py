@@ -84,3 +84,10 @@ def test_graph_costs_add_up(case):
         _, total = stitchframe.count_flops(m, x)
     assert g.flops == total
     assert all(b.flops > 0 for b in g.blocks)
+
+
+@pytest.mark.parametrize("case", ALL)
+def test_core_conformance_kit(case):
+    """The core's adapter conformance checks, where this core ships them."""
+    testing = pytest.importorskip("stitchframe.testing", reason="this stitchframe has no conformance kit yet")
+    testing.check_anchor(anchor(case), model=model(case), inputs=images(case))

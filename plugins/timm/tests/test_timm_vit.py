@@ -157,3 +157,21 @@ def test_deit_tiny_flops_at_224(load):
     assert g.flops / 2e9 == pytest.approx(1.255, abs=0.005)
     assert g.spec_at(0).describe() == "(B,197,192)"
     assert a.preprocess.input_size == (3, 224, 224)
+
+
+@pytest.mark.gpu
+def test_stitched_deit_on_cuda(load, timm_regs):
+    """The same SN-Net on CUDA: float32 outputs match the CPU's, bf16 autocast runs."""
+    tiny = {"img_size": 32, "model_kwargs": {"patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 3}}
+    wide = {**tiny, "model_kwargs": {**tiny["model_kwargs"], "embed_dim": 96}}
+    anchors = [load("timm:deit_tiny_patch16_224", **tiny), load("timm:deit_small_patch16_224", **wide)]
+    net = stitchframe.build_snnet(anchors, layer="linear", registries=timm_regs).eval()
+    x = images("deit", 4)
+    with torch.no_grad():
+        cpu = [net.forward_route(x, r) for r in net.routes]
+        net.cuda()
+        for r, want in zip(net.routes, cpu):
+            got = net.forward_route(x.cuda(), r)
+            assert (got.cpu() - want).abs().max() <= 1e-3
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                assert torch.isfinite(net.forward_route(x.cuda(), r)).all()
