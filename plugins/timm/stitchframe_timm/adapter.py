@@ -183,7 +183,6 @@ def timm_anchor(
         family: The family (default: found from the model's class).
     """
     family = family if family is not None else family_of(model, source or type(model).__name__)
-    model.eval()
     preprocess = preprocess_of(model, img_size)
     example = torch.randn(1, *preprocess.input_size, generator=torch.Generator().manual_seed(0))
     anchor = Anchor(

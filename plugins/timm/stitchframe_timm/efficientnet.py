@@ -37,7 +37,12 @@ def cut(model: EfficientNet) -> Cut:
     return Cut(
         stem=EfficientNetStem(model),
         blocks=blocks,
-        head=PooledHead(model.global_pool, model.classifier, model.drop_rate, pre=(model.conv_head, model.bn2)),
+        head=PooledHead(
+            model.global_pool,
+            model.classifier,
+            model.drop_rate,
+            pre=(("conv_head", model.conv_head), ("bn2", model.bn2)),
+        ),
         norm=None,
         layout="map",
         stages=resolution_levels(blocks),

@@ -96,21 +96,28 @@ class PooledHead(nn.Module):
         global_pool: The model's ``SelectAdaptivePool2d``.
         classifier: The model's classifier (``fc`` or ``classifier``).
         drop_rate: The model's ``drop_rate``.
-        pre: Modules run before pooling (EfficientNet's ``conv_head`` and ``bn2``).
+        pre: ``(name, module)`` pairs run first, in order (EfficientNet's
+            ``conv_head`` and ``bn2``), kept under those names.
     """
 
     def __init__(
-        self, global_pool: nn.Module, classifier: nn.Module, drop_rate: float, pre: tuple[nn.Module, ...] = ()
+        self,
+        global_pool: nn.Module,
+        classifier: nn.Module,
+        drop_rate: float,
+        pre: Sequence[tuple[str, nn.Module]] = (),
     ) -> None:
         super().__init__()
-        self.pre = nn.ModuleList(pre)
+        for name, module in pre:
+            self.add_module(name, module)
+        self.pre_names = tuple(name for name, _ in pre)
         self.global_pool = global_pool
         self.classifier = classifier
         self.drop_rate = float(drop_rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for m in self.pre:
-            x = m(x)
+        for name in self.pre_names:
+            x = getattr(self, name)(x)
         x = self.global_pool(x)
         if self.drop_rate > 0.0:
             x = F.dropout(x, p=self.drop_rate, training=self.training)

@@ -20,6 +20,8 @@ def test_resnet_blocks_are_every_residual_block():
         assert a.stages == [0] + [i for i, n in enumerate(per_layer) for _ in range(n)]
         assert a.norm is None
         assert a.graph.blocks[0].path == "layer1.0"
+        assert a.graph.stem.path == "conv1+bn1+act1+maxpool"
+        assert a.graph.head.path == "global_pool+fc"
 
 
 @pytest.mark.parametrize(
@@ -42,7 +44,8 @@ def test_efficientnet_lite_blocks_and_stages(name, counts, widths):
     ends = [max(p for p in g.positions() if g.stage_at(p) == s) for s in range(5)]
     assert [g.spec_at(p).channels for p in ends] == widths
     assert [g.spec_at(p).grid for p in ends] == [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]
-    assert a.head.pre[0] is m.conv_head and a.head.pre[1] is m.bn2 and a.head.classifier is m.classifier
+    assert a.head.conv_head is m.conv_head and a.head.bn2 is m.bn2 and a.head.classifier is m.classifier
+    assert a.graph.head.path == "conv_head+bn2+global_pool+classifier"
 
 
 def test_swin_merges_fold_into_the_first_block_of_a_stage():
@@ -57,6 +60,8 @@ def test_swin_merges_fold_into_the_first_block_of_a_stage():
             assert isinstance(first, MergeThenBlock)
             assert first.downsample is stage.downsample and first.block is stage.blocks[0]
         assert a.blocks[2 * i + 1] is stage.blocks[1]
+    assert a.graph.blocks[2].path == "layers.1.downsample+layers.1.blocks.0"
+    assert a.graph.blocks[3].path == "layers.1.blocks.1"
     grids = [a.graph.spec_at(p).grid for p in a.graph.positions()]
     assert grids == [(8, 8)] * 3 + [(4, 4)] * 2 + [(2, 2)] * 2 + [(1, 1)] * 2
     assert a.norm is m.norm and a.head is m.head
