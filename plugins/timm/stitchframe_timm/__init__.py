@@ -22,9 +22,9 @@ from .weights import load_weights, match_state_dict, read_state_dict, resolve_we
 __version__ = "0.1.0"
 
 __all__ = [
-    "__version__",
     "FAMILIES",
     "TimmOptions",
+    "__version__",
     "create_model",
     "family_of",
     "load_timm_anchor",

@@ -17,7 +17,7 @@ from .family import Family
 from .options import TimmOptions
 from .weights import load_weights
 
-__all__ = ["FAMILIES", "load_timm_anchor", "timm_anchor", "create_model", "family_of", "preprocess_of"]
+__all__ = ["FAMILIES", "create_model", "family_of", "load_timm_anchor", "preprocess_of", "timm_anchor"]
 
 #: The model families the adapter can cut, tried in order.
 FAMILIES: tuple[Family, ...] = (vit.FAMILY, swin.FAMILY, resnet.FAMILY, efficientnet.FAMILY)

@@ -16,7 +16,7 @@ from torch import nn
 
 from .family import Cut, Family, PooledHead, resolution_levels
 
-__all__ = ["EfficientNetStem", "FAMILY"]
+__all__ = ["FAMILY", "EfficientNetStem"]
 
 
 class EfficientNetStem(nn.Module):

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Family", "Cut", "PooledHead", "block_stride", "resolution_levels"]
+__all__ = ["Cut", "Family", "PooledHead", "block_stride", "resolution_levels"]
 
 
 @attrs.frozen(kw_only=True)

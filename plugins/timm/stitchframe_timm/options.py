@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 import attrs
 
-__all__ = ["TimmOptions", "KEY_MAPS", "RESERVED_KWARGS"]
+__all__ = ["KEY_MAPS", "RESERVED_KWARGS", "TimmOptions"]
 
 _v = attrs.validators
 
@@ -96,6 +96,4 @@ class TimmOptions:
                 "model_kwargs instead"
             )
         if self.pretrained and self.weights is not None:
-            raise ValueError(
-                f"options pretrained: true and weights: {self.weights!r} are both set; keep one of them"
-            )
+            raise ValueError(f"options pretrained: true and weights: {self.weights!r} are both set; keep one of them")

@@ -15,7 +15,7 @@ from torch import nn
 
 from .family import Cut, Family, PooledHead, resolution_levels
 
-__all__ = ["ResNetStem", "FAMILY"]
+__all__ = ["FAMILY", "ResNetStem"]
 
 
 class ResNetStem(nn.Module):

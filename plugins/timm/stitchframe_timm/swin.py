@@ -21,7 +21,7 @@ from torch import nn
 
 from .family import Cut, Family
 
-__all__ = ["MergeThenBlock", "FAMILY"]
+__all__ = ["FAMILY", "MergeThenBlock"]
 
 
 class MergeThenBlock(nn.Module):

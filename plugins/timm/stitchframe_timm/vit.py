@@ -27,7 +27,7 @@ from torch import nn
 
 from .family import Cut, Family
 
-__all__ = ["ViTStem", "ViTHead", "DistilledHead", "FAMILY"]
+__all__ = ["FAMILY", "DistilledHead", "ViTHead", "ViTStem"]
 
 
 class ViTStem(nn.Module):

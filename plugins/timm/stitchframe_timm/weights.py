@@ -17,6 +17,7 @@ Three steps, each usable alone:
 from __future__ import annotations
 
 import importlib.util
+import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from torch import nn
 
 from stitchframe import CheckpointError, SpecError
 
-__all__ = ["WEIGHT_SUFFIXES", "resolve_weights", "read_state_dict", "match_state_dict", "load_weights"]
+__all__ = ["WEIGHT_SUFFIXES", "load_weights", "match_state_dict", "read_state_dict", "resolve_weights"]
 
 #: File suffixes read as weights.
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
@@ -97,6 +98,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             data = torch.load(str(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"Weights file {str(path)!r} does not exist") from None
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"Weights file {str(path)!r} cannot be read safely: it pickles Python objects besides tensors, and "
+            "weights are read with torch.load(weights_only=True); re-save it as a plain state dict or as safetensors"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - any read failure is a bad file
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
@@ -170,11 +176,7 @@ def match_state_dict(
             if reinit_classifier and _is_classifier(mine, classifier):
                 skipped.append(mine)
                 continue
-            hint = (
-                "; set num_classes to re-initialise the classifier"
-                if _is_classifier(mine, classifier)
-                else ""
-            )
+            hint = "; set num_classes to re-initialise the classifier" if _is_classifier(mine, classifier) else ""
             raise CheckpointError(
                 f"{where}: tensor {their_key!r} has shape {_shape(t)} but the model's {mine!r} has "
                 f"{_shape(own[mine])} ({key_map} matching){hint}"

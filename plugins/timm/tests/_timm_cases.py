@@ -12,10 +12,10 @@ import functools
 
 import timm
 import torch
+from stitchframe_timm import timm_anchor
 from torch import nn
 
 from stitchframe import Anchor
-from stitchframe_timm import timm_anchor
 
 _VIT = {"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 4, "num_heads": 3}
 

@@ -10,8 +10,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import stitchframe  # noqa: E402
-import stitchframe_timm  # noqa: E402
+import stitchframe_timm
+
+import stitchframe
 
 
 @pytest.fixture(autouse=True)

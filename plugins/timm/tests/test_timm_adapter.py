@@ -7,11 +7,11 @@ from pathlib import Path
 
 import attrs
 import pytest
+import stitchframe_timm
 import torch
+from stitchframe_timm import TimmOptions
 
 import stitchframe
-import stitchframe_timm
-from stitchframe_timm import TimmOptions
 
 TINY_VIT = {"img_size": 32, "model_kwargs": {"patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 3}}
 

@@ -6,7 +6,6 @@ import pytest
 import timm
 import torch
 from _timm_cases import anchor, images, model
-
 from stitchframe_timm import timm_anchor
 from stitchframe_timm.swin import MergeThenBlock
 

@@ -33,7 +33,7 @@ def _normalise(x, pp):
 def eval_image(img, pp) -> torch.Tensor:
     """timm's evaluation transform: resize to size / crop_pct, centre crop, normalise."""
     size = pp.input_size[1]
-    x = _resize_short(img, int(round(size / pp.crop_pct)))
+    x = _resize_short(img, round(size / pp.crop_pct))
     top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
     return _normalise(x[..., top : top + size, left : left + size], pp)
 
@@ -41,7 +41,7 @@ def eval_image(img, pp) -> torch.Tensor:
 def random_crops(img, pp, n: int, seed: int) -> torch.Tensor:
     """``n`` random crops (every other one flipped) of an image resized to size / crop_pct."""
     size = pp.input_size[1]
-    x = _resize_short(img, int(round(size / pp.crop_pct)))
+    x = _resize_short(img, round(size / pp.crop_pct))
     g = torch.Generator().manual_seed(seed)
     out = []
     for i in range(n):
@@ -74,7 +74,9 @@ def test_least_squares_stitch_beats_random_init(lites, timm_regs):
     """A least-squares stitch (fitted on other photographs) cuts the held-out error at the end anchor's cut point."""
     small, large = lites[0], lites[1]
     net = stitchframe.build_snnet([small, large], space="snnet", registries=timm_regs).eval()
-    route = next(r for r in net.routes if [(s.anchor, s.start) for s in r.segments] == [(small.name, 0), (large.name, 6)])
+    route = next(
+        r for r in net.routes if [(s.anchor, s.start) for s in r.segments] == [(small.name, 0), (large.name, 6)]
+    )
     _, p, _, q, _ = next(route.stitch_points())
     layer = net.stitch_for(route, 0)
     assert isinstance(layer, stitchframe.Conv1x1Stitch)
@@ -86,7 +88,7 @@ def test_least_squares_stitch_beats_random_init(lites, timm_regs):
     photos = [data.astronaut(), data.rocket(), data.hubble_deep_field(), data.immunohistochemistry()]
     train = torch.cat([random_crops(img, pp, 3, seed=i) for i, img in enumerate(photos)])
     held_out = torch.cat([random_crops(data.chelsea(), pp, 2, seed=10), random_crops(data.coffee(), pp, 2, seed=11)])
-    key = net.link_key(*list(route.stitch_points())[0])
+    key = net.link_key(*next(iter(route.stitch_points())))
     rows = stitchframe.calibrate(net, [train[:6], train[6:]], keys=[key])
     assert rows[key] > 0
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from _timm_cases import anchor, images, model
+from stitchframe_timm.vit import DistilledHead, ViTHead, ViTStem
 
 import stitchframe
-from stitchframe_timm.vit import DistilledHead, ViTHead, ViTStem
 
 K = 2  # the stitch goes after block K of the front anchor
 
@@ -30,7 +30,11 @@ def by_hand(x, front, end, k, stitch, *, norm=True):
 
 def _net(timm_regs, final_norm="keep"):
     net = stitchframe.build_snnet(
-        [anchor("deit"), anchor("deit_wide")], space="snnet", layer="linear", final_norm=final_norm, registries=timm_regs
+        [anchor("deit"), anchor("deit_wide")],
+        space="snnet",
+        layer="linear",
+        final_norm=final_norm,
+        registries=timm_regs,
     )
     return net.eval()
 
@@ -81,7 +85,11 @@ def test_final_norm_from_spec(timm_regs):
     tiny = {"img_size": 32, "model_kwargs": {"patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 3}}
     anchors = [
         {"source": "timm:deit_tiny_patch16_224", "name": "t", "options": tiny},
-        {"source": "timm:deit_small_patch16_224", "name": "s", "options": {**tiny, "model_kwargs": {**tiny["model_kwargs"], "embed_dim": 96}}},
+        {
+            "source": "timm:deit_small_patch16_224",
+            "name": "s",
+            "options": {**tiny, "model_kwargs": {**tiny["model_kwargs"], "embed_dim": 96}},
+        },
     ]
     default = stitchframe.parse_spec({"anchors": anchors})
     assert default.stitch.final_norm == "keep"
@@ -108,7 +116,7 @@ def test_export_holds_only_the_route(deit_net):
     assert n_params == sum(expected.values()) == route.params
     assert n_params < sum(p.numel() for a in (front, end) for p in a.parameters())
     keys = exported.state_dict().keys()
-    assert not any(k.startswith("segments.0.head") or k.startswith("segments.1.stem") for k in keys)
+    assert not any(k.startswith(("segments.0.head", "segments.1.stem")) for k in keys)
     x = images("deit")
     with torch.no_grad():
         want = deit_net.forward_route(x, route)
