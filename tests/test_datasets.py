@@ -172,3 +172,23 @@ def test_imagefolder(tmp_path):
     assert x.shape == (3, 32, 32) and y == 1
     with pytest.raises(StitchframeError, match="does not exist"):
         load_imagefolder(ImageFolderOptions(root=str(tmp_path / "nope")), IMAGENET)
+
+
+def test_agreed_preprocess_checks_the_anchor_sizes():
+    from stitchframe.datasets import agreed_preprocess
+    from stitchframe.errors import SpecError
+    from tests import tiny
+
+    a = tiny.vit_anchor(tiny.tiny_vit(32), "a")
+    b = tiny.cnn_anchor(tiny.tiny_cnn(8), "b")
+    pre, notes = agreed_preprocess([a, b])
+    assert pre.input_size == (3, 16, 16) and not notes
+    assert agreed_preprocess([a, b], 16)[0].input_size == (3, 16, 16)
+    b.example_inputs = torch.randn(1, 3, 24, 24)
+    with pytest.raises(SpecError, match="different input sizes"):
+        agreed_preprocess([a, b])
+    with pytest.raises(SpecError, match=r"anchors\[1\] \('b'\) was built for 24x24"):
+        agreed_preprocess([a, b], 16)
+    b.example_inputs = torch.randn(1, 3, 16, 16)
+    b.preprocess = Preprocess(input_size=(3, 16, 16), mean=(0.1, 0.2, 0.3), std=(1.0, 1.0, 1.0))
+    assert "normalise differently" in agreed_preprocess([a, b])[1][0]
