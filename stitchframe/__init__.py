@@ -9,7 +9,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .anchors import Anchor, Preprocess, anchor_name, count_flops
-from .calibration import calibrate
+from .calibration import calibrate, calibrate_heads
 from .datasets import DatasetSplits
 from .engine import assemble, build_snnet, choose_layer, load_anchor, validate_spec
 from .errors import (
@@ -91,6 +91,7 @@ __all__ = [
     "build",
     "build_snnet",
     "calibrate",
+    "calibrate_heads",
     "choose_layer",
     "count_flops",
     "dump_spec",

@@ -44,7 +44,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .anchors import Preprocess, _to_device
-from .calibration import calibrate
+from .calibration import calibrate, calibrate_heads
 from .datasets import DatasetSplits, agreed_preprocess, load_data
 from .distributed import is_main_process
 from .engine import assemble
@@ -241,8 +241,9 @@ def _resolve_output(spec: Spec, output: str | Path | None) -> Path:
 # stages
 # ---------------------------------------------------------------------------
 def _calibrate(snnet: SNNet, spec: Spec, splits: DatasetSplits, device: torch.device, console) -> None:
-    n = spec.calibration.batches
-    if n == 0 or len(snnet.stitches) == 0:
+    """Least squares for the stitching layers (and, with ``calibration.heads``, the classifiers)."""
+    cal = spec.calibration
+    if cal.batches == 0 or (len(snnet.stitches) == 0 and not cal.heads):
         return
     loader = DataLoader(
         splits.train,
@@ -252,10 +253,15 @@ def _calibrate(snnet: SNNet, spec: Spec, splits: DatasetSplits, device: torch.de
         collate_fn=splits.collate_fn,
         num_workers=spec.data.num_workers,
     )
-    n = min(n, len(loader))
-    with _progress(console, f"calibrating {len(snnet.stitches)} stitching layers", n) as tick:
-        calibrate(snnet, islice(loader, n), ridge=spec.calibration.ridge, device=device,
-                  on_batch=lambda b: tick(b + 1, n))
+    batches = list(islice(loader, cal.batches))
+    n = len(batches)
+    if len(snnet.stitches):
+        with _progress(console, f"calibrating {len(snnet.stitches)} stitching layers", n) as tick:
+            calibrate(snnet, batches, ridge=cal.ridge, device=device, on_batch=lambda b: tick(b + 1, n))
+    if cal.heads:
+        with _progress(console, f"fitting the classifiers of {len(snnet.anchors)} anchors", n) as tick:
+            calibrate_heads(snnet, batches, num_classes=splits.num_classes, ridge=cal.head_ridge, device=device,
+                            on_batch=lambda b: tick(b + 1, n))
 
 
 def _train(snnet: SNNet, spec: Spec, splits: DatasetSplits, device: torch.device, checkpoints: Path,

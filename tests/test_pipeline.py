@@ -202,3 +202,24 @@ def test_only_rank_zero_writes(regs, tmp_path, monkeypatch):
     res = _build(regs, tmp_path / "out")
     assert res.evaluation is None and not (tmp_path / "out").exists()
     assert not pipeline.partial_dir(tmp_path / "out").exists()
+
+
+def test_cnn_build_with_fitted_heads_and_frozen_batchnorm(regs, tmp_path):
+    from stitchframe import assemble
+
+    spec = tiny_spec(
+        anchors=["tiny:cnn8", {"source": "tiny:cnn16", "options": {"seed": 1}}],
+        calibration={"batches": 4, "heads": True},
+        train={"epochs": 1, "max_steps": 3, "batch_size": 16, "lr": 1e-3, "freeze": ["batchnorm"]},
+    )
+    res = _build(regs, tmp_path / "out", spec=spec)
+    fresh = assemble(parse_spec(spec), regs)
+    trained, init = dict(res.snnet.named_modules()), dict(fresh.named_modules())
+    bns = [n for n, m in trained.items() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns
+    for n in bns:  # statistics and affine weights of every BatchNorm are the pretrained ones
+        for key, t in trained[n].state_dict().items():
+            assert torch.equal(t, init[n].state_dict()[key]), f"{n}.{key}"
+    assert not torch.equal(trained["anchors.cnn8.blocks.0.conv"].weight, init["anchors.cnn8.blocks.0.conv"].weight)
+    heads = [r.accuracy for r in res.evaluation.routes if r.name in ("cnn8[0:3]", "cnn16[0:3]")]
+    assert min(heads) > 20  # fitted classifiers: above the 10 % the random heads get on these data
