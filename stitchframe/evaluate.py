@@ -284,10 +284,10 @@ def _device_of(snnet: SNNet) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def _batch_metrics(route_ids: list[int], inputs: Any, target: torch.Tensor, trie: RouteTrie, names: list[str]):
-    correct = torch.zeros(len(route_ids), dtype=torch.float64, device=target.device)
-    loss = torch.zeros(len(route_ids), dtype=torch.float64, device=target.device)
-    slot = {rid: k for k, rid in enumerate(route_ids)}
+def _batch_metrics(inputs: Any, target: torch.Tensor, trie: RouteTrie, names: list[str]):
+    """Correct predictions and summed loss of every route on one batch, and the block forwards run."""
+    correct = torch.zeros(len(names), dtype=torch.float64, device=target.device)
+    loss = torch.zeros(len(names), dtype=torch.float64, device=target.device)
 
     def on_output(rid: int, out: Any) -> None:
         logits = logits_of(out, f"Route {rid} ({names[rid]})").float()
@@ -296,9 +296,8 @@ def _batch_metrics(route_ids: list[int], inputs: Any, target: torch.Tensor, trie
                 f"Route {rid} ({names[rid]}) returned logits of shape {tuple(logits.shape)} for a batch of "
                 f"{target.shape[0]}; evaluation needs [batch, classes]"
             )
-        k = slot[rid]
-        correct[k] = (logits.argmax(-1) == target).sum()
-        loss[k] = F.cross_entropy(logits, target, reduction="sum")
+        correct[rid] = (logits.argmax(-1) == target).sum()
+        loss[rid] = F.cross_entropy(logits, target, reduction="sum")
 
     blocks = trie.run(inputs, on_output)
     return correct.tolist(), loss.tolist(), blocks
@@ -427,13 +426,13 @@ def _run_batches(trie: RouteTrie, loader: DataLoader, sums: _Sums, writer: _Part
     """Evaluate the loader's batches, appending each batch's sums to ``writer`` and ``sums``."""
     if progress is not None:
         progress(sums.batches, total)
-    route_ids = list(range(len(names)))
     with torch.no_grad():
         for inputs, target in loader:
             inputs = _to_device(inputs, device)
-            target = torch.as_tensor(target).to(device)
+            target = torch.as_tensor(target)
             _check_labels(target)
-            correct, loss, blocks = _batch_metrics(route_ids, inputs, target, trie, names)
+            target = target.to(device=device, dtype=torch.long)
+            correct, loss, blocks = _batch_metrics(inputs, target, trie, names)
             record = {"batch": sums.batches, "samples": int(target.shape[0]), "correct": correct, "loss": loss}
             writer.write(record)
             sums.add(record)
