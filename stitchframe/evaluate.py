@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
-from .anchors import _to_device
+from .anchors import _device_of, _to_device
 from .errors import StitchframeError
 from .snnet import SNNet
 
@@ -279,11 +279,6 @@ class _PartialWriter:
 # ---------------------------------------------------------------------------
 # evaluate
 # ---------------------------------------------------------------------------
-def _device_of(snnet: SNNet) -> torch.device:
-    p = next(snnet.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 def _batch_metrics(inputs: Any, target: torch.Tensor, trie: RouteTrie, names: list[str]):
     """Correct predictions and summed loss of every route on one batch, and the block forwards run."""
     correct = torch.zeros(len(names), dtype=torch.float64, device=target.device)

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .anchors import Preprocess, _to_device
+from .anchors import Preprocess, _device_of, _to_device
 from .calibration import calibrate, calibrate_heads
 from .datasets import DatasetSplits, agreed_preprocess, load_data
 from .distributed import is_main_process
@@ -138,7 +138,7 @@ def _check_classes(snnet: SNNet, num_classes: int, data_name: str) -> None:
             was_training = anchor.training
             anchor.eval()
             try:
-                out = logits_of(anchor(_to_device(anchor.example_inputs, _device(snnet))), f"Anchor {anchor.name!r}")
+                out = logits_of(anchor(_to_device(anchor.example_inputs, _device_of(snnet))), f"Anchor {anchor.name!r}")
             finally:
                 anchor.train(was_training)
             if out.shape[-1] != num_classes:
@@ -146,11 +146,6 @@ def _check_classes(snnet: SNNet, num_classes: int, data_name: str) -> None:
                     f"anchors[{i}] ({anchor.name!r}) outputs {out.shape[-1]} classes but dataset {data_name!r} has "
                     f"{num_classes}; set the anchor's number of classes to {num_classes} in anchors[{i}].options"
                 )
-
-
-def _device(module: torch.nn.Module) -> torch.device:
-    p = next(module.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 # ---------------------------------------------------------------------------
