@@ -276,7 +276,10 @@ def structure_options(cls: type, data: Any, where: str) -> Any:
     try:
         return _CONVERTER.structure(data, cls)
     except cattrs.BaseValidationError as exc:
-        raise SpecError(_first_error(exc, where) + _fix_hint(where)) from None
+        msg = _first_error(exc, where)
+        if not msg.startswith(where):  # an error at the root (unknown key) carries no path
+            msg = f"{where}: {msg}"
+        raise SpecError(msg + _fix_hint(where)) from None
     except (ValueError, TypeError) as exc:
         raise SpecError(f"{where}: {exc}{_fix_hint(where)}") from None
 
