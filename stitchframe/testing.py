@@ -458,6 +458,7 @@ def check_stitch_space(
     layer: str = "auto",
     build: bool = True,
     inputs: Any = None,
+    registries: Registries | None = None,
 ) -> list[Route]:
     """Check a stitch-space type on a family of anchors.
 
@@ -477,6 +478,8 @@ def check_stitch_space(
         layer: Stitching layer used by ``build``.
         build: Build the SN-Net and run each route on ``inputs``.
         inputs: Inputs for ``build`` (default: the first anchor's ``example_inputs``).
+        registries: Where ``build`` finds ``layer`` (default: the built-ins only;
+            pass :func:`check_plugin`'s result to use your plugin's layers).
 
     Returns:
         The routes yielded when every stitch is allowed.
@@ -505,7 +508,7 @@ def check_stitch_space(
     _check_shared_keys(cls, routes, {a.name: a for a in anchors})
     _check_refusals(cls, options, anchors, sorted(asked))
     if build:
-        _build_and_run(cls, options, anchors, layer, inputs)
+        _build_and_run(cls, options, anchors, layer, inputs, registries)
     return routes
 
 
@@ -579,11 +582,12 @@ def _check_refusals(cls, options, anchors, asked: list[tuple[str, int, str, int]
                     )
 
 
-def _build_and_run(cls, options, anchors, layer: str, inputs: Any) -> None:
+def _build_and_run(cls, options, anchors, layer: str, inputs: Any, registries: Registries | None) -> None:
     from .engine import build_snnet
 
-    regs = load_registries(get_plugin_manager(load_entrypoints=False))
-    regs.stitch_spaces.register("space_under_test", cls, options=type(options), plugin="stitchframe.testing", replace=True)
+    base = registries if registries is not None else load_registries(get_plugin_manager(load_entrypoints=False))
+    regs = Registries(anchor_adapters=base.anchor_adapters, stitch_layers=base.stitch_layers, pm=base.pm)
+    regs.stitch_spaces.register("space_under_test", cls, options=type(options), plugin="stitchframe.testing")
     net = build_snnet(anchors, space="space_under_test", space_options=options, layer=layer, registries=regs)
     inputs = _to_device(inputs if inputs is not None else anchors[0].example_inputs, _device_of(net))
     with _eval_mode(net):
