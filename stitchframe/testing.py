@@ -225,7 +225,8 @@ def _check_against_model(anchor, model, inputs, out, acts, *, atol: float, rtol:
     graph = anchor.graph
     for i, got in captured.items():
         mine = acts[i + 1]
-        if isinstance(got, torch.Tensor) and got.shape == mine.shape and not torch.allclose(mine, got, atol=atol, rtol=rtol):
+        comparable = isinstance(got, torch.Tensor) and got.shape == mine.shape
+        if comparable and not torch.allclose(mine, got, atol=atol, rtol=rtol):
             _fail(
                 f"Anchor {name!r}: {graph.blocks[i].name} (module {graph.blocks[i].path!r}) outputs differently "
                 f"when run by the anchor than inside the model (max |diff| {_max_diff(mine, got):.3g}); "
@@ -361,7 +362,7 @@ def _check_layer_gradients(layer: StitchLayer, x: torch.Tensor, pair: str) -> No
     (out * weights).sum().backward()
     missing = [n for n, p in trainable if p.grad is None]
     if missing:
-        _fail(f"{pair}: trainable parameter(s) {', '.join(missing)} get no gradient; use them in forward or freeze them")
+        _fail(f"{pair}: trainable parameter(s) {', '.join(missing)} get no gradient; use them in forward or freeze")
     bad = [n for n, p in trainable if not torch.isfinite(p.grad).all()]
     if bad:
         _fail(f"{pair}: the gradient of {', '.join(bad)} holds NaN or infinite values")
@@ -427,7 +428,7 @@ def _check_layer_export(cls, layer: StitchLayer, x: torch.Tensor, pair: str, *, 
         ref = layer(x)
     try:
         exported = torch.export.export(layer, (x,))
-    except Exception as exc:  # noqa: BLE001 - any failure is the finding
+    except Exception as exc:
         raise ConformanceError(f"{pair}: torch.export.export fails: {type(exc).__name__}: {exc}") from exc
     with torch.no_grad():
         if not torch.allclose(exported.module()(x), ref, atol=1e-5, rtol=1e-4):
@@ -517,7 +518,7 @@ def _yield_routes(cls, options, anchors, can_stitch: Callable[[str, int, str, in
         return list(cls(options).routes(list(anchors), can_stitch))
     except StitchframeError:
         raise
-    except Exception as exc:  # noqa: BLE001 - reported with the class
+    except Exception as exc:
         raise ConformanceError(f"{cls.__name__}.routes raised {type(exc).__name__}: {exc}") from exc
 
 
@@ -564,9 +565,10 @@ def _check_shared_keys(cls, routes: list[Route], by_name: dict[str, Anchor]) -> 
             pair = (by_name[src].graph.spec_at(p), by_name[dst].graph.spec_at(q))
             first = specs.setdefault(link.key, pair)
             if first != pair:
+                shapes = [f"{a.describe()} -> {b.describe()}" for a, b in (first, pair)]
                 _fail(
-                    f"{cls.__name__}: link key {link.key!r} is shared by {first[0].describe()} -> {first[1].describe()} "
-                    f"and {pair[0].describe()} -> {pair[1].describe()}; only equal spec pairs can share a layer"
+                    f"{cls.__name__}: link key {link.key!r} is shared by {shapes[0]} and {shapes[1]}; "
+                    "only equal spec pairs can share a layer"
                 )
 
 

@@ -18,6 +18,7 @@ import stitchframe
 from stitchframe.spec import AnchorSpec
 from stitchframe.testing import check_anchor, check_stitch_layer, check_stitch_space
 
+
 # --8<-- [start:register_anchor_adapters]
 @attrs.frozen(kw_only=True)
 class MLPOptions:
@@ -186,7 +187,8 @@ def test_hook_stitchframe_register_datasets(pm):
     spec = {"anchors": ["mlp:8"], "data": {"name": "noise", "options": {"size": 32}}}
     assert stitchframe.validate_spec(stitchframe.parse_spec(spec), regs) == []
     spec["data"]["options"] = {"size": 32, "clases": 3}
-    with pytest.raises(stitchframe.SpecError, match=r"data\.options: unknown key\(s\) 'clases'; did you mean 'classes'"):
+    message = r"data\.options: unknown key\(s\) 'clases'; did you mean 'classes'"
+    with pytest.raises(stitchframe.SpecError, match=message):
         stitchframe.validate_spec(stitchframe.parse_spec(spec), regs)
 
 
@@ -220,5 +222,6 @@ def test_hook_stitchframe_resolve_anchor(pm, tmp_path):
     x = torch.randn(3, 5, 8)
     torch.testing.assert_close(anchor.eval()(x), model(x))
     check_anchor(anchor)
-    with pytest.raises(stitchframe.UnknownNameError, match=r"Anchor source '.*model\.onnx' at anchors\[0\] has no 'prefix:'"):
+    message = r"Anchor source '.*model\.onnx' at anchors\[0\] has no 'prefix:'"
+    with pytest.raises(stitchframe.UnknownNameError, match=message):
         stitchframe.load_anchor(str(tmp_path / "model.onnx"), regs)

@@ -110,6 +110,7 @@ def _preprocess(identifier: str, options: MobileNetOptions) -> stitchframe.Prepr
     )
 
 
+# --8<-- [start:anchor]
 def mobilenet_anchor(
     model: torchvision.models.MobileNetV3, identifier: str, options: MobileNetOptions
 ) -> stitchframe.Anchor:
@@ -128,6 +129,7 @@ def mobilenet_anchor(
         preprocess=_preprocess(identifier, options),
         family="mobilenet_v3",
     ).eval()  # like the model: pretrained networks start in eval mode
+# --8<-- [end:anchor]
 
 
 def load_mobilenet(identifier: str, options: MobileNetOptions) -> stitchframe.Anchor:

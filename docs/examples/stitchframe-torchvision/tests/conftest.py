@@ -4,9 +4,7 @@ import socket
 
 import pytest
 import torch
-
 from stitchframe_torchvision import MobileNetOptions, load_mobilenet
-
 
 
 @pytest.fixture(autouse=True)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from stitchframe_torchvision import DWConvOptions, DWConvStitch
 
 import stitchframe
 from stitchframe.testing import check_stitch_layer
-from stitchframe_torchvision import DWConvOptions, DWConvStitch
 
 MAP_8 = stitchframe.ActivationSpec(layout="map", channels=8, grid=(6, 6))
 MAP_12 = stitchframe.ActivationSpec(layout="map", channels=12, grid=(6, 6))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from stitchframe_torchvision import MODELS, MobileNetOptions, build_model, mobilenet, mobilenet_anchor
 
 import stitchframe
 from stitchframe.testing import check_anchor
-from stitchframe_torchvision import MODELS, MobileNetOptions, build_model, mobilenet, mobilenet_anchor
 
 SMALL = MobileNetOptions(img_size=64)  # MobileNetV3 works at any size from 32 up; small is fast
 
@@ -33,7 +33,8 @@ def test_stages_follow_the_grid(family):
 
 
 def test_width_mult_and_classes():
-    anchor = mobilenet.load_mobilenet("mobilenet_v3_small", MobileNetOptions(img_size=32, width_mult=0.5, num_classes=7))
+    options = MobileNetOptions(img_size=32, width_mult=0.5, num_classes=7)
+    anchor = mobilenet.load_mobilenet("mobilenet_v3_small", options).eval()
     assert anchor.graph.spec_at(1).channels == 8
     assert anchor(torch.randn(1, 3, 32, 32)).shape == (1, 7)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import stitchframe_torchvision
 import torch
 
 import stitchframe
-import stitchframe_torchvision
 from stitchframe.cli import main
 from stitchframe.testing import check_plugin
 
@@ -42,3 +42,13 @@ def test_the_example_spec_builds_calibrates_and_exports(capsys):
     module = net.export(route).eval()
     net.eval()
     torch.testing.assert_close(module(images), net(images), rtol=0, atol=0)
+
+
+def test_the_tutorial_specs():
+    examples = SPEC.parent
+    for name, layer in (("mobilenet_snnet.yaml", "conv1x1"), ("mobilenet_dwconv.yaml", "dwconv")):
+        net = stitchframe.assemble(stitchframe.load_spec(examples / name))
+        assert len(net.routes) == 18
+        assert {link.layer for r in net.routes for link in r.links} == {layer}
+    small_cuts = {r.segments[0].end for r in net.routes if not r.is_anchor}
+    assert small_cuts == {1, 3, 5, 6, 7, 8, 9, 10, 11}  # tutorial 3: cut points 2 and 4 get no stitch

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-
 import stitchframe_torchvision
-from stitchframe.testing import check_plugin, check_stitch_space
 from stitchframe_torchvision import StagewiseOptions, StagewiseSpace
 from stitchframe_torchvision.stagewise import inner_positions_by_stage, same_place
+
+from stitchframe.testing import check_plugin, check_stitch_space
 
 
 # --8<-- [start:check_stitch_space]
