@@ -181,8 +181,13 @@ def _check_layer_export(cls, layer: StitchLayer, x: torch.Tensor, pair: str, *, 
     with torch.no_grad():
         if not torch.equal(clone(x), ref):
             _fail(f"{pair}: a copy loaded from safetensors computes something else; keep all state in the state_dict")
-        merged = copy.deepcopy(layer)
-        merged.merge()
-        err = _rel_err(merged(x), ref)
+        trained = copy.deepcopy(layer)  # as if trained: every trainable weight moved
+        gen = torch.Generator().manual_seed(4)
+        for p in trained.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn(p.shape, generator=gen).to(p))
+        before = trained(x)
+        trained.merge()
+        err = _rel_err(trained(x), before)
     if not err <= rtol:
         _fail(f"{pair}: merge() changes the output (relative error {err:.3g}); it must fold, not alter, the map")
