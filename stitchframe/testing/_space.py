@@ -154,7 +154,9 @@ def _build_and_run(cls, options, anchors, layer: str, inputs: Any, registries: R
     regs = Registries(anchor_adapters=base.anchor_adapters, stitch_layers=base.stitch_layers, pm=base.pm)
     regs.stitch_spaces.register("space_under_test", cls, options=type(options), plugin="stitchframe.testing")
     net = build_snnet(anchors, space="space_under_test", space_options=options, layer=layer, registries=regs)
-    inputs = _to_device(inputs if inputs is not None else anchors[0].example_inputs, _device_of(net))
+    device = _device_of(anchors[0])
+    net.to(device)  # new stitching layers join the anchors' device
+    inputs = _to_device(inputs if inputs is not None else anchors[0].example_inputs, device)
     with _eval_mode(net):
         for i, route in enumerate(net.routes):
             out = _first_tensor(net.forward_route(inputs, i), f"route {route}")
