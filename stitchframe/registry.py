@@ -22,6 +22,8 @@ __all__ = ["Entry", "Registry", "NoOptions"]
 T = TypeVar("T")
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+#: Anchor source prefixes may also contain '-' (``hf-config:``).
+PREFIX_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 
 
 @attrs.frozen(kw_only=True)
@@ -56,10 +58,13 @@ class Registry(Generic[T]):
     Args:
         kind: Human name of what is registered (``"stitch layer"``), used in
             error messages.
+        name_pattern: Pattern every name must match (default: lowercase
+            snake_case; anchor prefixes use :data:`PREFIX_NAME`).
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, name_pattern: re.Pattern[str] = _NAME) -> None:
         self.kind = kind
+        self.name_pattern = name_pattern
         self._entries: dict[str, Entry[T]] = {}
         self._aliases: dict[str, str] = {}
 
@@ -93,10 +98,11 @@ class Registry(Generic[T]):
         """
         names = (name, *aliases)
         for n in names:
-            if not isinstance(n, str) or not _NAME.match(n):
+            if not isinstance(n, str) or not self.name_pattern.match(n):
+                extra = ", '-'" if "-" in self.name_pattern.pattern else ""
                 raise PluginError(
                     f"Plugin {plugin!r} registered {self.kind} name {n!r}; names must be "
-                    "lowercase snake_case (letters, digits, '_', starting with a letter)."
+                    f"lowercase snake_case (letters, digits, '_'{extra}, starting with a letter)."
                 )
         if options is None:
             options = getattr(obj, "Options", NoOptions)
