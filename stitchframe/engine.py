@@ -185,7 +185,7 @@ def build_snnet(
             reason = entry.obj.supports(s, d)
             if reason is not None:
                 raise ShapeMismatchError(
-                    f"Stitch {by_name[src].graph.name_at(p)} {s.describe()} -> {by_name[dst].graph.name_at(q)} "
+                    f"Stitch {by_name[src].graph.name_at(p)} {s.describe()} -> {by_name[dst].graph.consumer_at(q)} "
                     f"{d.describe()} cannot use stitching layer {entry.name!r} (at {where}.layer): {reason}"
                 )
             key = link.key or stitch_key(src, p, dst, q)

@@ -225,6 +225,11 @@ class BlockGraph:
         self._check(pos)
         return self.stem.name if pos == 0 else self.blocks[pos - 1].name
 
+    def consumer_at(self, pos: int) -> str:
+        """Display name of the block that reads position ``pos`` (the head after the last block)."""
+        self._check(pos)
+        return self.blocks[pos].name if pos < self.depth else self.head.name
+
     def stage_at(self, pos: int) -> int:
         """Stage of the activation at position ``pos``."""
         self._check(pos)

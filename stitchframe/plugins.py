@@ -103,7 +103,7 @@ class PluginManager(pluggy.PluginManager):
 
     def plugin_names(self) -> list[str]:
         """Names of the registered plugins, in registration order."""
-        return [self.get_name(p) for p in self.get_plugins()]
+        return [name for name, plugin in self.list_name_plugin() if plugin is not None]
 
 
 def _hook_names() -> list[str]:

@@ -238,7 +238,8 @@ def _format_exc(exc: BaseException, type_: Any) -> str:
         choices = ", ".join(repr(c) for c in typing.get_args(type_))
         return f"must be one of {choices}"
     if isinstance(exc, (ValueError, TypeError)):
-        msg = str(exc)
+        # attrs validators raise ValueError(message, attribute, ...): keep the message
+        msg = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
         if type_ in (int, float, str, bool) and ("invalid literal" in msg or "could not convert" in msg or not msg):
             return f"expected {type_.__name__}"
         return msg or f"invalid value for {getattr(type_, '__name__', type_)}"
@@ -258,7 +259,7 @@ def _first_error(exc: Exception, path: str) -> str:
         field = _FIELD_IN_MSG.match(text)
         if field and not where.endswith(f".{field.group(1)}"):
             where = f"{where}.{field.group(1)}"
-        out.append(text if where == path else f"{where}: {text}")
+        out.append(f"{where}: {text}")
     return out[0] + (f" (and {len(out) - 1} more)" if len(out) > 1 else "")
 
 
@@ -276,18 +277,14 @@ def structure_options(cls: type, data: Any, where: str) -> Any:
     try:
         return _CONVERTER.structure(data, cls)
     except cattrs.BaseValidationError as exc:
-        raise SpecError(_first_error(exc, where) + _fix_hint(where)) from None
+        raise SpecError(_first_error(exc, where)) from None
     except (ValueError, TypeError) as exc:
-        raise SpecError(f"{where}: {exc}{_fix_hint(where)}") from None
+        raise SpecError(f"{where}: {exc}") from None
 
 
 def unstructure_options(obj: Any) -> dict[str, Any]:
     """Options object -> plain dict."""
     return _CONVERTER.unstructure(obj)
-
-
-def _fix_hint(where: str) -> str:
-    return "; fix the spec (see `stitchframe validate` and the spec reference)."
 
 
 def parse_spec(data: Any, *, source: str = "spec") -> Spec:
@@ -301,7 +298,9 @@ def parse_spec(data: Any, *, source: str = "spec") -> Spec:
     try:
         return _CONVERTER.structure(data, Spec)
     except cattrs.BaseValidationError as exc:
-        raise SpecError(f"{source}: " + _first_error(exc, "spec").removeprefix("spec.")) from None
+        msg = _first_error(exc, "spec")
+        msg = msg.removeprefix("spec: ").removeprefix("spec.")
+        raise SpecError(f"{source}: {msg}") from None
     except SpecError as exc:
         raise SpecError(f"{source}: {exc}") from None
     except (ValueError, TypeError) as exc:

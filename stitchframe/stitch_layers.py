@@ -283,12 +283,7 @@ class LeastSquaresStitch(StitchLayer):
         normal = getattr(self, "_normal", None)
         if not normal:
             raise StitchframeError(f"{type(self).__name__}.fit_end called before any fit_update")
-        self.ls_assign(
-            {
-                k: eq.solve(ridge if k == "main" else max(ridge, 1e-3), intercept=self.ls_intercept(k))
-                for k, eq in normal.items()
-            }
-        )
+        self.ls_assign({k: eq.solve(ridge, intercept=self.ls_intercept(k)) for k, eq in normal.items()})
         del self._normal
 
 

@@ -77,7 +77,8 @@ def depth_map(src_depth: int, dst_depth: int, block: int) -> int:
     """
     if src_depth == dst_depth:
         return block
-    return max(0, min(dst_depth - 1, round((block + 1) * dst_depth / src_depth) - 1))
+    nearest = int((block + 1) * dst_depth / src_depth + 0.5)  # round half up
+    return max(0, min(dst_depth - 1, nearest - 1))
 
 
 def paired_windows(depth: int, kernel: int, stride: int) -> list[tuple[int, list[tuple[int, int]]]]:

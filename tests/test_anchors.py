@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from stitchframe import Anchor, StitchframeError, anchor_name, count_flops
+from tests import tiny
+
+
+def test_anchor_route_equals_model(vit_family, cnn_family):
+    x = tiny.images(4)
+    for anchor in [*vit_family, *cnn_family]:
+        assert anchor(x).shape == (4, 10)
+    model = tiny.tiny_vit(32, seed=0)
+    anchor = tiny.vit_anchor(model, "v")
+    model_out = model(x)
+    assert torch.equal(anchor(x), model_out)
+    cnn = tiny.tiny_cnn(8, seed=0)
+    assert torch.equal(tiny.cnn_anchor(cnn, "c")(x), cnn(x))
+
+
+def test_activations_stop_at_the_deepest_position(vit_family):
+    a = vit_family[1]
+    x = tiny.images(2)
+    acts = a.activations(x, [0, 2])
+    assert set(acts) == {0, 2}
+    manual = a.blocks[1](a.blocks[0](a.stem(x)))
+    assert torch.equal(acts[2], manual)
+    assert a.activations(x, []) == {}
+
+
+def test_count_flops_counts_cpu_fused_attention():
+    q = torch.randn(1, 2, 16, 8)
+    _, flops = count_flops(torch.nn.functional.scaled_dot_product_attention, q, q, q)
+    assert flops == 2 * (2 * 16 * 16 * 8) * 2  # two batched matmuls, 2 FLOPs per multiply-add
+
+
+def test_context_is_passed_to_stem_blocks_and_head():
+    calls = []
+
+    class Stem(nn.Module):
+        def forward(self, x, ctx):
+            calls.append(("stem", ctx))
+            return x * ctx
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x, ctx):
+            calls.append(("block", ctx))
+            return self.lin(x)
+
+    class Head(nn.Module):
+        def forward(self, x, ctx):
+            calls.append(("head", ctx))
+            return x.sum(-1)
+
+    a = Anchor(
+        "ctx_anchor",
+        stem=Stem(),
+        blocks=[Block(), Block()],
+        head=Head(),
+        prepare=lambda inputs: 2.0,
+        layout="sequence",
+        example_inputs=torch.ones(1, 3, 4),
+    )
+    out = a(torch.ones(1, 3, 4))
+    assert out.shape == (1, 3)
+    assert calls == [("stem", 2.0), ("block", 2.0), ("block", 2.0), ("head", 2.0)]
+    assert a.graph.spec_at(2).layout == "sequence"
+
+
+def test_anchor_validation():
+    with pytest.raises(StitchframeError, match="snake_case"):
+        Anchor("Bad-Name", stem=nn.Identity(), blocks=[nn.Identity()], head=nn.Identity())
+    with pytest.raises(StitchframeError, match="no blocks"):
+        Anchor("a", stem=nn.Identity(), blocks=[], head=nn.Identity())
+    with pytest.raises(StitchframeError, match="stages"):
+        Anchor("a", stem=nn.Identity(), blocks=[nn.Identity()], head=nn.Identity(), stages=[0])
+    a = Anchor("a", stem=nn.Identity(), blocks=[nn.Identity()], head=nn.Identity())
+    with pytest.raises(StitchframeError, match="example_inputs"):
+        a.graph
+    b = Anchor("b", stem=nn.Identity(), blocks=[nn.Identity()], head=nn.Identity(), layout="map",
+               example_inputs=torch.zeros(1, 5, 3))
+    with pytest.raises(StitchframeError, match="position 0"):
+        b.graph
+
+
+@pytest.mark.parametrize(
+    "ident,name",
+    [("deit_tiny_patch16_224", "deit_tiny_patch16_224"), ("org/MiniLM-L6.v2", "minilm_l6_v2"), ("./models/", "models"),
+     ("7b", "anchor_7b")],
+)
+def test_anchor_name(ident, name):
+    assert anchor_name(ident) == name
+
+
+@pytest.mark.gpu
+def test_anchor_runs_on_cuda():
+    model = tiny.tiny_vit(32).cuda()
+    a = tiny.vit_anchor(model, "v")
+    a.example_inputs = a.example_inputs.cuda()
+    x = tiny.images(2).cuda()
+    assert torch.equal(a(x), model(x))
+    assert a.graph.flops > 0

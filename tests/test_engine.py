@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import pytest
+
+import stitchframe
+from stitchframe import SpecError, UnknownNameError, assemble, load_anchor, parse_spec, validate_spec
+from stitchframe.spec import AnchorSpec
+
+
+def test_assemble_from_spec(regs):
+    spec = parse_spec(
+        {
+            "anchors": ["tiny:vit32", {"source": "tiny:vit48", "name": "big", "options": {"seed": 2}}],
+            "stitch": {"space": "snnet", "space_options": {"share": False}},
+        }
+    )
+    net = assemble(spec, regs)
+    assert list(net.anchors) == ["vit32", "big"]
+    assert net.routes[1].describe() == "big[0:4]"
+    assert len(net.routes) == 2 + 10
+
+
+def test_anchor_options_are_validated_with_the_spec_path(regs):
+    with pytest.raises(SpecError, match=r"^anchors\[1\].options.depth: 'depth' must be >= 1"):
+        load_anchor(AnchorSpec(source="tiny:vit32", options={"depth": 0}), regs, where="anchors[1]")
+    with pytest.raises(SpecError, match=r"anchors\[0\].options: unknown key\(s\) 'sed'; did you mean 'seed'\?"):
+        load_anchor(AnchorSpec(source="tiny:vit32", options={"sed": 0}), regs)
+
+
+def test_unknown_prefix_lists_registered_prefixes(regs):
+    with pytest.raises(UnknownNameError) as exc:
+        load_anchor("tinny:vit32", regs, where="anchors[2]")
+    assert str(exc.value) == (
+        "Unknown anchor prefix 'tinny' in source 'tinny:vit32' at anchors[2]; did you mean 'tiny'?. "
+        "Write it as 'prefix:identifier' with a registered prefix: tiny."
+    ) or "did you mean 'tiny'" in str(exc.value)
+
+
+def test_unknown_space_and_layer(regs, vit_family):
+    with pytest.raises(UnknownNameError, match=r"Unknown stitch space 'snet' at stitch.space; did you mean 'snnet'\?"):
+        stitchframe.build_snnet(vit_family, space="snet", registries=regs)
+    with pytest.raises(UnknownNameError, match=r"Unknown stitch layer 'lowrnak' at stitch.layer; did you mean 'lowrank'\?"):
+        stitchframe.build_snnet(vit_family, layer="lowrnak", registries=regs)
+    with pytest.raises(SpecError, match=r"stitch.layer_options: unknown key\(s\) 'rnk'"):
+        stitchframe.build_snnet(vit_family, layer="lowrank", layer_options={"rnk": 2}, registries=regs)
+    with pytest.raises(SpecError, match=r"stitch.space_options.kernel"):
+        stitchframe.build_snnet(vit_family, space_options={"kernel": 0}, registries=regs)
+
+
+def test_layer_that_bridges_nothing_gives_anchors_only(regs, vit_family):
+    net = stitchframe.build_snnet(vit_family, layer="conv1x1", registries=regs)
+    assert all(r.is_anchor for r in net.routes)
+
+
+def test_validate_spec_checks_without_loading(regs):
+    ok = parse_spec({"anchors": ["tiny:vit32", "tiny:vit48"], "stitch": {"layer": "lowrank", "layer_options": {"rank": 2}}})
+    assert validate_spec(ok, regs) == []
+    bad_layer = parse_spec({"anchors": ["tiny:vit32"], "stitch": {"layer": "lowrank", "layer_options": {"rank": 0}}})
+    with pytest.raises(SpecError, match="stitch.layer_options.rank"):
+        validate_spec(bad_layer, regs)
+    bad_anchor = parse_spec({"anchors": ["tiny:vit32", {"source": "tiny:vit48", "options": {"depth": "x"}}]})
+    with pytest.raises(SpecError, match=r"anchors\[1\].options.depth"):
+        validate_spec(bad_anchor, regs)
+    with pytest.raises(UnknownNameError, match=r"anchors\[0\]"):
+        validate_spec(parse_spec({"anchors": ["nope:x"]}), regs)
