@@ -159,7 +159,7 @@ def build_anchor(
     """Cut a loaded model into a :class:`stitchframe.Anchor`."""
     model.eval()
     config = model.config
-    parts = cut_model(model, fam, head, options, normalize=normalize)
+    parts = cut_model(model, fam, head, options, normalize=normalize, source=source)
     if fam.modality == "image":
         preprocess = _image_preprocess(config, folder)
         grid = (preprocess.input_size[1] // _patch(config), preprocess.input_size[2] // _patch(config))

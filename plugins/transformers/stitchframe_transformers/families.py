@@ -209,7 +209,9 @@ def _head(fam: Family, head: str, model: nn.Module, base: nn.Module, normalize: 
     return fam.classifier(model, base)
 
 
-def cut_model(model: nn.Module, fam: Family, head: str, options: Any, *, normalize: bool = False) -> AnchorParts:
+def cut_model(
+    model: nn.Module, fam: Family, head: str, options: Any, *, normalize: bool = False, source: str = ""
+) -> AnchorParts:
     """Cut a loaded model (of the class matching ``head``) into anchor parts.
 
     Args:
@@ -218,6 +220,7 @@ def cut_model(model: nn.Module, fam: Family, head: str, options: Any, *, normali
         head: One of :data:`HEADS`.
         options: The adapter options (``layers``, ``interpolate_pos_encoding``).
         normalize: L2-normalise pooled embeddings.
+        source: The anchor's source, for error messages.
 
     Raises:
         SpecError: ``options.layers`` names a layer the model lacks.
@@ -228,7 +231,8 @@ def cut_model(model: nn.Module, fam: Family, head: str, options: Any, *, normali
     bad = [i for i in keep if not 0 <= i < len(layers)]
     if bad or not keep:
         raise SpecError(
-            f"options.layers {list(options.layers)!r} must pick at least one of the model's layers 0..{len(layers) - 1}"
+            f"{source}: options.layers {list(options.layers)!r} must pick at least one of the model's "
+            f"layers 0..{len(layers) - 1}"
         )
     prepare = None
     if fam.modality == "text":
