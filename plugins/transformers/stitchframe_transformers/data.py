@@ -154,7 +154,7 @@ def _label_index(raw: Sequence[Any]) -> tuple[list[int], tuple[str, ...]]:
 
 
 def load_tokenizer(name: str) -> Any:
-    """An ``AutoTokenizer`` for an id or folder (``pkg:`` locations accepted), with a pad token."""
+    """An ``AutoTokenizer`` for an id or folder (``package:`` locations accepted), with a pad token."""
     from transformers import AutoTokenizer
 
     from .adapter import resolve_location

@@ -17,7 +17,7 @@ def _layers(value: Any) -> tuple[int, ...] | None:
 
 @attrs.frozen(kw_only=True)
 class HFOptions:
-    """Options of the ``hf:`` adapter (``hf:<hub id | local folder | pkg:package/folder>``)."""
+    """Options of the ``hf:`` adapter (``hf:<hub id | local folder | package:package/folder>``)."""
 
     head: Literal["auto", "hidden", "pooled", "classification", "lm"] = attrs.field(
         default="auto",

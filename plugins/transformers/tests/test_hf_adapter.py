@@ -91,7 +91,7 @@ def test_bad_locations(hf_regs, tmp_path):
     with pytest.raises(SpecError, match="does not exist"):
         _load(f"hf:{tmp_path / 'missing'}", hf_regs)
     with pytest.raises(SpecError, match="package 'no_such_package_xyz' is not installed"):
-        _load("hf:pkg:no_such_package_xyz/model", hf_regs)
+        _load("hf:package:no_such_package_xyz/model", hf_regs)
     (tmp_path / "empty").mkdir()
     with pytest.raises(StitchframeError, match="cannot load the model"):
         _load(f"hf:{tmp_path / 'empty'}", hf_regs)
