@@ -247,9 +247,16 @@ class Anchor(nn.Module):
         if model is not None:
             for mname, mod in model.named_modules():
                 names.setdefault(id(mod), mname)
-        paths = {"stem": names.get(id(self.stem), "stem"), "head": names.get(id(self.head), "head")}
+
+        def path(module: nn.Module, default: str) -> str:
+            if id(module) in names:
+                return names[id(module)]
+            children = list(module.children())  # a thin wrapper around one module of the model
+            return names.get(id(children[0]), default) if len(children) == 1 else default
+
+        paths = {"stem": path(self.stem, "stem"), "head": path(self.head, "head")}
         for i, blk in enumerate(self.blocks):
-            paths[f"blocks[{i}]"] = names.get(id(blk), f"blocks.{i}")
+            paths[f"blocks[{i}]"] = path(blk, f"blocks.{i}")
         return paths
 
     def _spec(self, x: torch.Tensor, pos: int) -> ActivationSpec:

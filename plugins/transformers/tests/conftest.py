@@ -22,6 +22,15 @@ import stitchframe_transformers  # noqa: E402
 from hf_tiny import VOCAB  # noqa: E402
 
 
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _hf_no_network(monkeypatch):
     """Outbound connections fail: every model here is built from a config or a local folder."""

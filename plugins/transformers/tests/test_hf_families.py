@@ -145,3 +145,12 @@ def test_text_inputs_must_be_a_tokenizer_mapping(hf_regs):
     anchor = load_anchor(AnchorSpec(source="hf-config:bert", options={"config": tiny_config("bert")}), hf_regs)
     with pytest.raises(stitchframe.ShapeMismatchError, match="input_ids"):
         anchor(torch.zeros(2, 5, dtype=torch.long))
+
+
+def test_block_paths_point_into_the_original_model(hf_regs):
+    bert = load_anchor(AnchorSpec(source="hf-config:bert", options={"config": tiny_config("bert")}), hf_regs)
+    llama = load_anchor(AnchorSpec(source="hf-config:llama", options={"config": tiny_config("llama")}), hf_regs)
+    assert [b.path for b in bert.graph.blocks] == ["encoder.layer.0", "encoder.layer.1"]
+    assert bert.graph.stem.path == "embeddings"
+    assert [b.path for b in llama.graph.blocks] == ["model.layers.0", "model.layers.1"]
+    assert llama.graph.stem.path == "model.embed_tokens"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import transformers as T
@@ -154,3 +156,20 @@ def test_greedy_generation_with_the_exported_route(llama_pair):
         assert torch.equal(_greedy(module, prompt, 5), expected)
         assert torch.equal(_greedy(program.module(), prompt, 5), expected)
     assert expected.shape == (1, 9) and torch.equal(expected[:, :4], prompt)
+
+
+@pytest.mark.gpu
+def test_text_routes_run_on_cuda_with_bf16_autocast(llama_pair):
+    net = copy.deepcopy(llama_pair[0])
+    route = next(r for r in net.routes if not r.is_anchor)
+    inputs = _batches(1, seed=12)[0]
+    with torch.no_grad():
+        expected = net.forward_route(inputs, route)
+        net.to("cuda")
+        cuda_inputs = {k: v.cuda() for k, v in inputs.items()}
+        out = net.forward_route(cuda_inputs, route)
+        valid = inputs["attention_mask"].bool()
+        assert torch.allclose(out.cpu()[valid], expected[valid], atol=1e-4)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            assert torch.isfinite(net.forward_route(cuda_inputs, route)[valid.cuda()]).all()
+        stitchframe.calibrate(net, [cuda_inputs])  # least squares accumulates on the CPU in float64
