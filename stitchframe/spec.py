@@ -167,6 +167,12 @@ class TrainSpec:
         default=0, validator=_v.ge(0), metadata=_help("Save a checkpoint every N steps (0: only at the end).")
     )
     log_every: int = attrs.field(default=10, validator=_v.ge(1), metadata=_help("Log loss and throughput every N steps."))
+    keep_checkpoints: int = attrs.field(
+        default=2, validator=[_v.instance_of(int), _v.ge(1)], metadata=_help("How many of the newest checkpoints to keep.")
+    )
+    label_smoothing: float = attrs.field(
+        default=0.0, validator=[_v.ge(0), _v.lt(1)], metadata=_help("Label smoothing of the cross-entropy term.")
+    )
 
 
 @attrs.frozen(kw_only=True)

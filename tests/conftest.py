@@ -20,7 +20,15 @@ def _no_network(monkeypatch):
     def refuse(*args, **kwargs):
         raise OSError("network access is disabled in tests")
 
-    monkeypatch.setattr(socket.socket, "connect", refuse)
+    connect = socket.socket.connect
+
+    def connect_local_only(self, *args, **kwargs):
+        # Unix sockets are local IPC (DataLoader workers use them), not network.
+        if getattr(socket, "AF_UNIX", None) is not None and self.family == socket.AF_UNIX:
+            return connect(self, *args, **kwargs)
+        refuse()
+
+    monkeypatch.setattr(socket.socket, "connect", connect_local_only)
     monkeypatch.setattr(socket, "create_connection", refuse)
 
 
