@@ -173,3 +173,27 @@ def test_text_routes_run_on_cuda_with_bf16_autocast(llama_pair):
         with torch.autocast("cuda", dtype=torch.bfloat16):
             assert torch.isfinite(net.forward_route(cuda_inputs, route)[valid.cuda()]).all()
         stitchframe.calibrate(net, [cuda_inputs])  # least squares accumulates on the CPU in float64
+
+
+def test_text_snnet_trains_through_stitchframe_train(hf_regs, minilm_dir, tmp_path):
+    """Dict batches from text_classification go through the core's training loop."""
+    train_mod = pytest.importorskip("stitchframe.train")
+    from stitchframe.spec import AnchorSpec, TrainSpec
+    from stitchframe_transformers.data import build_text_datasets
+    from stitchframe_transformers.data_options import TextClassificationOptions
+
+    def bert(width, depth, name):
+        cfg = tiny_config("bert", width=width, depth=depth, vocab_size=30522)
+        options = {"config": cfg, "head": "classification", "num_labels": 2, "tokenizer": str(minilm_dir)}
+        return stitchframe.load_anchor(AnchorSpec(source="hf-config:bert", name=name, options=options), hf_regs)
+
+    net = stitchframe.build_snnet([bert(32, 2, "small"), bert(48, 4, "base")], space="cross", registries=hf_regs)
+    train, _, _, collate, _ = build_text_datasets(TextClassificationOptions(toy_size=60), net.anchors["small"].preprocess)
+    stitchframe.calibrate(net, [collate([train[i] for i in range(16)])])
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    result = train_mod.train(net, train, TrainSpec(max_steps=4, batch_size=8), device="cpu",
+                             checkpoint_dir=tmp_path, collate_fn=collate)
+    assert result.steps == 4 and all(torch.isfinite(torch.tensor(result.losses)))
+    changed = {k.split(".")[0] for k, v in net.state_dict().items() if not torch.equal(v, before[k])}
+    sampled_stitched = any(not net.routes[i].is_anchor for i in result.routes)
+    assert "anchors" in changed and ("stitches" in changed) == sampled_stitched
