@@ -29,7 +29,10 @@ Rules (all visible in :class:`CrossOptions`):
    pair is dropped when the fractions differ by more than ``tolerance``.
 5. **FLOPs order.**  With ``between`` (default) a route is kept only when
    its FLOPs (stitching layer excluded) lie strictly between the two
-   anchors' FLOPs; a route outside that range is dominated by an anchor.
+   anchors' FLOPs; a route outside that range costs at least as much as the
+   costlier anchor or no less than the cheaper one, and is dominated.
+   Anchors of equal or about equal cost (timm's ViT-S and Hugging Face's)
+   leave no room in between: turn ``between`` off for them.
 6. **Thinning.**  At most ``points`` stitch points are kept per ordered pair
    of anchors, spread evenly over the matches (ordered by front depth, the
    shallowest and deepest kept).
@@ -87,7 +90,7 @@ class CrossOptions:
     )
     between: bool = attrs.field(
         default=True,
-        metadata={"help": "Keep only routes whose FLOPs lie strictly between the two anchors' FLOPs."},
+        metadata={"help": "Keep only routes whose FLOPs lie strictly between the two anchors' (off for equal-cost pairs)."},
     )
     cross_family_only: bool = attrs.field(
         default=False, metadata={"help": "Skip pairs of anchors that report the same family."}

@@ -24,6 +24,10 @@ T = TypeVar("T")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 #: Anchor source prefixes may also contain '-' (``hf-config:``).
 PREFIX_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
+_RULES = {
+    _NAME: "lowercase snake_case (letters, digits, '_', starting with a letter)",
+    PREFIX_NAME: "lowercase (letters, digits, '_', '-', starting with a letter)",
+}
 
 
 @attrs.frozen(kw_only=True)
@@ -99,11 +103,8 @@ class Registry(Generic[T]):
         names = (name, *aliases)
         for n in names:
             if not isinstance(n, str) or not self.name_pattern.match(n):
-                extra = ", '-'" if "-" in self.name_pattern.pattern else ""
-                raise PluginError(
-                    f"Plugin {plugin!r} registered {self.kind} name {n!r}; names must be "
-                    f"lowercase snake_case (letters, digits, '_'{extra}, starting with a letter)."
-                )
+                rule = _RULES.get(self.name_pattern, f"match {self.name_pattern.pattern}")
+                raise PluginError(f"Plugin {plugin!r} registered {self.kind} name {n!r}; names must be {rule}.")
         if options is None:
             options = getattr(obj, "Options", NoOptions)
         if not attrs.has(options):

@@ -147,7 +147,7 @@ def test_synthesised_prefix_is_fitted_through_calibration_rows():
 
 def test_least_squares_without_bias_solves_through_the_origin():
     src, dst = tokens(12, (4, 4), 1), fmap(10, (4, 4))
-    truth, w, b, *_ = _truth(src, dst)
+    truth, w, _, *_ = _truth(src, dst)
     x = src.example(64, dtype=torch.float64)
     y = truth(x)
     layer = LinearStitch(src, dst, ProjectionOptions(bias=False)).double().fit(x, y)

@@ -102,6 +102,14 @@ def test_between_drops_routes_outside_the_anchors_flops():
     assert all(cheap.graph.flops < _route_flops(r, by_name) < costly.graph.flops for r in kept[2:])
 
 
+def test_equal_cost_anchors_need_between_off():
+    a, b = fake_anchor("a", [10] * 4), fake_anchor("b", [10] * 4)
+    assert stitched(routes([a, b], points=None)) == []
+    assert stitched(routes([a, b], points=None, between=False)) == [
+        ("a", 1, "b", 1), ("a", 2, "b", 2), ("a", 3, "b", 3), ("b", 1, "a", 1), ("b", 2, "a", 2), ("b", 3, "a", 3)
+    ]
+
+
 def test_points_thin_the_matches_evenly():
     a, b = fake_anchor("a", [10] * 12), fake_anchor("b", [20] * 12)
     all_points = stitched(routes([a, b], directions=["up"], points=None, between=False))
@@ -116,7 +124,7 @@ def test_pairs_and_family_filters():
         fake_anchor("cnn_l", [20] * 4, family="cnn"),
         fake_anchor("vit_l", [40] * 4, family="vit"),
     ]
-    pairs = lambda rs: {tuple(sorted(r.anchors)) for r in rs if not r.is_anchor}  # noqa: E731
+    pairs = lambda rs: {tuple(sorted(r.anchors)) for r in rs if not r.is_anchor}
     assert pairs(routes(anchors, between=False)) == {("cnn_l", "cnn_s"), ("cnn_s", "vit_l"), ("cnn_l", "vit_l")}
     assert pairs(routes(anchors, pairs="neighbours", between=False)) == {("cnn_l", "cnn_s"), ("cnn_l", "vit_l")}
     assert pairs(routes(anchors, cross_family_only=True, between=False)) == {("cnn_s", "vit_l"), ("cnn_l", "vit_l")}

@@ -22,11 +22,20 @@ from typing import Any
 
 from stitchframe import hookimpl
 
+from .data_options import TextClassificationOptions
 from .options import HFConfigOptions, HFOptions
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "HFOptions", "HFConfigOptions", "load_hf", "load_hf_config", "load_text_classification"]
+__all__ = [
+    "__version__",
+    "HFOptions",
+    "HFConfigOptions",
+    "TextClassificationOptions",
+    "load_hf",
+    "load_hf_config",
+    "load_text_classification",
+]
 
 
 def load_hf(identifier: str, options: HFOptions) -> Any:
@@ -50,12 +59,6 @@ def load_text_classification(options: Any, preprocess: Any) -> Any:
     return load(options, preprocess)
 
 
-def _text_options() -> type:
-    from .data_options import TextClassificationOptions
-
-    return TextClassificationOptions
-
-
 @hookimpl
 def stitchframe_register_anchor_adapters(register) -> None:
     """Register ``hf`` and ``hf-config``."""
@@ -66,4 +69,4 @@ def stitchframe_register_anchor_adapters(register) -> None:
 @hookimpl
 def stitchframe_register_datasets(register) -> None:
     """Register ``text_classification``."""
-    register("text_classification", load_text_classification, options=_text_options())
+    register("text_classification", load_text_classification, options=TextClassificationOptions)

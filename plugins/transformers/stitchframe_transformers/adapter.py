@@ -54,7 +54,7 @@ def resolve_location(identifier: str, prefix: str = "hf") -> tuple[str, bool]:
                 f"{prefix}:{identifier}: Python package {package!r} is not installed; "
                 f"install it or point at a folder ({prefix}:/path/to/model)"
             )
-        path = Path(list(spec.submodule_search_locations)[0]) / sub
+        path = Path(next(iter(spec.submodule_search_locations))) / sub
         if not path.exists():
             raise SpecError(f"{prefix}:{identifier}: {str(path)!r} does not exist inside package {package!r}")
         return str(path), True
@@ -191,7 +191,7 @@ def _patch(config: Any) -> int:
     return int(p[0] if isinstance(p, (list, tuple)) else p)
 
 
-def _load_kwargs(options: HFOptions, head: str, fam: Family) -> dict[str, Any]:
+def _load_kwargs(options: HFOptions, head: str) -> dict[str, Any]:
     kw: dict[str, Any] = {"dtype": _DTYPES[options.dtype]}
     if options.attn_implementation is not None:
         kw["attn_implementation"] = options.attn_implementation
@@ -224,7 +224,7 @@ def load_hf(identifier: str, options: HFOptions) -> Anchor:
     head = choose_head(options.head, config, fam, st_mean)
     cls = _model_class(head, config, fam)
     try:
-        model = cls.from_pretrained(location, revision=options.revision, **_load_kwargs(options, head, fam))
+        model = cls.from_pretrained(location, revision=options.revision, **_load_kwargs(options, head))
     except (OSError, ValueError) as exc:
         raise _load_error(source, location, local, exc) from exc
     tokenizer = options.tokenizer
@@ -292,7 +292,7 @@ def load_hf_config(identifier: str, options: HFConfigOptions) -> Anchor:
     tokenizer = options.tokenizer
     if tokenizer is None and folder is not None and fam.modality == "text" and _has_tokenizer(folder):
         tokenizer = str(folder)
-    name = anchor_name(path_stem(identifier) if identifier else config.model_type)
+    name = anchor_name(_path_stem(identifier) if identifier else config.model_type)
     return build_anchor(
         model,
         fam,
@@ -306,7 +306,7 @@ def load_hf_config(identifier: str, options: HFConfigOptions) -> Anchor:
     )
 
 
-def path_stem(identifier: str) -> str:
+def _path_stem(identifier: str) -> str:
     """Name part of a config path (``configs/tiny-bert.json`` -> ``tiny-bert``)."""
     p = Path(identifier)
     return p.stem if p.suffix == ".json" else p.name

@@ -16,10 +16,10 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import stitchframe  # noqa: E402
-import stitchframe_transformers  # noqa: E402
+import stitchframe_transformers
+from hf_tiny import VOCAB
 
-from hf_tiny import VOCAB  # noqa: E402
+import stitchframe
 
 
 def pytest_collection_modifyitems(config, items):

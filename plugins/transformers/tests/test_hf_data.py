@@ -6,11 +6,6 @@ import json
 
 import pytest
 import torch
-from torch.utils.data import DataLoader
-
-import stitchframe
-from stitchframe import Preprocess, SpecError
-from stitchframe.spec import structure_options
 from stitchframe_transformers.data import (
     TOY_CLASSES,
     PadCollate,
@@ -19,6 +14,11 @@ from stitchframe_transformers.data import (
     toy_sentiment,
 )
 from stitchframe_transformers.data_options import TextClassificationOptions
+from torch.utils.data import DataLoader
+
+import stitchframe
+from stitchframe import Preprocess, SpecError
+from stitchframe.spec import structure_options
 
 
 @pytest.fixture(scope="module")

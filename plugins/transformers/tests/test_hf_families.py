@@ -112,7 +112,7 @@ def test_context_is_built_once_per_input_and_carries_masks(hf_regs, text_batch):
     assert mask.dtype == torch.bool and mask.shape == (3, 1, 11, 11)
     assert not mask[0, 0, 2, 3] and mask[0, 0, 3, 2]  # no looking ahead
     assert not mask[2, 0, 6, 5] and mask[2, 0, 3, 2]  # padding of row 2 (4 tokens) is masked
-    cos, sin = kwargs["position_embeddings"]
+    cos, _sin = kwargs["position_embeddings"]
     assert cos.shape[-2:] == (11, 8)  # head_dim = 32 / 4 heads and torch.equal(ctx.position_ids, torch.arange(11)[None])
 
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from stitchframe_transformers.data import load_tokenizer
 
 import stitchframe
 from stitchframe import load_anchor
 from stitchframe.spec import AnchorSpec
-from stitchframe_transformers.data import load_tokenizer
 
 SENTENCES = ["a quick test", "stitching two sentence encoders into one elastic network, at run time"]
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "minilm_depth.yaml"

@@ -8,13 +8,13 @@ import pytest
 import torch
 import transformers as T
 from hf_tiny import VOCAB, tiny_config
+from stitchframe_transformers.adapter import build_anchor
+from stitchframe_transformers.families import FAMILIES
+from stitchframe_transformers.options import HFOptions
 from torch.export import Dim
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 
 import stitchframe
-from stitchframe_transformers.adapter import build_anchor
-from stitchframe_transformers.families import FAMILIES
-from stitchframe_transformers.options import HFOptions
 
 
 def _anchor(cls, model_type, name, width, depth, seed, head):
@@ -178,9 +178,10 @@ def test_text_routes_run_on_cuda_with_bf16_autocast(llama_pair):
 def test_text_snnet_trains_through_stitchframe_train(hf_regs, minilm_dir, tmp_path):
     """Dict batches from text_classification go through the core's training loop."""
     train_mod = pytest.importorskip("stitchframe.train")
-    from stitchframe.spec import AnchorSpec, TrainSpec
     from stitchframe_transformers.data import build_text_datasets
     from stitchframe_transformers.data_options import TextClassificationOptions
+
+    from stitchframe.spec import AnchorSpec, TrainSpec
 
     def bert(width, depth, name):
         cfg = tiny_config("bert", width=width, depth=depth, vocab_size=30522)
@@ -197,3 +198,39 @@ def test_text_snnet_trains_through_stitchframe_train(hf_regs, minilm_dir, tmp_pa
     changed = {k.split(".")[0] for k, v in net.state_dict().items() if not torch.equal(v, before[k])}
     sampled_stitched = any(not net.routes[i].is_anchor for i in result.routes)
     assert "anchors" in changed and ("stitches" in changed) == sampled_stitched
+
+
+def test_vit_into_deit_synthesises_both_prefix_tokens(hf_regs):
+    """ViT (cls, 4x4 patches, width 32) -> DeiT (cls + distillation, 8x8 patches, width 48) and back."""
+    vit_model, vit = _anchor(T.ViTForImageClassification, "vit", "vit", 32, 2, 0, "classification")
+    deit_cfg = tiny_config("deit", width=48, depth=4, patch_size=4)
+    torch.manual_seed(1)
+    deit_model = T.DeiTForImageClassificationWithTeacher(T.AutoConfig.for_model("deit", **deit_cfg)).eval()
+    deit = build_anchor(deit_model, FAMILIES["deit"], "classification", HFOptions(), name="deit", source="test:deit")
+    assert vit.graph.spec_at(1).prefix == 1 and deit.graph.spec_at(1).prefix == 2
+    assert deit.graph.spec_at(1).grid == (8, 8) and vit.graph.spec_at(1).grid == (4, 4)
+    net = stitchframe.build_snnet([vit, deit], space="cross", registries=hf_regs)
+    images = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    stitchframe.calibrate(net, [images])
+    net.eval()
+    route = next(r for r in net.routes if r.anchors == ("vit", "deit"))
+    p, q = route.segments[0].end, route.segments[1].start
+    layer = net.stitch_for(route, 0)
+    with torch.no_grad():
+        t = vit_model.vit.embeddings(images[:2])
+        for blk in vit_model.vit.layers[:p]:
+            t = blk(t)
+        cls, patches = t[:, :1], t[:, 1:]
+        grid = patches.transpose(1, 2).reshape(2, 32, 4, 4)
+        grid = torch.nn.functional.interpolate(grid, size=(8, 8), mode="bilinear", align_corners=False)
+        patches = grid.flatten(2).transpose(1, 2) @ layer.weight.T + layer.bias
+        feats = torch.cat([t[:, 1:].mean(dim=1), cls.flatten(1)], dim=1)  # [mean of patches, cls]
+        prefix = (feats @ layer.prefix_weight.T + layer.prefix_bias).reshape(2, 2, 48)
+        h = torch.cat([prefix, patches], dim=1)
+        for blk in deit_model.deit.layers[q:]:
+            h = blk(h)
+        h = deit_model.deit.layernorm(h)
+        expected = (deit_model.cls_classifier(h[:, 0]) + deit_model.distillation_classifier(h[:, 1])) / 2
+        assert torch.allclose(net.forward_route(images[:2], route), expected, atol=1e-5)
+        for i in range(len(net.routes)):
+            assert net.forward_route(images[:2], i).shape == (2, 2)
