@@ -118,11 +118,16 @@ def _model_class(head: str, config: Any, fam: Family) -> type:
     return transformers.AutoModel
 
 
-def _text_preprocess(config: Any, options: HFOptions, tokenizer: str | None) -> Preprocess:
+def _positions_limit(config: Any) -> int | None:
     limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return int(limit) if limit else None
+
+
+def _text_preprocess(config: Any, options: HFOptions, tokenizer: str | None) -> Preprocess:
+    limit = _positions_limit(config)
     max_length = options.max_length or _DEFAULT_MAX_LENGTH
     if limit:
-        max_length = min(max_length, int(limit))
+        max_length = min(max_length, limit)
     return Preprocess(modality="text", input_size=None, tokenizer=tokenizer, max_length=max_length)
 
 
@@ -137,10 +142,13 @@ def _image_preprocess(config: Any, folder: Path | None) -> Preprocess:
     )
 
 
-def _example_inputs(config: Any, fam: Family, preprocess: Preprocess, options: HFOptions) -> Any:
+def _example_inputs(config: Any, fam: Family, preprocess: Preprocess, options: HFOptions, source: str) -> Any:
     if fam.modality == "image":
         return torch.zeros(1, *preprocess.input_size)
     n = options.trace_length or preprocess.max_length
+    limit = _positions_limit(config)
+    if limit and n > limit:
+        raise SpecError(f"{source}: options.trace_length {n} exceeds the model's {limit} positions")
     ids = (torch.arange(n) % max(int(config.vocab_size) - 1, 1) + 1).unsqueeze(0)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
@@ -177,7 +185,7 @@ def build_anchor(
         layout=parts.layout,
         prefix=parts.prefix,
         grid=grid,
-        example_inputs=_example_inputs(config, fam, preprocess, options),
+        example_inputs=_example_inputs(config, fam, preprocess, options, source),
         variable_length=fam.modality == "text",
         model=model,
         preprocess=preprocess,

@@ -101,6 +101,8 @@ def test_preprocess_of_text_and_image_models(hf_regs, tmp_path):
     text = _load("hf-config:gpt2", hf_regs, config=tiny_config("gpt2"), max_length=500)
     assert text.preprocess.modality == "text" and text.preprocess.max_length == 64  # capped by n_positions
     assert text.example_inputs["input_ids"].shape == (1, 64)
+    with pytest.raises(SpecError, match="trace_length 65 exceeds the model's 64 positions"):
+        _load("hf-config:gpt2", hf_regs, config=tiny_config("gpt2"), trace_length=65)
     T.AutoConfig.for_model("vit", **tiny_config("vit")).save_pretrained(tmp_path)
     (tmp_path / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.4] * 3, "image_std": [0.2] * 3}))
     image = _load(f"hf-config:{tmp_path}", hf_regs)
