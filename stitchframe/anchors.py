@@ -247,16 +247,9 @@ class Anchor(nn.Module):
         if model is not None:
             for mname, mod in model.named_modules():
                 names.setdefault(id(mod), mname)
-
-        def path(module: nn.Module, default: str) -> str:
-            if id(module) in names:
-                return names[id(module)]
-            children = list(module.children())  # a thin wrapper around one module of the model
-            return names.get(id(children[0]), default) if len(children) == 1 else default
-
-        paths = {"stem": path(self.stem, "stem"), "head": path(self.head, "head")}
+        paths = {"stem": _path_of(self.stem, names, "stem"), "head": _path_of(self.head, names, "head")}
         for i, blk in enumerate(self.blocks):
-            paths[f"blocks[{i}]"] = path(blk, f"blocks.{i}")
+            paths[f"blocks[{i}]"] = _path_of(blk, names, f"blocks.{i}")
         return paths
 
     def _spec(self, x: torch.Tensor, pos: int) -> ActivationSpec:
@@ -334,6 +327,14 @@ class Anchor(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, depth={self.depth}, source={self.source!r}"
+
+
+def _path_of(module: nn.Module, names: Mapping[int, str], default: str) -> str:
+    """``module``'s path in the model; for a wrapper, its wrapped modules' paths joined by ``+``."""
+    if id(module) in names:
+        return names[id(module)]
+    parts = [names[id(child)] for child in module.children() if id(child) in names]
+    return "+".join(parts) if parts else default
 
 
 def _nparams(*modules: nn.Module | None) -> int:

@@ -30,6 +30,19 @@ def test_activations_stop_at_the_deepest_position(vit_family):
     assert a.activations(x, []) == {}
 
 
+def test_block_paths_of_wrappers_name_the_wrapped_modules():
+    """A block the adapter wraps around model modules records their paths joined by '+'."""
+    model = tiny.tiny_cnn(8, seed=0)
+    merged = nn.Sequential(model.layers[1], model.layers[2])
+    a = Anchor("c", stem=model.stem, blocks=[model.layers[0], merged], head=model.head, layout="map",
+               example_inputs=torch.randn(1, 3, 16, 16), model=model)
+    assert [b.path for b in a.graph.blocks] == ["layers.0", "layers.1+layers.2"]
+    assert a.graph.stem.path == "stem" and a.graph.head.path == "head"
+    plain = Anchor("p", stem=nn.Identity(), blocks=[nn.ReLU()], head=nn.Identity(), layout="map",
+                   example_inputs=torch.randn(1, 3, 4, 4))
+    assert plain.graph.blocks[0].path == "blocks.0"
+
+
 def test_count_flops_counts_cpu_fused_attention():
     q = torch.randn(1, 2, 16, 8)
     _, flops = count_flops(torch.nn.functional.scaled_dot_product_attention, q, q, q)

@@ -1,0 +1,197 @@
+"""The ``timm:`` anchor adapter: build a timm model, load its weights, cut it into an Anchor."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import timm
+import torch
+from timm.data import resolve_model_data_config
+from torch import nn
+
+from stitchframe import Anchor, CheckpointError, Preprocess, SpecError, StitchframeError, UnknownNameError, anchor_name
+
+from . import efficientnet, resnet, swin, vit
+from .family import Family
+from .options import TimmOptions
+from .weights import load_weights
+
+__all__ = ["FAMILIES", "create_model", "family_of", "load_timm_anchor", "preprocess_of", "timm_anchor"]
+
+#: The model families the adapter can cut, tried in order.
+FAMILIES: tuple[Family, ...] = (vit.FAMILY, swin.FAMILY, resnet.FAMILY, efficientnet.FAMILY)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0].rstrip(".") if text else type(exc).__name__
+
+
+def _check_model_name(identifier: str) -> None:
+    """Raise :class:`UnknownNameError` for a name timm's registry lacks (prefixed names pass)."""
+    if ":" in identifier or timm.is_model(identifier):
+        return
+    if identifier.split(".", 1)[0] in timm.models.get_deprecated_models():
+        return
+    close = difflib.get_close_matches(identifier.split(".", 1)[0], timm.list_models(), n=5, cutoff=0.6)
+    hint = f"close matches: {', '.join(close)}" if close else "no close match"
+    raise UnknownNameError(
+        f"Unknown timm model {identifier!r} in source 'timm:{identifier}'; {hint}. "
+        "List names with timm.list_models('pattern*'), or write 'timm:hf-hub:<org>/<name>' for a Hub model."
+    )
+
+
+def _model_kwargs(options: TimmOptions) -> dict[str, Any]:
+    kwargs = dict(options.model_kwargs)
+    for key in ("num_classes", "drop_path_rate", "img_size"):
+        value = getattr(options, key)
+        if value is not None:
+            kwargs[key] = value
+    return kwargs
+
+
+def create_model(identifier: str, options: TimmOptions) -> nn.Module:
+    """``timm.create_model`` with the adapter's options, as one-line errors.
+
+    ``img_size`` is passed to the constructor of the models that take it
+    (vision transformers, Swin) and dropped for CNNs, whose size is free.
+
+    Raises:
+        UnknownNameError: timm has no model of that name.
+        SpecError: timm rejected ``model_kwargs``.
+        CheckpointError: ``pretrained: true`` but timm could not fetch the weights.
+    """
+    _check_model_name(identifier)
+    kwargs = _model_kwargs(options)
+    source = f"timm:{identifier}"
+    try:
+        try:
+            return timm.create_model(identifier, pretrained=options.pretrained, **kwargs)
+        except TypeError as exc:
+            if "img_size" not in kwargs or "img_size" not in str(exc):
+                raise
+            kwargs.pop("img_size")
+            return timm.create_model(identifier, pretrained=options.pretrained, **kwargs)
+    except TypeError as exc:
+        raise SpecError(
+            f"timm model {source!r} rejected its arguments ({_first_line(exc)}); fix options.model_kwargs"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - timm and the Hub raise many types
+        if options.pretrained or ":" in identifier:
+            raise CheckpointError(
+                f"timm could not fetch {source!r} (pretrained: {options.pretrained}): {type(exc).__name__}: "
+                f"{_first_line(exc)}. This needs the Hugging Face Hub or timm's local cache; offline, give "
+                "options.weights a local file instead"
+            ) from None
+        raise StitchframeError(f"timm could not build {source!r}: {type(exc).__name__}: {_first_line(exc)}") from None
+
+
+def family_of(model: nn.Module, source: str) -> Family:
+    """The family that claims ``model``.
+
+    Raises:
+        SpecError: No family does; the message lists the supported ones.
+    """
+    for family in FAMILIES:
+        if family.claims(model):
+            return family
+    supported = "; ".join(f.describe for f in FAMILIES)
+    raise SpecError(
+        f"{source!r} builds a timm {type(model).__name__}, which stitchframe-timm cannot cut into blocks; "
+        f"supported families: {supported}. Pick a model of these families, or write an adapter plugin for it"
+    )
+
+
+def _classifier_names(model: nn.Module) -> tuple[str, ...]:
+    names = getattr(model, "pretrained_cfg", {}).get("classifier") or ()
+    return (names,) if isinstance(names, str) else tuple(names)
+
+
+def preprocess_of(model: nn.Module, img_size: int | None = None) -> Preprocess:
+    """Input preprocessing from timm's resolved data config (size, mean/std, interpolation, crop).
+
+    Args:
+        model: The timm model.
+        img_size: Overrides the input resolution; default the size the model
+            was built for (its patch embedding's) or its data config's.
+    """
+    cfg = resolve_model_data_config(model)
+    channels = cfg["input_size"][0]
+    if img_size is not None:
+        size = (img_size, img_size)
+    elif getattr(getattr(model, "patch_embed", None), "img_size", None) is not None:
+        size = tuple(model.patch_embed.img_size)
+    else:
+        size = tuple(cfg["input_size"][1:])
+    return Preprocess(
+        modality="image",
+        input_size=(channels, *size),
+        mean=tuple(float(m) for m in cfg["mean"]),
+        std=tuple(float(s) for s in cfg["std"]),
+        interpolation=str(cfg.get("interpolation", "bilinear")),
+        crop_pct=float(cfg.get("crop_pct", 1.0)),
+    )
+
+
+def load_timm_anchor(identifier: str, options: TimmOptions | None = None) -> Anchor:
+    """Build the anchor for ``timm:<identifier>``.
+
+    Args:
+        identifier: A timm model name (``deit_small_patch16_224``, with an
+            optional pretrained tag) or a timm source (``hf-hub:org/name``).
+        options: The adapter's options (default: :class:`TimmOptions`).
+
+    Returns:
+        An :class:`~stitchframe.Anchor` in eval mode sharing the model's parameters.
+    """
+    options = options if options is not None else TimmOptions()
+    source = f"timm:{identifier}"
+    model = create_model(identifier, options)
+    family = family_of(model, source)
+    if options.weights is not None:
+        load_weights(
+            model,
+            options.weights,
+            key_map=options.key_map,
+            classifier=_classifier_names(model),
+            reinit_classifier=options.num_classes is not None,
+            label=f"options.weights of {source!r}",
+        )
+    return timm_anchor(model, name=anchor_name(identifier), source=source, img_size=options.img_size, family=family)
+
+
+def timm_anchor(
+    model: nn.Module,
+    *,
+    name: str,
+    source: str = "",
+    img_size: int | None = None,
+    family: Family | None = None,
+) -> Anchor:
+    """Cut an already built timm model into an Anchor, in eval mode.
+
+    The anchor shares the model's parameters, so its anchor route computes
+    exactly what ``model(x)`` does.
+
+    Args:
+        model: A timm model of one of the :data:`FAMILIES`.
+        name: Anchor name (lowercase snake_case).
+        source: Source string recorded on the anchor.
+        img_size: Input resolution for the example input and preprocessing
+            (default: the model's own).
+        family: The family (default: found from the model's class).
+    """
+    family = family if family is not None else family_of(model, source or type(model).__name__)
+    preprocess = preprocess_of(model, img_size)
+    example = torch.randn(1, *preprocess.input_size, generator=torch.Generator().manual_seed(0))
+    anchor = Anchor(
+        name,
+        **family.cut(model).anchor_kwargs(),
+        example_inputs=example,
+        model=model,
+        preprocess=preprocess,
+        source=source,
+        family=family.name,
+    )
+    return anchor.eval()
