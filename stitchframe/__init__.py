@@ -37,7 +37,7 @@ from .stitch_layers import (
     StitchLayer,
     solve_least_squares,
 )
-from .stitch_spaces import StitchSpace
+from .stitch_spaces import SpaceContext, StitchSpace
 
 __all__ = [
     "__version__",
@@ -67,6 +67,7 @@ __all__ = [
     "SNNet",
     "Segment",
     "ShapeMismatchError",
+    "SpaceContext",
     "Spec",
     "SpecError",
     "StitchLayer",
