@@ -89,7 +89,7 @@ class DeryOptions:
     align_rounds: int = attrs.field(
         default=2,
         validator=[_v.instance_of(int), _v.ge(0)],
-        metadata=_help("Rounds in which every anchor moves its cut points to match all the others by CKA."),
+        metadata=_help("Rounds in which every anchor but the reference moves its cut points to match all the others by CKA."),
     )
     token_pool: Literal["patches", "all"] = attrs.field(
         default="patches",
@@ -115,7 +115,7 @@ class DeryOptions:
     score_samples: int = attrs.field(
         default=32,
         validator=[_v.instance_of(int), _v.ge(2)],
-        metadata=_help("Probe samples the proxies score each assembly on."),
+        metadata=_help("Samples (from the first probe batch) the proxies score each assembly on."),
     )
     stitch_init: Literal["lstsq", "random"] = attrs.field(
         default="lstsq",
