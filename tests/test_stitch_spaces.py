@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from itertools import combinations
+from typing import ClassVar
 
 import pytest
 
@@ -163,7 +164,7 @@ def test_route_printing_and_hashing():
 class _ContextSpace(stitch_spaces.StitchSpace):
     """Records the context it gets and yields one stitched route per stitch the factory can build."""
 
-    seen: list = []
+    seen: ClassVar[list] = []
 
     def routes(self, anchors, can_stitch, context=None):
         type(self).seen.append(context)

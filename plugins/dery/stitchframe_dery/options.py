@@ -6,7 +6,7 @@ from typing import Literal
 
 import attrs
 
-__all__ = ["Budget", "DeryOptions", "PROXIES"]
+__all__ = ["PROXIES", "Budget", "DeryOptions"]
 
 _v = attrs.validators
 

@@ -35,7 +35,7 @@ from stitchframe import Anchor, SpecError
 
 from .similarity import Similarity
 
-__all__ = ["Partition", "best_cuts", "flops_cuts", "partition"]
+__all__ = ["Partition", "best_cuts", "eligible", "flops_cuts", "partition"]
 
 
 @attrs.frozen
@@ -134,6 +134,28 @@ def _mean_boundary_cka(sim: Similarity, cuts: dict[str, tuple[int, ...]], stages
     return sum(vals) / len(vals) if vals else 1.0
 
 
+def eligible(anchors: Sequence[Anchor], stages: int, reference: str | None = None,
+             where: str = "stitch.space_options") -> tuple[list[Anchor], Anchor]:
+    """The anchors with at least ``stages`` blocks, and the reference among them.
+
+    Raises:
+        SpecError: ``reference`` is not an anchor or is too shallow, or no anchor has ``stages`` blocks.
+    """
+    names = [a.name for a in anchors]
+    if reference is not None and reference not in names:
+        raise SpecError(f"{where}.reference: {reference!r} is not an anchor; anchors: {', '.join(names)}")
+    fit = [a for a in anchors if a.depth >= stages]
+    if not fit:
+        depths = ", ".join(f"{a.name} ({a.depth})" for a in anchors)
+        raise SpecError(f"{where}.stages: {stages} stages need anchors of at least {stages} blocks; got {depths}")
+    if reference is None:
+        return fit, max(fit, key=lambda a: (a.graph.flops, -names.index(a.name)))
+    ref = anchors[names.index(reference)]
+    if ref.depth < stages:
+        raise SpecError(f"{where}.reference: {reference!r} has {ref.depth} blocks, fewer than stages={stages}")
+    return fit, ref
+
+
 def partition(
     anchors: Sequence[Anchor],
     sim: Similarity,
@@ -145,28 +167,16 @@ def partition(
 ) -> Partition:
     """Cut every anchor into ``stages`` stages aligned by CKA (see the module docstring).
 
+    ``sim`` must cover every anchor with at least ``stages`` blocks.
+
     Raises:
-        SpecError: ``reference`` is not an anchor, or no anchor has ``stages`` blocks.
+        SpecError: As :func:`eligible`.
     """
-    names = [a.name for a in anchors]
-    if reference is not None and reference not in names:
-        raise SpecError(f"{where}.reference: {reference!r} is not an anchor; anchors: {', '.join(names)}")
-    fit = [a for a in anchors if a.depth >= stages]
-    skipped = tuple(a.name for a in anchors if a.depth < stages)
-    if not fit:
-        depths = ", ".join(f"{a.name} ({a.depth})" for a in anchors)
-        raise SpecError(f"{where}.stages: {stages} stages need anchors of at least {stages} blocks; got {depths}")
-    if reference is None:
-        ref = max(fit, key=lambda a: (a.graph.flops, -names.index(a.name)))
-    else:
-        ref = next(a for a in anchors if a.name == reference)
-        if ref.depth < stages:
-            raise SpecError(f"{where}.reference: {reference!r} has {ref.depth} blocks, fewer than stages={stages}")
-    cuts = {ref.name: flops_cuts(ref, stages)}
+    fit, ref = eligible(anchors, stages, reference, where)
+    full = {ref.name: (0, *flops_cuts(ref, stages), ref.depth)}
     for a in fit:
         if a is not ref:
-            cuts[a.name] = best_cuts(_gain(sim, a, {ref.name: (0, *cuts[ref.name])}, stages))
-    full = {n: (0, *c, next(a.depth for a in fit if a.name == n)) for n, c in cuts.items()}
+            full[a.name] = (0, *best_cuts(_gain(sim, a, {ref.name: full[ref.name]}, stages)), a.depth)
     for _ in range(align_rounds):
         changed = False
         for a in fit:
@@ -178,4 +188,5 @@ def partition(
         if not changed:
             break
     ordered = {a.name: full[a.name] for a in fit}
+    skipped = tuple(a.name for a in anchors if a.depth < stages)
     return Partition(stages, ordered, ref.name, skipped, _mean_boundary_cka(sim, ordered, stages))

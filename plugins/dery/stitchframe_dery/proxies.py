@@ -47,7 +47,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from stitchframe import SNNet
 
-__all__ = ["ActivationCodes", "naswot_kernel", "naswot_from_kernel", "jacov_score", "score_route", "mean_ranks"]
+__all__ = ["ActivationCodes", "jacov_score", "mean_ranks", "naswot_from_kernel", "naswot_kernel", "score_route"]
 
 _aten = torch.ops.aten
 _RECTIFIERS = {
@@ -115,7 +115,7 @@ def _lower_bound(args, kwargs) -> float:
 def jacov_score(jacobians: torch.Tensor, k: float = 1e-5) -> float:
     """Jacobian-covariance score of per-input Jacobians ``[B, ...]`` (``-inf`` when undefined)."""
     j = jacobians.detach().flatten(1).to(torch.float64).cpu()
-    if not torch.isfinite(j).all() or (j.std(dim=1) == 0).any():
+    if j.shape[0] < 2 or not torch.isfinite(j).all() or (j.std(dim=1) == 0).any():
         return -math.inf
     eig = torch.linalg.eigvalsh(torch.corrcoef(j)).clamp_min(0.0)
     return float(-(torch.log(eig + k) + 1.0 / (eig + k)).sum())

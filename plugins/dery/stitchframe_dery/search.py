@@ -40,7 +40,7 @@ from .partition import Partition
 from .proxies import mean_ranks, score_route
 from .similarity import _move
 
-__all__ = ["Assembly", "Reassembler", "Scorer", "search_assemblies", "effective_budgets"]
+__all__ = ["Assembly", "Reassembler", "Scorer", "effective_budgets", "search_assemblies"]
 
 Genotype = tuple[int, ...]
 
@@ -320,6 +320,12 @@ def _warn_if_empty(pool: dict, feasible: dict, b: int, budget: Budget) -> None:
 def search_assemblies(r: Reassembler, scorer: Scorer, options: DeryOptions, seed: int) -> list[list[Assembly]]:
     """The best ``top`` assemblies of every budget (see the module docstring)."""
     budgets = effective_budgets(options)
+    if len(r.anchors) < 2 and options.mixed_only:
+        warnings.warn(
+            f"dery: only {[a.name for a in r.anchors]} has at least stages={r.stages} blocks, so no assembly mixes "
+            "two anchors; lower stitch.space_options.stages", stacklevel=3,
+        )
+        return [[] for _ in budgets]
     size = len(r.anchors) ** r.stages
     mode = options.search
     if mode == "auto":

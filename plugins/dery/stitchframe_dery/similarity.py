@@ -30,7 +30,7 @@ import torch
 
 from stitchframe import ActivationSpec, Anchor
 
-__all__ = ["pool", "linear_cka", "normalized_gram", "anchor_features", "Similarity", "similarity"]
+__all__ = ["Similarity", "anchor_features", "linear_cka", "normalized_gram", "pool", "similarity"]
 
 
 def pool(x: torch.Tensor, spec: ActivationSpec, token_pool: str = "patches", mask: torch.Tensor | None = None) -> torch.Tensor:

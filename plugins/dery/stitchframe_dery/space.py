@@ -32,11 +32,11 @@ from stitchframe.stitch_layers import Conv1x1Stitch, LinearStitch
 from stitchframe.stitch_spaces import AnchorsSpace, CanStitch, by_flops
 
 from .options import DeryOptions
-from .partition import Partition, partition
+from .partition import Partition, eligible, partition
 from .search import Assembly, Reassembler, Scorer, finite, search_assemblies
 from .similarity import Similarity, similarity
 
-__all__ = ["DerySpace", "DeryResult", "probe_inputs", "synthetic_probe"]
+__all__ = ["DeryResult", "DerySpace", "probe_inputs", "synthetic_probe"]
 
 _WHERE = "stitch.space_options"
 
@@ -173,8 +173,8 @@ class DerySpace(StitchSpace):
         o = self.options
         context = context if context is not None else SpaceContext(anchors=list(anchors))
         seed = o.seed if o.seed is not None else context.seed
-        fit = [a for a in anchors if a.depth >= o.stages]
-        probe, source = probe_inputs(fit or list(anchors), context, o, seed)
+        fit, _ = eligible(anchors, o.stages, o.reference, _WHERE)  # option errors before any work
+        probe, source = probe_inputs(fit, context, o, seed)
         sim = similarity(fit, probe, o.token_pool)
         part = partition(anchors, sim, o.stages, reference=o.reference, align_rounds=o.align_rounds, where=_WHERE)
         make_stitch = context.make_stitch or _default_stitch(anchors)

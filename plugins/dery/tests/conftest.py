@@ -20,10 +20,10 @@ _ROOT = Path(__file__).resolve().parents[3]
 if (_ROOT / "tests" / "tiny.py").is_file() and str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))  # the core's tiny models, shared with the core tests
 
-import stitchframe_dery  # noqa: E402
-from tests import tiny  # noqa: E402
+import stitchframe_dery
 
-import stitchframe  # noqa: E402
+import stitchframe
+from tests import tiny
 
 
 @pytest.fixture(autouse=True)

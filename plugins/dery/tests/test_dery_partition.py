@@ -51,8 +51,8 @@ def test_partition_is_valid_and_aligned(mixed_zoo, probe):
     assert part.cuts["vit48"] == (0, *flops_cuts(mixed_zoo[2], 3), 4)
     for a in mixed_zoo:
         cuts = part.cuts[a.name]
-        assert cuts[0] == 0 and cuts[-1] == a.depth and all(x < y for x, y in zip(cuts, cuts[1:]))
-        assert [part.stage(a.name, k) for k in range(3)] == list(zip(cuts, cuts[1:]))
+        assert cuts[0] == 0 and cuts[-1] == a.depth and all(x < y for x, y in itertools.pairwise(cuts))
+        assert [part.stage(a.name, k) for k in range(3)] == list(itertools.pairwise(cuts))
     assert 0.0 < part.score <= 1.0
 
 

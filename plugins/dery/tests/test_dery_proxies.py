@@ -93,3 +93,7 @@ def test_score_route_is_reproducible_and_leaves_no_gradients():
     assert score_route(net, 0, x, 6, ("naswot", "jacov")) == first
     assert all(p.grad is None for p in net.parameters())
     assert score_route(net, 0, x, 6, ("naswot",)) == {"naswot": first["naswot"]}
+
+
+def test_jacov_needs_two_inputs():
+    assert jacov_score(torch.randn(1, 5)) == -math.inf

@@ -140,3 +140,10 @@ def test_plugin_conformance():
 def test_space_conformance(mixed_zoo, probe):
     routes = check_stitch_space(DerySpace, mixed_zoo, DeryOptions(**FAST, top=2), probe=probe, seed=0)
     assert any(r.meta["kind"] == "dery" for r in routes)
+
+
+def test_one_deep_enough_anchor_leaves_only_the_anchors(dery_regs, probe):
+    zoo = [tiny.cnn_anchor(tiny.tiny_cnn(16), "cnn16"), tiny.vit_anchor(tiny.tiny_vit(32, 4), "vit32")]
+    with pytest.warns(UserWarning, match=r"only \['vit32'\] has at least stages=4 blocks"):
+        net = _build(zoo, dery_regs, probe, stages=4)
+    assert [r.meta["kind"] for r in net.routes] == ["anchor", "anchor"]

@@ -6,7 +6,6 @@ import pytest
 import torch
 from _dery_cases import FAST, images, timm_zoo
 
-import stitchframe
 from stitchframe import build_snnet, calibrate
 from stitchframe.spec import TrainSpec
 from stitchframe.train import train
@@ -88,3 +87,17 @@ def test_timm_zoo_reassembles_across_three_families(dery_regs):
     assert len(layouts) >= 2  # assemblies join different activation layouts
     calibrate(net, data)
     _export_matches(net, mixed[0])
+
+
+@pytest.mark.gpu
+def test_the_space_runs_on_cuda(dery_regs):
+    zoo = [tiny.cnn_anchor(tiny.tiny_cnn(16, seed=0), "cnn").cuda(),
+           tiny.vit_anchor(tiny.tiny_vit(32, 4, seed=1), "vit").cuda()]
+    data = [tiny.images(8, seed=20), tiny.images(8, seed=21)]  # on the CPU: the space moves what it runs
+    net = build_snnet(zoo, space="dery", space_options={**FAST, "top": 4}, registries=dery_regs, probe=data).cuda()
+    mixed = [r for r in net.routes if r.meta["kind"] == "dery"]
+    assert len(mixed) == 4 and all(r.meta["naswot"] is not None for r in mixed)
+    calibrate(net, data)
+    route = next(r for r in net.routes if r.meta["kind"] == "dery")
+    with torch.no_grad():
+        assert torch.isfinite(net.eval().forward_route(data[0].cuda(), route)).all()
