@@ -157,6 +157,7 @@ def build_snnet(
     where: str = "stitch",
     probe: Any = None,
     seed: int = 0,
+    routes: Sequence[Route] | None = None,
 ) -> SNNet:
     """Build an SN-Net from loaded anchors.
 
@@ -174,6 +175,10 @@ def build_snnet(
             returning them; see :class:`~stitchframe.stitch_spaces.SpaceContext`).
             Other spaces ignore it, and a callable is then never called.
         seed: Seed handed to the space (``SpaceContext.seed``).
+        routes: Use these routes instead of running the space (a saved route
+            table, e.g. ``[Route.from_dict(r) for r in table]``, so a space that
+            chose its routes on data needs no data to rebuild them); they are
+            checked and given stitching layers like generated ones.
 
     Raises:
         UnknownNameError: Unknown space or layer.
@@ -193,7 +198,10 @@ def build_snnet(
         probe=probe, make_stitch=layers.make_stitch, seed=seed, final_norm=final_norm, anchors=list(anchors)
     )
     try:
-        generated = space_routes(space_entry.obj(space_options), list(anchors), layers.can_stitch, context)
+        if routes is not None:
+            generated = list(routes)
+        else:
+            generated = space_routes(space_entry.obj(space_options), list(anchors), layers.can_stitch, context)
     except StitchframeError:
         raise
     except Exception as exc:
@@ -203,7 +211,7 @@ def build_snnet(
         ) from exc
     stitches: dict[str, StitchLayer] = {}
     key_specs: dict[str, tuple[ActivationSpec, ActivationSpec, str]] = {}
-    routes: list[Route] = []
+    chosen: list[Route] = []
     seen: set[Route] = set()
     for route in generated:
         if not isinstance(route, Route):
@@ -239,15 +247,17 @@ def build_snnet(
         resolved = Route(route.segments, links, meta=dict(route.meta))
         if resolved not in seen:
             seen.add(resolved)
-            routes.append(resolved)
-    if not routes:
+            chosen.append(resolved)
+    if not chosen:
         raise SpecError(
             f"{where}: stitch space {space!r} produced no routes for anchors {list(by_name)} with layer {layer!r}"
         )
-    return SNNet(anchors, routes, stitches, final_norm=final_norm)
+    return SNNet(anchors, chosen, stitches, final_norm=final_norm)
 
 
-def assemble(spec: Spec, registries: Registries | None = None, *, probe: Any = None) -> SNNet:
+def assemble(
+    spec: Spec, registries: Registries | None = None, *, probe: Any = None, routes: Sequence[Route] | None = None
+) -> SNNet:
     """Load the spec's anchors and build its SN-Net (no calibration or training).
 
     Args:
@@ -256,6 +266,7 @@ def assemble(spec: Spec, registries: Registries | None = None, *, probe: Any = N
         probe: Probe inputs for spaces that choose routes on data (batches,
             or a callable ``probe(anchors)`` returning them; see
             :func:`build_snnet`).  The space gets the spec's ``seed``.
+        routes: Use these routes instead of running the space (see :func:`build_snnet`).
     """
     regs = _registries(registries)
     anchors = [load_anchor(a, regs, where=f"anchors[{i}]") for i, a in enumerate(spec.anchors)]
@@ -270,6 +281,7 @@ def assemble(spec: Spec, registries: Registries | None = None, *, probe: Any = N
         registries=regs,
         probe=probe,
         seed=spec.seed,
+        routes=routes,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -147,3 +148,11 @@ def test_one_deep_enough_anchor_leaves_only_the_anchors(dery_regs, probe):
     with pytest.warns(UserWarning, match=r"only \['vit32'\] has at least stages=4 blocks"):
         net = _build(zoo, dery_regs, probe, stages=4)
     assert [r.meta["kind"] for r in net.routes] == ["anchor", "anchor"]
+
+
+def test_a_saved_route_table_rebuilds_without_the_probe(mixed_zoo, dery_regs, probe):
+    net = _build(mixed_zoo, dery_regs, probe, top=3)
+    table = json.loads(json.dumps(net.routes.to_list()))  # as saved next to the weights
+    again = build_snnet(mixed_zoo, space="dery", space_options={**FAST, "probe": "given"}, registries=dery_regs,
+                        routes=[stitchframe.Route.from_dict(r) for r in table])  # no probe: the space is not run
+    assert [r.to_dict() for r in again.routes] == [r.to_dict() for r in net.routes]
