@@ -1,20 +1,17 @@
-"""Fixtures of the stitchframe-dery tests: no network, fixed seeds, tiny zoos, registries with the plugin.
+"""Fixtures of the stitchframe-dery tests: tiny zoos and registries with the plugin.
 
 The zoos are the core's tiny test models (``tests/tiny.py`` at the repository root: TinyCNN and TinyViT)
-and tiny randomly initialised timm models.  Nothing is downloaded.
+and tiny randomly initialised timm models (``_dery_cases.py``).  Nothing is downloaded.  No network,
+fixed seeds and the gpu marker come from ``stitchframe.testing.pytest_plugin`` (enabled in pyproject's
+addopts).
 """
 
 from __future__ import annotations
 
-import os
-import socket
 import sys
 from pathlib import Path
 
 import pytest
-import torch
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 _ROOT = Path(__file__).resolve().parents[3]
 if (_ROOT / "tests" / "tiny.py").is_file() and str(_ROOT) not in sys.path:
@@ -24,31 +21,6 @@ import stitchframe_dery
 
 import stitchframe
 from tests import tiny
-
-
-@pytest.fixture(autouse=True)
-def _no_network(monkeypatch):
-    """Tests never reach the network: outbound connections fail."""
-
-    def refuse(*args, **kwargs):
-        raise OSError("network access is disabled in tests")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
-def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
