@@ -42,9 +42,9 @@ def _help(text: str) -> dict[str, str]:
 
 def _check_name(_inst: Any, _attr: attrs.Attribute, value: str) -> None:
     if not re.match(r"^[a-z][a-z0-9_]*$", value):
-        raise ValueError(f"student name {value!r} must be lowercase snake_case (it becomes the anchor name)")
+        raise ValueError(f"'name' must be lowercase snake_case (it becomes the anchor name), got {value!r}")
     if value == TEACHER:
-        raise ValueError(f"student name {TEACHER!r} is reserved for the teacher itself (learngene:{TEACHER})")
+        raise ValueError(f"'name' {TEACHER!r} is reserved for the teacher itself (learngene:{TEACHER}); rename the student")
 
 
 @attrs.frozen(kw_only=True)

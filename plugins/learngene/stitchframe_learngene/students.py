@@ -225,7 +225,7 @@ def _build_timm_vit(teacher: Anchor, student: StudentSpec, options: PoolOptions,
 
     identifier = options.teacher.split(":", 1)[1]
     teacher_opts = dict(options.teacher_options)
-    for key in ("pretrained", "weights", "key_map", "drop_path_rate"):  # the teacher's weights, not the student's
+    for key in ("pretrained", "weights", "key_map", "drop_path_rate", "num_classes"):  # the teacher's, not the student's
         teacher_opts.pop(key, None)
     kwargs = dict(teacher_opts.pop("model_kwargs", {}))
     kwargs.update(embed_dim=student.width, depth=student.depth, num_heads=student.num_heads, mlp_ratio=student.mlp_ratio)
