@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import digits_tensors, toy_model
+from _learngene_cases import digits_tensors, toy_model
 from safetensors.torch import save_file
 
 import stitchframe

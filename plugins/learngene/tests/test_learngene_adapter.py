@@ -5,7 +5,7 @@ from __future__ import annotations
 import attrs
 import pytest
 import torch
-from conftest import PREPROCESS, digits_tensors, toy_model
+from _learngene_cases import PREPROCESS, digits_tensors, toy_model
 
 import stitchframe
 import stitchframe_learngene
@@ -167,3 +167,16 @@ def test_distillation_runs_on_cuda():
     history = stitchframe_learngene.distil(teacher, students, torch.utils.data.TensorDataset(x[:64], y[:64]), cfg)
     assert all(len(h) == 3 for h in history)
     assert next(students[0].parameters()).device.type == "cpu" and next(teacher.parameters()).device.type == "cpu"
+
+
+def test_the_example_spec_is_valid(regs):
+    from pathlib import Path
+
+    from stitchframe_learngene import LearngeneSpace, LearngeneStitch
+
+    spec = stitchframe.load_spec(Path(__file__).parents[1] / "examples" / "deit_pool.yaml")
+    pools = [structure_options(PoolOptions, a.options, f"anchors[{i}].options") for i, a in enumerate(spec.anchors)]
+    assert pools[0] == pools[1] == pools[2] and [s.name for s in pools[0].students] == ["small", "medium", "large"]
+    assert [a.source for a in spec.anchors] == ["learngene:small", "learngene:medium", "learngene:large"]
+    structure_options(LearngeneStitch.Options, spec.stitch.layer_options, "stitch.layer_options")
+    structure_options(LearngeneSpace.Options, spec.stitch.space_options, "stitch.space_options")

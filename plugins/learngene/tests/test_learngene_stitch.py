@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import PREPROCESS, toy_model
+from _learngene_cases import PREPROCESS, toy_model
 
 import stitchframe
 from stitchframe import ActivationSpec
