@@ -34,9 +34,10 @@ from .transforms import PoolTransforms, aligned_position, compose
 __version__ = "0.1.0"
 
 __all__ = [
+    "STUDENT_BUILDERS",
     "DataOptions",
-    "DistilledStudent",
     "DistillOptions",
+    "DistilledStudent",
     "LearngeneSpace",
     "LearngeneSpaceOptions",
     "LearngeneStitch",
@@ -44,7 +45,6 @@ __all__ = [
     "PoolOptions",
     "PoolTransforms",
     "PoolViT",
-    "STUDENT_BUILDERS",
     "StudentBuilder",
     "StudentSpec",
     "__version__",

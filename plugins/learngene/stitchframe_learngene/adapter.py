@@ -106,7 +106,9 @@ def load_pool(options: PoolOptions, registries: Registries, names: list[str] | N
     return out
 
 
-def _build(builder: StudentBuilder, teacher: Anchor, student: StudentSpec, options: PoolOptions, classes: int) -> Anchor:
+def _build(
+    builder: StudentBuilder, teacher: Anchor, student: StudentSpec, options: PoolOptions, classes: int
+) -> Anchor:
     return build_student(builder, teacher, student, options, classes, _seed(options, student))
 
 

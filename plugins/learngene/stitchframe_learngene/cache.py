@@ -22,7 +22,15 @@ from stitchframe.io import load_module_state, save_module
 
 from .options import PoolOptions, StudentSpec
 
-__all__ = ["CACHE_FORMAT", "cache_dir", "cache_path", "student_key", "teacher_fingerprint", "load_student", "save_student"]
+__all__ = [
+    "CACHE_FORMAT",
+    "cache_dir",
+    "cache_path",
+    "load_student",
+    "save_student",
+    "student_key",
+    "teacher_fingerprint",
+]
 
 #: Bumped when what is cached changes meaning; part of every key.
 CACHE_FORMAT = 1
@@ -67,7 +75,9 @@ def cache_path(options: PoolOptions, student: StudentSpec, key: str) -> Path:
     return cache_dir(options) / f"{student.name}-{key[:20]}.safetensors"
 
 
-def save_student(module: nn.Module, path: Path, *, key: str, student: StudentSpec, history: list[dict[str, float]]) -> Path:
+def save_student(
+    module: nn.Module, path: Path, *, key: str, student: StudentSpec, history: list[dict[str, float]]
+) -> Path:
     """Write a distilled student (anchor and transformations) atomically."""
     last = history[-1] if history else {}
     meta = {"key": key, "student": attrs.asdict(student), "steps": len(history), "final_losses": last}

@@ -45,7 +45,7 @@ from stitchframe.stitch_layers import NormalEquations
 from .options import DistillOptions
 from .transforms import PoolTransforms, aligned_position
 
-__all__ = ["DistilledStudent", "distil", "refit_transforms", "run_with_activations", "resolve_device"]
+__all__ = ["DistilledStudent", "distil", "refit_transforms", "resolve_device", "run_with_activations"]
 
 
 class DistilledStudent(nn.Module):
@@ -116,8 +116,7 @@ def _batches(dataset: Dataset, cfg: DistillOptions) -> Iterator[tuple[torch.Tens
         for batch in loader:
             if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[0], torch.Tensor)):
                 raise StitchframeError(
-                    "learngene: distillation data must yield (image tensor, label) pairs; "
-                    f"got a {type(batch).__name__}"
+                    f"learngene: distillation data must yield (image tensor, label) pairs; got a {type(batch).__name__}"
                 )
             yield batch[0], batch[1]
 
@@ -140,8 +139,12 @@ def _block_loss(student: DistilledStudent, inputs: torch.Tensor, t_acts: Sequenc
 
 
 def _student_loss(
-    student: DistilledStudent, inputs: torch.Tensor, labels: torch.Tensor, t_acts: Sequence[torch.Tensor],
-    t_logits: torch.Tensor, cfg: DistillOptions,
+    student: DistilledStudent,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    t_acts: Sequence[torch.Tensor],
+    t_logits: torch.Tensor,
+    cfg: DistillOptions,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     acts, logits = run_with_activations(student.anchor, inputs)
     feat = rev = logits.new_zeros((), dtype=torch.float32)
@@ -153,10 +156,16 @@ def _student_loss(
     feat, rev = feat / n, rev / n
     block = _block_loss(student, inputs, t_acts) if cfg.block_weight else feat.new_zeros(())
     temp = cfg.temperature
-    kl = F.kl_div(
-        F.log_softmax(logits.float() / temp, -1), F.log_softmax(t_logits.float() / temp, -1),
-        reduction="batchmean", log_target=True,
-    ) * temp * temp
+    kl = (
+        F.kl_div(
+            F.log_softmax(logits.float() / temp, -1),
+            F.log_softmax(t_logits.float() / temp, -1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        * temp
+        * temp
+    )
     loss = cfg.feature_weight * feat + cfg.block_weight * block + cfg.logit_weight * kl + rev
     if cfg.ce_weight:
         loss = loss + cfg.ce_weight * F.cross_entropy(logits.float(), labels)

@@ -44,7 +44,9 @@ def _check_name(_inst: Any, _attr: attrs.Attribute, value: str) -> None:
     if not re.match(r"^[a-z][a-z0-9_]*$", value):
         raise ValueError(f"'name' must be lowercase snake_case (it becomes the anchor name), got {value!r}")
     if value == TEACHER:
-        raise ValueError(f"'name' {TEACHER!r} is reserved for the teacher itself (learngene:{TEACHER}); rename the student")
+        raise ValueError(
+            f"'name' {TEACHER!r} is reserved for the teacher itself (learngene:{TEACHER}); rename the student"
+        )
 
 
 @attrs.frozen(kw_only=True)
@@ -97,14 +99,18 @@ class DistillOptions:
     lr: float = attrs.field(default=1e-3, validator=_v.gt(0), metadata=_help("AdamW learning rate (cosine decay)."))
     weight_decay: float = attrs.field(default=0.05, validator=_v.ge(0), metadata=_help("AdamW weight decay."))
     feature_weight: float = attrs.field(
-        default=1.0, validator=_v.ge(0),
+        default=1.0,
+        validator=_v.ge(0),
         metadata=_help("Weight of the block-wise feature loss (through the learned transformations)."),
     )
     block_weight: float = attrs.field(
-        default=0.0, validator=_v.ge(0),
-        metadata=_help("Weight of the block-wise loss: every block, fed the teacher's activation through the "
-                       "teacher->student map, must give the teacher's next aligned activation (off by default: "
-                       "no better stitches on the digits pool, at twice the cost)."),
+        default=0.0,
+        validator=_v.ge(0),
+        metadata=_help(
+            "Weight of the block-wise loss: every block, fed the teacher's activation through the "
+            "teacher->student map, must give the teacher's next aligned activation (off by default: "
+            "no better stitches on the digits pool, at twice the cost)."
+        ),
     )
     logit_weight: float = attrs.field(
         default=1.0, validator=_v.ge(0), metadata=_help("Weight of the logit distillation loss (T² KL).")
@@ -114,13 +120,17 @@ class DistillOptions:
     )
     temperature: float = attrs.field(default=1.0, validator=_v.gt(0), metadata=_help("Distillation temperature."))
     refit_batches: int = attrs.field(
-        default=8, validator=[_v.instance_of(int), _v.ge(0)],
-        metadata=_help("After distilling, refit every transformation by least squares on this many batches of the "
-                       "data with the final student (0: keep the maps as trained)."),
+        default=8,
+        validator=[_v.instance_of(int), _v.ge(0)],
+        metadata=_help(
+            "After distilling, refit every transformation by least squares on this many batches of the "
+            "data with the final student (0: keep the maps as trained)."
+        ),
     )
     seed: int = attrs.field(default=0, validator=_v.instance_of(int), metadata=_help("Seed of data order and inits."))
     device: Literal["auto", "cpu", "cuda"] = attrs.field(
-        default="auto", validator=_v.in_(("auto", "cpu", "cuda")),
+        default="auto",
+        validator=_v.in_(("auto", "cpu", "cuda")),
         metadata=_help("Where to distil; auto: CUDA when available (bf16 autocast there)."),
     )
 
@@ -142,14 +152,19 @@ class PoolOptions:
     data: DataOptions = attrs.field(metadata=_help("Distillation data."))
     distill: DistillOptions = attrs.field(factory=DistillOptions, metadata=_help("Distillation budget and losses."))
     builder: Literal["auto", "timm_vit", "vit"] = attrs.field(
-        default="auto", validator=_v.in_(BUILDERS),
-        metadata=_help("How students are built: timm_vit (timm ViTs of the teacher's own model), vit (the "
-                       "plugin's ViT for any tokens teacher), auto (timm_vit for timm ViTs, else vit)."),
+        default="auto",
+        validator=_v.in_(BUILDERS),
+        metadata=_help(
+            "How students are built: timm_vit (timm ViTs of the teacher's own model), vit (the "
+            "plugin's ViT for any tokens teacher), auto (timm_vit for timm ViTs, else vit)."
+        ),
     )
     cache_dir: str | None = attrs.field(
         default=None,
-        metadata=_help("Where distilled students are cached; default $STITCHFRAME_CACHE/learngene or "
-                       "~/.cache/stitchframe/learngene."),
+        metadata=_help(
+            "Where distilled students are cached; default $STITCHFRAME_CACHE/learngene or "
+            "~/.cache/stitchframe/learngene."
+        ),
     )
 
     def __attrs_post_init__(self) -> None:
@@ -171,12 +186,17 @@ class LearngeneStitchOptions(ProjectionOptions):
     """Options of the ``learngene`` stitching layer."""
 
     via: Literal["reverse", "pinv"] = attrs.field(
-        default="reverse", validator=_v.in_(("reverse", "pinv")),
-        metadata=_help("How teacher space is mapped into the destination student: reverse (the teacher->student "
-                       "map learned while distilling) or pinv (the pseudo-inverse of its student->teacher map)."),
+        default="reverse",
+        validator=_v.in_(("reverse", "pinv")),
+        metadata=_help(
+            "How teacher space is mapped into the destination student: reverse (the teacher->student "
+            "map learned while distilling) or pinv (the pseudo-inverse of its student->teacher map)."
+        ),
     )
     calibrate: bool = attrs.field(
         default=False,
-        metadata=_help("Let least-squares calibration overwrite the transformation init (layers joining anchors "
-                       "without transformations are always calibrated)."),
+        metadata=_help(
+            "Let least-squares calibration overwrite the transformation init (layers joining anchors "
+            "without transformations are always calibrated)."
+        ),
     )

@@ -14,7 +14,7 @@ large-to-small (``ls``).  Anchors outside a pool are placed by relative depth
 from __future__ import annotations
 
 from fractions import Fraction
-from itertools import combinations
+from itertools import combinations, pairwise
 
 import attrs
 
@@ -33,7 +33,9 @@ class LearngeneSpaceOptions:
     """Options of the ``learngene`` stitch space."""
 
     directions: tuple[str, ...] = attrs.field(
-        default=("sl", "ls"), converter=tuple, validator=_v.deep_iterable(_v.in_(("sl", "ls"))),
+        default=("sl", "ls"),
+        converter=tuple,
+        validator=_v.deep_iterable(_v.in_(("sl", "ls"))),
         metadata={"help": "sl: smaller anchor first, then the larger; ls: larger first, then the smaller."},
     )
     nearest: bool = attrs.field(
@@ -68,7 +70,7 @@ class LearngeneSpace(StitchSpace):
         ordered = by_flops(anchors)
         if o.include_anchors:
             yield from AnchorsSpace().routes(ordered, can_stitch)
-        pairs = zip(ordered, ordered[1:]) if o.nearest else combinations(ordered, 2)
+        pairs = pairwise(ordered) if o.nearest else combinations(ordered, 2)
         for small, large in pairs:
             for kind, front, end in (("sl", small, large), ("ls", large, small)):
                 if kind not in o.directions:

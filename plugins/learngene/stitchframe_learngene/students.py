@@ -32,7 +32,7 @@ from stitchframe.objectives import output_logits
 
 from .options import PoolOptions, StudentSpec
 
-__all__ = ["StudentBuilder", "STUDENT_BUILDERS", "PoolViT", "choose_builder", "num_classes_of", "vit_anchor"]
+__all__ = ["STUDENT_BUILDERS", "PoolViT", "StudentBuilder", "choose_builder", "num_classes_of", "vit_anchor"]
 
 
 # ---------------------------------------------------------------------------
@@ -225,10 +225,18 @@ def _build_timm_vit(teacher: Anchor, student: StudentSpec, options: PoolOptions,
 
     identifier = options.teacher.split(":", 1)[1]
     teacher_opts = dict(options.teacher_options)
-    for key in ("pretrained", "weights", "key_map", "drop_path_rate", "num_classes"):  # the teacher's, not the student's
+    for key in (
+        "pretrained",
+        "weights",
+        "key_map",
+        "drop_path_rate",
+        "num_classes",
+    ):  # the teacher's, not the student's
         teacher_opts.pop(key, None)
     kwargs = dict(teacher_opts.pop("model_kwargs", {}))
-    kwargs.update(embed_dim=student.width, depth=student.depth, num_heads=student.num_heads, mlp_ratio=student.mlp_ratio)
+    kwargs.update(
+        embed_dim=student.width, depth=student.depth, num_heads=student.num_heads, mlp_ratio=student.mlp_ratio
+    )
     timm_options = stitchframe_timm.TimmOptions(**teacher_opts, num_classes=classes, model_kwargs=kwargs)
     model = stitchframe_timm.create_model(identifier, timm_options)
     return stitchframe_timm.timm_anchor(
@@ -271,8 +279,9 @@ def choose_builder(teacher: Anchor, options: PoolOptions) -> StudentBuilder:
     )
 
 
-def build_student(builder: StudentBuilder, teacher: Anchor, student: StudentSpec, options: PoolOptions,
-                  classes: int, seed: int) -> Anchor:
+def build_student(
+    builder: StudentBuilder, teacher: Anchor, student: StudentSpec, options: PoolOptions, classes: int, seed: int
+) -> Anchor:
     """Build one randomly initialised student (seeded), as an Anchor in eval mode."""
     torch.manual_seed(seed)
     try:

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import attrs
 import torch
 import torch.nn.functional as F
+from stitchframe_learngene import PoolViT, vit_anchor
 
 import stitchframe
-from stitchframe_learngene import PoolViT, vit_anchor
 
 # ---------------------------------------------------------------------------
 # a toy ViT adapter (a teacher source that is not timm) and digits at 16x16

@@ -7,11 +7,11 @@ No network, fixed seeds and the gpu marker come from ``stitchframe.testing.pytes
 from __future__ import annotations
 
 import pytest
+import stitchframe_learngene
 import torch
 from _learngene_cases import ToyPlugin
 
 import stitchframe
-import stitchframe_learngene
 
 
 @pytest.fixture(autouse=True, scope="module")

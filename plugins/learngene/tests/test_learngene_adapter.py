@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import attrs
 import pytest
+import stitchframe_learngene
 import torch
 from _learngene_cases import PREPROCESS, digits_tensors, toy_model
-
-import stitchframe
-import stitchframe_learngene
-from stitchframe import SpecError, UnknownNameError
-from stitchframe.spec import AnchorSpec, structure_options
 from stitchframe_learngene import DistilledStudent, DistillOptions, PoolOptions, StudentSpec, vit_anchor
 from stitchframe_learngene.distill import refit_transforms, run_with_activations
 from stitchframe_learngene.students import STUDENT_BUILDERS, build_student
+
+import stitchframe
+from stitchframe import SpecError, UnknownNameError
+from stitchframe.spec import AnchorSpec, structure_options
 
 
 def _pool(tmp_path, **kw):
@@ -34,12 +34,18 @@ def _load(source, options, regs):
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"students": [{"name": "teacher", "width": 16, "depth": 2}]},
-         r"anchors\[1\].options.students\[0\].name: 'name' 'teacher' is reserved"),
-        ({"students": [{"name": "a", "width": 16, "depth": 2}, {"name": "a", "width": 24, "depth": 2}]},
-         r"anchors\[1\].options: students: name 'a' is used twice"),
-        ({"students": [{"name": "a", "width": 24, "depth": 2, "heads": 5}]},
-         r"anchors\[1\].options.students\[0\]: student 'a': heads 5 do not divide width 24"),
+        (
+            {"students": [{"name": "teacher", "width": 16, "depth": 2}]},
+            r"anchors\[1\].options.students\[0\].name: 'name' 'teacher' is reserved",
+        ),
+        (
+            {"students": [{"name": "a", "width": 16, "depth": 2}, {"name": "a", "width": 24, "depth": 2}]},
+            r"anchors\[1\].options: students: name 'a' is used twice",
+        ),
+        (
+            {"students": [{"name": "a", "width": 24, "depth": 2, "heads": 5}]},
+            r"anchors\[1\].options.students\[0\]: student 'a': heads 5 do not divide width 24",
+        ),
         ({"distill": {"step": 3}}, r"anchors\[1\].options.distill: unknown key\(s\) 'step'; did you mean 'steps'"),
         ({"builder": "cnn"}, r"anchors\[1\].options.builder: must be one of 'auto', 'timm_vit', 'vit'"),
     ],
@@ -50,7 +56,9 @@ def test_bad_pool_options_name_their_spec_path(regs, tmp_path, change, message):
 
 
 def test_an_unknown_student_lists_the_pool(regs, tmp_path):
-    with pytest.raises(UnknownNameError, match=r"no student 'c' in the pool of 'toyvit:32'; .*students: a, b \(or 'teacher'\)"):
+    with pytest.raises(
+        UnknownNameError, match=r"no student 'c' in the pool of 'toyvit:32'; .*students: a, b \(or 'teacher'\)"
+    ):
         _load("learngene:c", _pool(tmp_path), regs)
 
 
@@ -68,10 +76,20 @@ def test_generic_students_keep_the_teachers_tokens(regs, tmp_path):
 def test_timm_teachers_get_timm_students(regs, tmp_path):
     from stitchframe_timm.vit import ViTHead, ViTStem
 
-    teacher_options = {"img_size": 16, "num_classes": 10,
-                       "model_kwargs": {"patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}}
-    pool = _pool(tmp_path, teacher="timm:vit_tiny_patch16_224", teacher_options=teacher_options,
-                 students=[{"name": "t16", "width": 16, "depth": 2, "heads": 1}, {"name": "t24", "width": 24, "depth": 2, "heads": 2}])
+    teacher_options = {
+        "img_size": 16,
+        "num_classes": 10,
+        "model_kwargs": {"patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2},
+    }
+    pool = _pool(
+        tmp_path,
+        teacher="timm:vit_tiny_patch16_224",
+        teacher_options=teacher_options,
+        students=[
+            {"name": "t16", "width": 16, "depth": 2, "heads": 1},
+            {"name": "t24", "width": 24, "depth": 2, "heads": 2},
+        ],
+    )
     students = [_load(f"learngene:{n}", pool, regs) for n in ("t16", "t24")]
     for s, width in zip(students, (16, 24)):
         assert s.family == "vision_transformer" and isinstance(s.stem, ViTStem) and isinstance(s.head, ViTHead)
@@ -85,8 +103,11 @@ def test_timm_teachers_get_timm_students(regs, tmp_path):
 
 def test_teachers_that_are_not_vit_style_are_refused(regs, tmp_path):
     pool = _pool(tmp_path, teacher="timm:resnet18", teacher_options={"img_size": 32, "num_classes": 10})
-    with pytest.raises(SpecError, match=r"cannot build students of teacher 'timm:resnet18' \(family 'resnet'.*supported: "
-                       r"timm_vit: timm vision transformers.*; vit: any teacher with 'tokens' activations"):
+    with pytest.raises(
+        SpecError,
+        match=r"cannot build students of teacher 'timm:resnet18' \(family 'resnet'.*supported: "
+        r"timm_vit: timm vision transformers.*; vit: any teacher with 'tokens' activations",
+    ):
         _load("learngene:a", pool, regs)
     with pytest.raises(SpecError, match=r"with builder 'timm_vit'; supported: timm_vit:"):
         _load("learngene:a", _pool(tmp_path, builder="timm_vit"), regs)
@@ -95,8 +116,10 @@ def test_teachers_that_are_not_vit_style_are_refused(regs, tmp_path):
 def _students(teacher, widths=(16, 24)):
     options = structure_options(PoolOptions, _pool("."), "pool")
     specs = [StudentSpec(name=f"s{w}", width=w, depth=2, heads=2) for w in widths]
-    return [DistilledStudent(build_student(STUDENT_BUILDERS[1], teacher, s, options, 10, i), teacher)
-            for i, s in enumerate(specs)]
+    return [
+        DistilledStudent(build_student(STUDENT_BUILDERS[1], teacher, s, options, 10, i), teacher)
+        for i, s in enumerate(specs)
+    ]
 
 
 def test_distillation_lowers_every_loss_term():
@@ -140,8 +163,12 @@ def test_the_cache_key_follows_teacher_student_data_and_budget():
         stitchframe_learngene.student_key("e" * 64, student, options, "vit"),
         stitchframe_learngene.student_key("f" * 64, attrs.evolve(student, width=20), options, "vit"),
         stitchframe_learngene.student_key("f" * 64, student, options, "timm_vit"),
-        stitchframe_learngene.student_key("f" * 64, student, attrs.evolve(options, data=attrs.evolve(options.data, name="x")), "vit"),
-        stitchframe_learngene.student_key("f" * 64, student, attrs.evolve(options, distill=attrs.evolve(options.distill, steps=3)), "vit"),
+        stitchframe_learngene.student_key(
+            "f" * 64, student, attrs.evolve(options, data=attrs.evolve(options.data, name="x")), "vit"
+        ),
+        stitchframe_learngene.student_key(
+            "f" * 64, student, attrs.evolve(options, distill=attrs.evolve(options.distill, steps=3)), "vit"
+        ),
     ]
     assert key not in changed and len(set(changed)) == len(changed)
     on_gpu = attrs.evolve(options, distill=attrs.evolve(options.distill, device="cuda"))

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import pytest
+import stitchframe_learngene
 import torch
 import torch.nn.functional as F
 from _learngene_cases import digits_tensors, toy_model
 from safetensors.torch import save_file
+from stitchframe_learngene import PoolOptions
 
 import stitchframe
-import stitchframe_learngene
 from stitchframe.spec import TrainSpec, structure_options
 from stitchframe.train import train
-from stitchframe_learngene import PoolOptions
 
 STUDENTS = [
     {"name": "s24", "width": 24, "depth": 2, "heads": 2},
@@ -24,7 +24,10 @@ STUDENTS = [
 def _accuracies(net: stitchframe.SNNet) -> list[float]:
     x, y = digits_tensors()
     with torch.no_grad():
-        return [(net.forward_route(x[1400:], i).argmax(-1) == y[1400:]).float().mean().item() for i in range(len(net.routes))]
+        return [
+            (net.forward_route(x[1400:], i).argmax(-1) == y[1400:]).float().mean().item()
+            for i in range(len(net.routes))
+        ]
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +92,9 @@ def test_pool_routes_span_the_students(net, pool, regs, tmp_path):
     assert mean > random_mean + 0.2, (mean, random_mean)
 
     x, y = digits_tensors()
-    cfg = TrainSpec(epochs=100, max_steps=600, batch_size=32, lr=3e-4, stitch_lr=3e-3, weight_decay=0.0, log_every=10**6)
+    cfg = TrainSpec(
+        epochs=100, max_steps=600, batch_size=32, lr=3e-4, stitch_lr=3e-3, weight_decay=0.0, log_every=10**6
+    )
     train(net, torch.utils.data.TensorDataset(x[:1400], y[:1400]), cfg, device="cpu", checkpoint_dir=tmp_path)
     accs = _accuracies(net)
     by_anchor = {r.segments[0].anchor: a for r, a in zip(net.routes, accs) if r.is_anchor}
@@ -108,12 +113,13 @@ def test_a_cached_pool_is_not_distilled_again(net, pool, regs, monkeypatch):
     options = structure_options(PoolOptions, pool, "pool")
     again = stitchframe_learngene.load_pool(options, regs)
     first = stitchframe_learngene.load_pool(options, regs, ["s32"])["s32"]
-    for name, anchor in again.items():
-        assert anchor.learngene.teacher_positions[-1] == 4
+    assert all(anchor.learngene.teacher_positions[-1] == 4 for anchor in again.values())
     for (k, a), b in zip(again["s32"].state_dict().items(), first.state_dict().values()):
         assert torch.equal(a, b), k
     assert sorted(p.name.split("-")[0] for p in stitchframe_learngene.cache_dir(options).iterdir()) == [
-        "s24", "s32", "s48"
+        "s24",
+        "s32",
+        "s48",
     ]
 
 

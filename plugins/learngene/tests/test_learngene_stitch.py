@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from _learngene_cases import PREPROCESS, toy_model
+from stitchframe_learngene import LearngeneStitch, PoolTransforms, compose, relative_depth, vit_anchor
 
 import stitchframe
 from stitchframe import ActivationSpec
 from stitchframe.testing import check_stitch_layer
-from stitchframe_learngene import LearngeneStitch, PoolTransforms, compose, relative_depth, vit_anchor
 
 
 def _transforms(anchor, teacher_depth: int, *, pool: str = "pool", width: int = 40, seed: int = 0) -> PoolTransforms:
@@ -19,7 +19,9 @@ def _transforms(anchor, teacher_depth: int, *, pool: str = "pool", width: int = 
     pos = tuple(int(p * teacher_depth / anchor.depth + 0.5) for p in anchor.graph.positions())
 
     def rand(rows, cols):
-        return torch.randn(rows, cols, generator=g, dtype=torch.float64) / cols**0.5, torch.randn(rows, generator=g, dtype=torch.float64)
+        return torch.randn(rows, cols, generator=g, dtype=torch.float64) / cols**0.5, torch.randn(
+            rows, generator=g, dtype=torch.float64
+        )
 
     return PoolTransforms(
         pool=pool,
@@ -57,8 +59,9 @@ def test_compose_goes_through_teacher_space():
 @pytest.mark.parametrize("via", ["reverse", "pinv"])
 def test_layers_are_initialised_from_the_transformations_and_kept_by_calibration(regs, via):
     a, b = _student(16, 2, 0), _student(32, 4, 1)
-    net = stitchframe.build_snnet([a, b], space="learngene", layer="learngene", layer_options={"via": via},
-                                  registries=regs)
+    net = stitchframe.build_snnet(
+        [a, b], space="learngene", layer="learngene", layer_options={"via": via}, registries=regs
+    )
     assert len(net.stitches) == 2  # s->l and l->s at teacher position 2
     for route in net.routes:
         for i, (src, p, dst, q, _link) in enumerate(route.stitch_points()):
@@ -74,8 +77,9 @@ def test_layers_are_initialised_from_the_transformations_and_kept_by_calibration
 
 def test_calibrate_true_lets_least_squares_refit(regs):
     a, b = _student(16, 2, 0), _student(32, 4, 1)
-    net = stitchframe.build_snnet([a, b], space="learngene", layer="learngene", layer_options={"calibrate": True},
-                                  registries=regs)
+    net = stitchframe.build_snnet(
+        [a, b], space="learngene", layer="learngene", layer_options={"calibrate": True}, registries=regs
+    )
     ls = stitchframe.build_snnet([a, b], space="learngene", layer="linear", registries=regs)
     stitchframe.calibrate(net, [_images()])
     stitchframe.calibrate(ls, [_images()])
@@ -118,8 +122,9 @@ def test_the_space_stitches_where_teacher_positions_are_equal(regs):
         "v16_2[0:1] -> learngene -> v32_4[2:4]",
         "v32_4[0:2] -> learngene -> v16_2[1:2]",
     ]
-    net = stitchframe.build_snnet([large, small], space="learngene", space_options={"directions": ["sl"]},
-                                  registries=regs)
+    net = stitchframe.build_snnet(
+        [large, small], space="learngene", space_options={"directions": ["sl"]}, registries=regs
+    )
     assert [r.meta["kind"] for r in net.routes] == ["anchor", "anchor", "sl"]
 
 
@@ -134,10 +139,14 @@ def test_the_space_places_anchors_outside_a_pool_by_relative_depth(regs):
 @pytest.mark.parametrize(
     "src, dst",
     [
-        (ActivationSpec(layout="tokens", channels=12, grid=(4, 4), prefix=1),
-         ActivationSpec(layout="tokens", channels=20, grid=(4, 4), prefix=1)),
-        (ActivationSpec(layout="tokens", channels=12, grid=(4, 4), prefix=1),
-         ActivationSpec(layout="map", channels=6, grid=(2, 2))),
+        (
+            ActivationSpec(layout="tokens", channels=12, grid=(4, 4), prefix=1),
+            ActivationSpec(layout="tokens", channels=20, grid=(4, 4), prefix=1),
+        ),
+        (
+            ActivationSpec(layout="tokens", channels=12, grid=(4, 4), prefix=1),
+            ActivationSpec(layout="map", channels=6, grid=(2, 2)),
+        ),
     ],
 )
 def test_the_layer_passes_the_conformance_kit(src, dst):
