@@ -75,9 +75,19 @@ def load_pool(options: PoolOptions, registries: Registries, names: list[str] | N
         registries: Registries to load the teacher and the data with.
         names: Students to return (default: all); every uncached student of the pool is distilled anyway.
 
+    Raises:
+        UnknownNameError: ``names`` has a student the pool lacks.
+
     Returns:
         The students by name, in eval mode on the CPU, each with ``anchor.learngene`` set.
     """
+    all_names = [s.name for s in options.students]
+    wanted = set(names) if names is not None else set(all_names)
+    for name in sorted(wanted - set(all_names)):
+        raise UnknownNameError(
+            f"learngene: no student {name!r} in the pool of {options.teacher!r}; "
+            f"{did_you_mean(name, all_names)}students: {', '.join(all_names)}"
+        )
     teacher = load_teacher(options, registries)
     fingerprint = teacher_fingerprint(teacher)
     builder = choose_builder(teacher, options)
@@ -87,6 +97,8 @@ def load_pool(options: PoolOptions, registries: Registries, names: list[str] | N
     for student in options.students:
         key = student_key(fingerprint, student, options, builder.name)
         path = cache_path(options, student, key)
+        if path.exists() and student.name not in wanted:
+            continue
         module = DistilledStudent(_build(builder, teacher, student, options, classes), teacher)
         if path.exists():
             load_student(module, path)
@@ -99,10 +111,11 @@ def load_pool(options: PoolOptions, registries: Registries, names: list[str] | N
         for (student, module, key, path), hist in zip(todo, history):
             save_student(module, path, key=key, student=student, history=hist)
     out = {}
-    for name in names if names is not None else list(built):
-        anchor = built[name].anchor.eval()
-        anchor.learngene = built[name].transforms(fingerprint)
-        out[name] = anchor
+    for student in options.students:
+        if student.name in wanted:
+            anchor = built[student.name].anchor.eval()
+            anchor.learngene = built[student.name].transforms(fingerprint)
+            out[student.name] = anchor
     return out
 
 

@@ -173,13 +173,6 @@ class PoolOptions:
         if dup:
             raise ValueError(f"students: name {dup[0]!r} is used twice; give every student a unique name")
 
-    def student(self, name: str) -> StudentSpec:
-        """The student called ``name`` (``KeyError`` if none)."""
-        for s in self.students:
-            if s.name == name:
-                return s
-        raise KeyError(name)
-
 
 @attrs.frozen(kw_only=True)
 class LearngeneStitchOptions(ProjectionOptions):

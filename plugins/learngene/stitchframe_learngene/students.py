@@ -32,7 +32,15 @@ from stitchframe.objectives import output_logits
 
 from .options import PoolOptions, StudentSpec
 
-__all__ = ["STUDENT_BUILDERS", "PoolViT", "StudentBuilder", "choose_builder", "num_classes_of", "vit_anchor"]
+__all__ = [
+    "STUDENT_BUILDERS",
+    "PoolViT",
+    "StudentBuilder",
+    "build_student",
+    "choose_builder",
+    "num_classes_of",
+    "vit_anchor",
+]
 
 
 # ---------------------------------------------------------------------------
