@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
-from stitchframe import LinearStitch, StitchJoin
+from stitchframe import ActivationSpec, LinearStitch, StitchJoin
 
 from .options import LearngeneStitchOptions
 from .transforms import PoolTransforms, compose
@@ -33,12 +33,15 @@ class LearngeneStitch(LinearStitch):
 
     Options = LearngeneStitchOptions
 
-    def __init__(self, src, dst, options=None) -> None:
+    def __init__(self, src: ActivationSpec, dst: ActivationSpec, options: LearngeneStitchOptions | None = None) -> None:
         super().__init__(src, dst, options)
         self.from_transforms = False
 
     def init_from_anchors(self, joins: Sequence[StitchJoin]) -> None:
-        """Set ``W, b`` to the mean composed transformation over ``joins`` (when every join has one)."""
+        """Set ``W, b`` to the mean composed transformation over ``joins`` (when every join has one).
+
+        With ``bias: false`` the composed bias is dropped.
+        """
         if not joins or self.dst.prefix not in (0, self.src.prefix):  # prefix tokens to synthesise: no transform
             return
         maps = []
