@@ -34,6 +34,7 @@ from .stitch_layers import (
     LinearStitch,
     LowRankStitch,
     ProjectionStitch,
+    StitchJoin,
     StitchLayer,
     solve_least_squares,
 )
@@ -70,6 +71,7 @@ __all__ = [
     "SpaceContext",
     "Spec",
     "SpecError",
+    "StitchJoin",
     "StitchLayer",
     "StitchSpace",
     "StitchframeError",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .anchors import Anchor, anchor_name
@@ -13,7 +14,7 @@ from .registry import Entry
 from .routes import Link, Route
 from .snnet import SNNet, stitch_key
 from .spec import AnchorSpec, Spec, structure_options
-from .stitch_layers import StitchLayer
+from .stitch_layers import StitchJoin, StitchLayer
 from .stitch_spaces import SpaceContext, space_routes
 
 __all__ = ["load_anchor", "choose_layer", "build_snnet", "assemble", "validate_spec", "AUTO_LAYER"]
@@ -34,6 +35,15 @@ def _adapter_for(source: str, regs: Registries) -> tuple[Entry | None, str]:
     return None, source
 
 
+def _call_loader(load: Callable[..., Any], identifier: str, options: Any, regs: Registries) -> Any:
+    """``load(identifier, options)``, plus ``registries=`` when the loader declares that parameter."""
+    try:
+        wants = "registries" in inspect.signature(load).parameters
+    except (TypeError, ValueError):  # builtins and some callables have no signature
+        wants = False
+    return load(identifier, options, registries=regs) if wants else load(identifier, options)
+
+
 def load_anchor(
     spec: AnchorSpec | str,
     registries: Registries | None = None,
@@ -43,7 +53,8 @@ def load_anchor(
     """Load one anchor through the adapter that owns its source prefix.
 
     Sources no registered prefix claims go to the ``stitchframe_resolve_anchor``
-    hook before failing.
+    hook before failing.  A loader that declares a ``registries`` parameter is
+    called with these registries too (to load other anchors or datasets).
 
     Args:
         spec: An :class:`AnchorSpec` or a source string.
@@ -62,7 +73,7 @@ def load_anchor(
     if entry is not None:
         options = structure_options(entry.options, spec.options, f"{where}.options")
         try:
-            anchor = entry.obj(ident, options)
+            anchor = _call_loader(entry.obj, ident, options, regs)
         except StitchframeError:
             raise
         except Exception as exc:
@@ -139,10 +150,18 @@ class _Layers:
             ) from exc
 
     def make_stitch(self, src: str, p: int, dst: str, q: int) -> StitchLayer | None:
-        """A fresh layer for a stitch (``None`` when the layer type cannot bridge it): ``SpaceContext.make_stitch``."""
+        """A fresh, anchor-initialised layer for a stitch (``None`` when the layer type cannot bridge it).
+
+        This is ``SpaceContext.make_stitch``: the layer the engine would build for that one stitch.
+        """
         s, d = self.specs(src, p, dst, q)
         entry = self.entry(s, d)
-        return self.build(entry, s, d) if entry.obj.supports(s, d) is None else None
+        if entry.obj.supports(s, d) is not None:
+            return None
+        layer = self.build(entry, s, d)
+        key = stitch_key(src, p, dst, q)
+        _init_from_anchors({key: layer}, {key: [StitchJoin(self.by_name[src], p, self.by_name[dst], q)]}, self.regs)
+        return layer
 
 
 def build_snnet(
@@ -210,6 +229,7 @@ def build_snnet(
             f"{type(exc).__name__}: {exc}"
         ) from exc
     stitches: dict[str, StitchLayer] = {}
+    joins: dict[str, list[StitchJoin]] = {}
     key_specs: dict[str, tuple[ActivationSpec, ActivationSpec, str]] = {}
     chosen: list[Route] = []
     seen: set[Route] = set()
@@ -243,6 +263,9 @@ def build_snnet(
             else:
                 key_specs[key] = (s, d, entry.name)
                 stitches[key] = layers.build(entry, s, d)
+            join = StitchJoin(by_name[src], p, by_name[dst], q)
+            if join not in joins.setdefault(key, []):
+                joins[key].append(join)
             links.append(Link(layer=entry.name, key=link.key))
         resolved = Route(route.segments, links, meta=dict(route.meta))
         if resolved not in seen:
@@ -252,7 +275,26 @@ def build_snnet(
         raise SpecError(
             f"{where}: stitch space {space!r} produced no routes for anchors {list(by_name)} with layer {layer!r}"
         )
+    _init_from_anchors(stitches, joins, regs)
     return SNNet(anchors, chosen, stitches, final_norm=final_norm)
+
+
+def _init_from_anchors(
+    stitches: Mapping[str, StitchLayer], joins: Mapping[str, list[StitchJoin]], regs: Registries
+) -> None:
+    """Call every layer's :meth:`~stitchframe.StitchLayer.init_from_anchors`; failures name the plugin."""
+    for key, layer in stitches.items():
+        try:
+            layer.init_from_anchors(joins[key])
+        except StitchframeError:
+            raise
+        except Exception as exc:
+            entry = next((e for e in regs.stitch_layers if e.obj is type(layer)), None)
+            plugin = entry.plugin if entry is not None else type(layer).__module__
+            raise PluginError(
+                f"Plugin {plugin!r} failed to initialise stitching layer {key!r} "
+                f"({type(layer).__name__}.init_from_anchors): {type(exc).__name__}: {exc}"
+            ) from exc
 
 
 def assemble(

@@ -232,3 +232,20 @@ def test_make_stitch_refuses_what_the_layer_cannot_bridge(pm, vit_family, cnn_fa
     _ContextSpace.seen.clear()
     stitchframe.build_snnet(vit_family[:2], space="ctx_space", layer="conv1x1", registries=regs)
     assert _ContextSpace.seen[-1].make_stitch("vit32", 2, "vit48", 2) is None
+
+
+def test_make_stitch_initialises_the_layer_from_the_anchors(pm, vit_family):
+    regs = _context_regs(pm)
+    joins = []
+
+    class RecordingStitch(stitchframe.LinearStitch):
+        def init_from_anchors(self, given):
+            joins.append(list(given))
+
+    regs.stitch_layers.register("recording", RecordingStitch, plugin="test")
+    _ContextSpace.seen.clear()
+    stitchframe.build_snnet(vit_family[:2], space="ctx_space", layer="recording", registries=regs)
+    joins.clear()
+    layer = _ContextSpace.seen[-1].make_stitch("vit32", 1, "vit48", 3)
+    assert isinstance(layer, RecordingStitch)
+    assert joins == [[stitchframe.StitchJoin(vit_family[0], 1, vit_family[1], 3)]]
