@@ -40,10 +40,11 @@ from .stitch_layers import (
     LinearStitch,
     LowRankStitch,
     ProjectionStitch,
+    StitchJoin,
     StitchLayer,
     solve_least_squares,
 )
-from .stitch_spaces import StitchSpace
+from .stitch_spaces import SpaceContext, StitchSpace
 
 __all__ = [
     "__version__",
@@ -79,8 +80,10 @@ __all__ = [
     "SNNet",
     "Segment",
     "ShapeMismatchError",
+    "SpaceContext",
     "Spec",
     "SpecError",
+    "StitchJoin",
     "StitchLayer",
     "StitchSpace",
     "StitchframeError",

@@ -274,7 +274,7 @@ class Anchor(nn.Module):
                 "so shapes and FLOPs can be traced"
             )
         inputs = _to_device(self.example_inputs, _device_of(self))
-        was_training = self.training
+        modes = [(m, m.training) for m in self.modules()]  # restored one by one: parts may differ
         self.eval()
         try:
             with torch.no_grad():
@@ -321,7 +321,8 @@ class Anchor(nn.Module):
                     out_spec=None,
                 )
         finally:
-            self.train(was_training)
+            for m, mode in modes:
+                m.training = mode
         return BlockGraph(self.name, stem, blocks, head)
 
     def extra_repr(self) -> str:

@@ -59,7 +59,7 @@ def calibrate(
     """Fit every stitching layer by least squares in one pass over ``batches``.
 
     Args:
-        snnet: The SN-Net (its anchors are run in eval mode; the mode is restored).
+        snnet: The SN-Net (run in eval mode; every module's mode is restored afterwards).
         batches: Model inputs, or ``(inputs, target)`` pairs.
         ridge: Relative ridge regularisation (see :func:`~stitchframe.solve_least_squares`).
         keys: Only these stitching layers (default: all).
@@ -83,7 +83,7 @@ def calibrate(
     if device is None:
         param = next(snnet.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
-    was_training = snnet.training
+    modes = [(m, m.training) for m in snnet.modules()]  # restored one by one afterwards
     snnet.eval()
     layers = {k: snnet.stitches[k] for k in pairs}
     for layer in layers.values():
@@ -117,7 +117,8 @@ def calibrate(
         for layer in layers.values():
             layer.fit_end(ridge)
     finally:
-        snnet.train(was_training)
+        for m, mode in modes:
+            m.training = mode
     return counts
 
 

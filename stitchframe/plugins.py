@@ -18,7 +18,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError, UnknownNameError, did_you_mean
-from .registry import Registry
+from .registry import PREFIX_NAME, Registry
 
 __all__ = [
     "DEFAULT_PLUGINS",
@@ -38,6 +38,7 @@ ENTRY_POINT_GROUP = "stitchframe"
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "stitchframe.stitch_layers",
     "stitchframe.stitch_spaces",
+    "stitchframe.cross_space",
     "stitchframe.datasets",
 )
 
@@ -212,7 +213,7 @@ class Registries:
         problems: Plugins that failed, by name and hook.
     """
 
-    anchor_adapters: Registry = attrs.field(factory=lambda: Registry("anchor adapter"))
+    anchor_adapters: Registry = attrs.field(factory=lambda: Registry("anchor adapter", name_pattern=PREFIX_NAME))
     stitch_layers: Registry = attrs.field(factory=lambda: Registry("stitch layer"))
     stitch_spaces: Registry = attrs.field(factory=lambda: Registry("stitch space"))
     datasets: Registry = attrs.field(factory=lambda: Registry("dataset"))

@@ -22,6 +22,12 @@ __all__ = ["Entry", "Registry", "NoOptions"]
 T = TypeVar("T")
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+#: Anchor source prefixes may also contain '-' (``hf-config:``).
+PREFIX_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
+_RULES = {
+    _NAME: "lowercase snake_case (letters, digits, '_', starting with a letter)",
+    PREFIX_NAME: "lowercase (letters, digits, '_', '-', starting with a letter)",
+}
 
 
 @attrs.frozen(kw_only=True)
@@ -56,10 +62,13 @@ class Registry(Generic[T]):
     Args:
         kind: Human name of what is registered (``"stitch layer"``), used in
             error messages.
+        name_pattern: Pattern every name must match (default: lowercase
+            snake_case; anchor prefixes use :data:`PREFIX_NAME`).
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, name_pattern: re.Pattern[str] = _NAME) -> None:
         self.kind = kind
+        self.name_pattern = name_pattern
         self._entries: dict[str, Entry[T]] = {}
         self._aliases: dict[str, str] = {}
 
@@ -93,11 +102,9 @@ class Registry(Generic[T]):
         """
         names = (name, *aliases)
         for n in names:
-            if not isinstance(n, str) or not _NAME.match(n):
-                raise PluginError(
-                    f"Plugin {plugin!r} registered {self.kind} name {n!r}; names must be "
-                    "lowercase snake_case (letters, digits, '_', starting with a letter)."
-                )
+            if not isinstance(n, str) or not self.name_pattern.match(n):
+                rule = _RULES.get(self.name_pattern, f"match {self.name_pattern.pattern}")
+                raise PluginError(f"Plugin {plugin!r} registered {self.kind} name {n!r}; names must be {rule}.")
         if options is None:
             options = getattr(obj, "Options", NoOptions)
         if not attrs.has(options):

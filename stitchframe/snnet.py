@@ -161,6 +161,7 @@ class SNNet(nn.Module):
         for r in routes:
             self._check_route(r)
         self.routes = RouteTable(self._with_costs(r) for r in routes)
+        self.__dict__.pop("_module_params_cache", None)  # ids are only stable while building
         self._plans = [self._make_plan(r) for r in self.routes]
         self._selected = 0
 
@@ -224,11 +225,14 @@ class SNNet(nn.Module):
         flops += self.anchors[route.segments[-1].anchor].graph.head.flops
         seen: set[int] = set()
         params = 0
+        cache = self.__dict__.setdefault("_module_params_cache", {})
         for m in self._route_modules(route):
-            for p in m.parameters():
-                if id(p) not in seen:
-                    seen.add(id(p))
-                    params += p.numel()
+            if id(m) not in cache:
+                cache[id(m)] = [(id(p), p.numel()) for p in m.parameters()]
+            for pid, numel in cache[id(m)]:
+                if pid not in seen:
+                    seen.add(pid)
+                    params += numel
         return route.with_costs(flops, params)
 
     def _stitch_flops(self, route: Route, i: int) -> int:

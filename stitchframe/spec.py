@@ -75,7 +75,7 @@ class StitchSpec:
     """Which routes to offer and how to stitch them."""
 
     space: str = attrs.field(
-        default="snnet", metadata=_help("Stitch space: snnet | snnet2 | anchors | one registered by a plugin.")
+        default="snnet", metadata=_help("Stitch space: snnet | snnet2 | cross | anchors | one registered by a plugin.")
     )
     space_options: dict[str, Any] = attrs.field(
         factory=dict, metadata=_help("Options of the stitch space (snnet: kernel, stride, nearest, share, ...).")

@@ -22,7 +22,8 @@ This module is also the built-in plugin that registers the three types.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any, Literal, NamedTuple
 
 import attrs
 import torch
@@ -35,6 +36,7 @@ from .hookspecs import hookimpl
 from .registry import NoOptions
 
 __all__ = [
+    "StitchJoin",
     "StitchLayer",
     "LeastSquaresStitch",
     "NormalEquations",
@@ -48,12 +50,30 @@ __all__ = [
 ]
 
 
+class StitchJoin(NamedTuple):
+    """One pair of cut points a stitching layer joins (see :meth:`StitchLayer.init_from_anchors`).
+
+    Attributes:
+        src: The anchor the activation comes from (a :class:`stitchframe.Anchor`).
+        src_pos: Its cut position (``0``: stem output, ``k``: output of block ``k-1``).
+        dst: The anchor the activation goes into.
+        dst_pos: The cut position it enters at.
+    """
+
+    src: Any
+    src_pos: int
+    dst: Any
+    dst_pos: int
+
+
 class StitchLayer(nn.Module):
     """Base class of stitching layers.
 
     Subclasses set ``Options`` (an attrs class), implement
     :meth:`supports` and ``forward``, and, to be calibrated, the three
-    ``fit_*`` methods.  The engine constructs them as ``cls(src, dst, options)``.
+    ``fit_*`` methods.  The engine constructs them as ``cls(src, dst, options)``
+    and then calls :meth:`init_from_anchors` once with the cut points the
+    layer joins.
 
     Args:
         src: Spec of the activation coming in.
@@ -79,6 +99,20 @@ class StitchLayer(nn.Module):
     def supports(cls, src: ActivationSpec, dst: ActivationSpec) -> str | None:
         """Return ``None`` if this type can map ``src`` to ``dst``, else a one-line reason."""
         return None
+
+    def init_from_anchors(self, joins: Sequence[StitchJoin]) -> None:
+        """Initialise from the anchors themselves, before any calibration (default: do nothing).
+
+        :func:`stitchframe.build_snnet` calls this once per layer, after
+        every route is known, with each pair of cut points the layer joins
+        (several when a stitch space shares one layer between pairs).  A
+        layer type that can set its weights without data, from what the
+        anchors carry (transformation matrices learned while distilling them,
+        say), overrides it; calibration runs afterwards and may refit.
+
+        Args:
+            joins: The :class:`StitchJoin` pairs, in a stable order.
+        """
 
     # -- calibration protocol -------------------------------------------
     def fit_start(self) -> None:
@@ -133,24 +167,34 @@ class NormalEquations:
         self.xty += (xa.T @ y.detach().to(torch.float64)).cpu()
         self.rows += x.shape[0]
 
-    def solve(self, ridge: float = 0.0) -> torch.Tensor:
-        """Return ``W [d_in+1, d_out]`` (last row: bias) minimising ``|XW - Y|² + ridge·|W|²``."""
-        return solve_least_squares(self.xtx, self.xty, ridge)
+    def solve(self, ridge: float = 0.0, *, intercept: bool = True) -> torch.Tensor:
+        """Return ``W [d_in+1, d_out]`` (last row: bias) minimising ``|XW - Y|² + ridge·|W|²``.
+
+        With ``intercept=False`` the bias is fixed at zero (its row is zero).
+        """
+        return solve_least_squares(self.xtx, self.xty, ridge, intercept=intercept)
 
 
-def solve_least_squares(xtx: torch.Tensor, xty: torch.Tensor, ridge: float = 0.0) -> torch.Tensor:
+def solve_least_squares(
+    xtx: torch.Tensor, xty: torch.Tensor, ridge: float = 0.0, *, intercept: bool = True
+) -> torch.Tensor:
     """Solve normal equations; singular systems get the minimum-norm solution.
 
     ``ridge`` is relative: ``ridge * mean(diag(XᵀX))`` is added to the
-    diagonal of the weight rows (not the bias).
+    diagonal of the weight rows (not the bias).  The last row/column of
+    ``xtx`` belongs to the bias column; with ``intercept=False`` it is left
+    out of the solve and the returned bias row is zero.
     """
     a = xtx.to(torch.float64).cpu().clone()
     b = xty.to(torch.float64).cpu()
+    d = a.shape[0] - 1
     if ridge > 0:
-        d = a.shape[0] - 1
         scale = torch.diagonal(a)[:d].mean().clamp_min(1e-12)
         a[:d, :d] += ridge * scale * torch.eye(d, dtype=torch.float64)
-    return torch.linalg.lstsq(a, b, driver="gelsd").solution
+    if intercept:
+        return torch.linalg.lstsq(a, b, driver="gelsd").solution
+    w = torch.linalg.lstsq(a[:d, :d], b[:d], driver="gelsd").solution
+    return torch.cat([w, w.new_zeros(1, w.shape[1])], dim=0)
 
 
 # ---------------------------------------------------------------------------
@@ -246,6 +290,10 @@ class LeastSquaresStitch(StitchLayer):
         """Hashable description of :meth:`ls_rows` (equal -> same design rows)."""
         return (type(self).__name__, self.src, self.dst)
 
+    def ls_intercept(self, key: str) -> bool:
+        """Whether sub-problem ``key`` has a bias (``False``: solved through the origin)."""
+        return True
+
     def fit_start(self) -> None:
         self._normal: dict[str, NormalEquations] = {}
 
@@ -269,18 +317,28 @@ class LeastSquaresStitch(StitchLayer):
         normal = getattr(self, "_normal", None)
         if not normal:
             raise StitchframeError(f"{type(self).__name__}.fit_end called before any fit_update")
-        self.ls_assign({k: eq.solve(ridge) for k, eq in normal.items()})
+        self.ls_assign({k: eq.solve(ridge, intercept=self.ls_intercept(k)) for k, eq in normal.items()})
         del self._normal
 
 
 class ProjectionStitch(LeastSquaresStitch):
     """Per-position channel projection ``y = W x + b`` with layout alignment.
 
-    Handles: prefix tokens (mapped with the same projection when both sides
-    have the same count; synthesised from pooled features when the
-    destination has prefix tokens the source lacks; dropped or folded when
-    the destination has none), grid resizing, and conversion between
-    ``tokens``, ``map`` and ``nhwc`` layouts.
+    The source activation is split into its positions (patch tokens, map
+    pixels, sequence positions) and its prefix tokens; the positions are
+    resized to the destination grid and projected by ``W``; the destination
+    is then laid out in its own layout.  Prefix tokens (cls, distillation):
+
+    * same count on both sides: mapped by the same projection as positions;
+    * the destination has none: dropped, or with ``prefix: fold`` their mean
+      is added to every position before projecting;
+    * the destination has a different, non-zero count (a ViT entered from a
+      CNN, DeiT's two prefix tokens from ViT's one): synthesised by a second
+      linear map from the mean of the source positions (before any resize)
+      and the source's own prefix tokens, ``[mean(f), p_1, ..., p_ks]``.
+
+    Least squares fits ``W`` (sub-problem ``main``: one row per position) and
+    the synthesis map (sub-problem ``prefix``: one row per example).
     """
 
     Options = ProjectionOptions
@@ -296,7 +354,7 @@ class ProjectionStitch(LeastSquaresStitch):
         self._synth_prefix = k_d > 0 and k_s != k_d
         self._fold = k_s > 0 and k_d == 0 and self.options.prefix == "fold"
         if self._synth_prefix:
-            self.prefix_weight = nn.Parameter(torch.zeros(k_d * c_out, c_in))
+            self.prefix_weight = nn.Parameter(torch.zeros(k_d * c_out, (1 + k_s) * c_in))
             self.prefix_bias = nn.Parameter(torch.zeros(k_d * c_out))
         self._resize = None
         if src.grid is not None and dst.grid is not None and src.grid != dst.grid:
@@ -313,28 +371,30 @@ class ProjectionStitch(LeastSquaresStitch):
         """The ``[C_out, C_in]`` matrix applied (subclasses add updates)."""
         return self.weight
 
-    def _positions(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Source activation -> aligned positions ``[B, N_dst, C_in]`` and prefix."""
+    def _align(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Source activation -> positions ``[B, N_dst, C_in]``, source prefix, prefix-synthesis features."""
         f, p = _split(x, self.src)
+        feats = None
+        if self._synth_prefix:
+            pooled = f.mean(dim=1)
+            feats = pooled if p is None else torch.cat([pooled, p.flatten(1)], dim=1)
         if self._fold and p is not None:
             f = f + p.mean(dim=1, keepdim=True)
         if self._resize is not None:
             f = f.transpose(1, 2).unflatten(2, self.src.grid)
             f = _resize_map(f, self.dst.grid, self._resize).flatten(2).transpose(1, 2)
-        return f, p
+        return f, p, feats
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.effective_weight()
         if self._direct:
             return F.linear(x, w, self.bias)
-        f, p = self._positions(x)
-        if self._shared_prefix:
-            out = F.linear(torch.cat([p, f], dim=1), w, self.bias)
-            return _join(out[:, self.dst.prefix :], out[:, : self.dst.prefix], self.dst)
+        f, p, feats = self._align(x)
+        if self._shared_prefix:  # the destination is `tokens`: prefix first, then positions
+            return F.linear(torch.cat([p, f], dim=1), w, self.bias)
         out_p = None
         if self._synth_prefix:
-            pooled = f.mean(dim=1)
-            out_p = F.linear(pooled, self.prefix_weight, self.prefix_bias).unflatten(
+            out_p = F.linear(feats, self.prefix_weight, self.prefix_bias).unflatten(
                 1, (self.dst.prefix, self.dst.channels)
             )
         return _join(F.linear(f, w, self.bias), out_p, self.dst)
@@ -343,17 +403,17 @@ class ProjectionStitch(LeastSquaresStitch):
     def _mask_rows(self, rows: torch.Tensor, mask: torch.Tensor | None, spec: ActivationSpec) -> torch.Tensor:
         if mask is None or spec.layout != "sequence":
             return rows.reshape(-1, rows.shape[-1])
-        return rows[mask.to(torch.bool)]
+        return rows[mask.to(device=rows.device, dtype=torch.bool)]
 
     def ls_rows(self, x, mask=None):
         with torch.no_grad():
-            f, p = self._positions(x)
+            f, p, feats = self._align(x)
             if self._shared_prefix:
                 rows = {"main": torch.cat([p, f], dim=1).reshape(-1, f.shape[-1])}
             else:
                 rows = {"main": self._mask_rows(f, mask, self.src)}
             if self._synth_prefix:
-                rows["prefix"] = f.mean(dim=1)
+                rows["prefix"] = feats
         return rows
 
     def ls_targets(self, y, mask=None):
@@ -369,6 +429,9 @@ class ProjectionStitch(LeastSquaresStitch):
 
     def ls_signature(self) -> tuple:
         return ("projection", self.src, self.dst.grid, self.dst.prefix, self._fold, self._resize)
+
+    def ls_intercept(self, key: str) -> bool:
+        return self.bias is not None or key != "main"
 
     def ls_assign(self, solutions: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():

@@ -1,0 +1,79 @@
+"""``check_plugin``: what a plugin registers against the contract."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from ..errors import PluginError
+from ..plugins import Registries, get_plugin_manager, load_registries
+from ..stitch_layers import StitchLayer
+from ..stitch_spaces import StitchSpace
+from ._common import ConformanceError, _fail
+
+__all__ = ["check_plugin"]
+
+
+def check_plugin(plugin: Any, name: str = "plugin_under_test") -> Registries:
+    """Register a plugin on a fresh manager and check what it registers.
+
+    Checks that the plugin registers (no misspelled hooks), no hook fails,
+    it registers or resolves something, every registered object has an attrs
+    ``Options`` class whose fields all carry ``metadata={"help": ...}``,
+    stitching layers subclass :class:`~stitchframe.StitchLayer`, stitch spaces
+    :class:`~stitchframe.StitchSpace`, and adapters and datasets are callables.
+
+    Args:
+        plugin: The plugin (module, class or instance with hook implementations).
+        name: The name to register it under.
+
+    Returns:
+        The registries, with the built-ins and this plugin only.
+
+    Raises:
+        ConformanceError: The plugin breaks the contract.
+    """
+    pm = get_plugin_manager(load_entrypoints=False)
+    if pm.is_registered(plugin):
+        name = pm.get_name(plugin)
+    else:
+        try:
+            pm.register_plugin(plugin, name=name)
+        except PluginError as exc:
+            raise ConformanceError(str(exc)) from exc
+    regs = load_registries(pm)
+    for problem in regs.problems:
+        if problem.plugin == name:
+            _fail(problem.message)
+    kinds = {
+        "anchor adapter": (regs.anchor_adapters, None),
+        "stitch layer": (regs.stitch_layers, StitchLayer),
+        "stitch space": (regs.stitch_spaces, StitchSpace),
+        "dataset": (regs.datasets, None),
+    }
+    count = 0
+    for kind, (registry, base) in kinds.items():
+        for entry in registry:
+            if entry.plugin != name:
+                continue
+            count += 1
+            _check_entry(kind, entry, base)
+    resolves = any(impl.plugin_name == name for impl in pm.hook.stitchframe_resolve_anchor.get_hookimpls())
+    if count == 0 and not resolves:
+        _fail(f"Plugin {name!r} registers nothing and resolves no anchors; implement a stitchframe_* hook")
+    return regs
+
+
+def _check_entry(kind: str, entry: Any, base: type | None) -> None:
+    where = f"{kind} {entry.name!r} (plugin {entry.plugin!r})"
+    if base is not None and not (isinstance(entry.obj, type) and issubclass(entry.obj, base)):
+        _fail(f"{where} is {entry.obj!r}; it must be a subclass of stitchframe.{base.__name__}")
+    if base is None and not callable(entry.obj):
+        _fail(f"{where} is {entry.obj!r}; it must be callable")
+    for field in attrs.fields(entry.options):
+        if not field.metadata.get("help"):
+            _fail(
+                f"{where}: option {field.name!r} of {entry.options.__name__} has no help; "
+                'declare it with attrs.field(..., metadata={"help": "..."}) so the docs can list it'
+            )
