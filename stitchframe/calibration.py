@@ -156,7 +156,7 @@ def calibrate_heads(
     new task.
 
     Args:
-        snnet: The SN-Net (mode restored afterwards).
+        snnet: The SN-Net (run in eval mode; every module's mode is restored afterwards).
         batches: ``(inputs, target)`` pairs with integer class targets.
         num_classes: Number of classes.
         ridge: Relative ridge regularisation (see :func:`~stitchframe.solve_least_squares`).
@@ -174,7 +174,7 @@ def calibrate_heads(
     seen: dict[str, torch.Tensor] = {}
     hooks = [fc.register_forward_hook(lambda _m, args, _out, n=name: seen.__setitem__(n, args[0]))
              for name, fc in heads.items()]
-    was_training = snnet.training
+    modes = [(m, m.training) for m in snnet.modules()]  # restored one by one afterwards
     snnet.eval()
     try:
         for b, (inputs, target) in enumerate(batches):
@@ -199,5 +199,6 @@ def calibrate_heads(
     finally:
         for h in hooks:
             h.remove()
-        snnet.train(was_training)
+        for m, mode in modes:
+            m.training = mode
     return {name: eq.rows for name, eq in eqs.items()}

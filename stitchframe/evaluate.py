@@ -322,7 +322,7 @@ def evaluate_routes(
     """Evaluate every route of ``snnet`` on ``dataset`` in one pass.
 
     Args:
-        snnet: The SN-Net (run in eval mode under ``torch.no_grad``; its mode is restored).
+        snnet: The SN-Net (run in eval mode under ``torch.no_grad``; every module's mode is restored).
         dataset: Yields ``(inputs, target)``; inputs are tensors or mappings of tensors (text).
         batch_size: Batch size.
         max_batches: Evaluate the first ``max_batches`` batches only.
@@ -356,7 +356,7 @@ def evaluate_routes(
         sums.add(record_)
     resumed = sums.batches
     writer = _PartialWriter(path, header, fresh=resumed == 0)
-    was_training = snnet.training
+    modes = [(m, m.training) for m in snnet.modules()]  # restored one by one afterwards
     snnet.eval()
     try:
         remaining = range(resumed * batch_size, min(len(dataset), total * batch_size))
@@ -369,7 +369,8 @@ def evaluate_routes(
                               collate_fn=collate_fn) if latency else {}
     finally:
         writer.close()
-        snnet.train(was_training)
+        for m, mode in modes:
+            m.training = mode
     evaluation = sums.evaluation(snnet, names, lat, resumed)
     if record:
         record_results(snnet, evaluation)
@@ -473,7 +474,7 @@ def measure_latency(
     inputs = _to_device(batch[0], device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     out: dict[int, float] = {}
-    was_training = snnet.training
+    modes = [(m, m.training) for m in snnet.modules()]  # restored one by one afterwards
     snnet.eval()
     try:
         with torch.no_grad():
@@ -489,5 +490,6 @@ def measure_latency(
                     times.append((time.perf_counter() - t0) * 1000.0)
                 out[i] = statistics.median(times)
     finally:
-        snnet.train(was_training)
+        for m, mode in modes:
+            m.training = mode
     return out

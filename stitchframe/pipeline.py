@@ -135,12 +135,13 @@ def _check_classes(snnet: SNNet, num_classes: int, data_name: str) -> None:
         for i, anchor in enumerate(snnet.anchors.values()):
             if anchor.example_inputs is None:
                 continue
-            was_training = anchor.training
+            modes = [(m, m.training) for m in anchor.modules()]
             anchor.eval()
             try:
                 out = logits_of(anchor(_to_device(anchor.example_inputs, _device_of(snnet))), f"Anchor {anchor.name!r}")
             finally:
-                anchor.train(was_training)
+                for m, mode in modes:
+                    m.training = mode
             if out.shape[-1] != num_classes:
                 raise SpecError(
                     f"anchors[{i}] ({anchor.name!r}) outputs {out.shape[-1]} classes but dataset {data_name!r} has "
