@@ -252,7 +252,8 @@ def _calibrate(snnet: SNNet, spec: Spec, splits: DatasetSplits, device: torch.de
     batches = list(islice(loader, cal.batches))
     n = len(batches)
     if len(snnet.stitches):
-        with _progress(console, f"calibrating {len(snnet.stitches)} stitching layers", n) as tick:
+        what = f"{len(snnet.stitches)} stitching layer{'s' if len(snnet.stitches) > 1 else ''}"
+        with _progress(console, f"calibrating {what}", n) as tick:
             calibrate(snnet, batches, ridge=cal.ridge, device=device, on_batch=lambda b: tick(b + 1, n))
     if cal.heads:
         with _progress(console, f"fitting the classifiers of {len(snnet.anchors)} anchors", n) as tick:
