@@ -21,7 +21,7 @@ from torch import nn
 
 from .errors import CheckpointError
 
-__all__ = ["atomic_write", "save_module", "load_module_state", "read_metadata", "write_json", "read_json"]
+__all__ = ["atomic_write", "load_module_state", "read_json", "read_metadata", "save_module", "write_json"]
 
 FORMAT_KEY = "stitchframe_format"
 

@@ -46,7 +46,8 @@ def test_shared_tensors_are_stored_once():
         assert torch.equal(fresh.b.weight, m.a.weight) and fresh.b.weight is fresh.a.weight
         return json.loads(read_metadata(path)["aliases"])
 
-    import tempfile, pathlib
+    import pathlib
+    import tempfile
 
     with tempfile.TemporaryDirectory() as d:
         assert roundtrip(pathlib.Path(d)) == {"b.weight": "a.weight"}
