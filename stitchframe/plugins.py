@@ -220,6 +220,10 @@ class Registries:
     pm: PluginManager | None = None
     problems: list[PluginProblem] = attrs.field(factory=list)
 
+    def __attrs_post_init__(self) -> None:
+        for attr, _kind in _REGISTER_HOOKS.values():
+            getattr(self, attr).note = self.broken_note  # unknown names mention the broken plugins
+
     def broken_note(self) -> str:
         """A sentence naming broken plugins, to append to lookup errors."""
         if not self.problems:
@@ -241,6 +245,13 @@ class Registries:
                     f"for source {source!r}: {type(exc).__name__}: {exc}"
                 ) from exc
             if result is not None:
+                from .anchors import Anchor
+
+                if not isinstance(result, Anchor):
+                    raise PluginError(
+                        f"Plugin {impl.plugin_name!r} returned {type(result).__name__} from hook "
+                        f"'stitchframe_resolve_anchor' for source {source!r}; it must return a stitchframe.Anchor or None"
+                    )
                 return result
         return None
 
