@@ -9,9 +9,12 @@ The build is written into a hidden sibling folder (``.<name>.partial``) and
 renamed into place only when everything succeeded, so a failed build leaves
 the previous output intact.  The unfinished folder is kept: ``resume=True``
 (``--resume``) continues it (calibrated weights, training checkpoints and
-evaluation partial sums are reused).  An existing output is replaced only
-with ``overwrite=True`` (``--overwrite``), and only if it is a stitchframe
-build (it holds ``build.json``).
+evaluation partial sums are reused); a new build without ``resume`` refuses
+to discard an unfinished one that holds such work unless ``overwrite=True``.
+An existing output is replaced only with ``overwrite=True``
+(``--overwrite``), and only if it is a stitchframe build (it holds
+``build.json``).  A build that fails before any work worth resuming removes
+its unfinished folder.
 
 Output folder::
 
@@ -213,18 +216,32 @@ def _read_state(partial: Path) -> dict[str, Any]:
     found = read_json(path) if path.is_file() else {}
     if not isinstance(found, dict):
         raise CheckpointError(f"{str(path)!r} holds a {type(found).__name__}, expected a JSON object; "
-                              "rerun without --resume to start over")
+                              "rerun with --overwrite instead of --resume to start over")
     checks = {"stage": lambda v: v in _STAGES, "train": lambda v: v is None or isinstance(v, dict),
               "spec_hash": lambda v: isinstance(v, str), "resume_key": lambda v: isinstance(v, str)}
     for field, ok in checks.items():
         if field in found and not ok(found[field]):
             raise CheckpointError(f"{str(path)!r}: field {field!r} is {found[field]!r}, which is not valid; "
-                                  "the file is corrupt, rerun without --resume to start over")
+                                  "the file is corrupt, rerun with --overwrite instead of --resume to start over")
     return found
 
 
-def _prepare_partial(output: Path, spec: Spec, resume: bool, main: bool, console) -> tuple[Path, dict[str, Any]]:
-    """Create (or reuse, when resuming) the partial folder; returns it and its state (``stage``, ``train``)."""
+def _holds_work(partial: Path) -> bool:
+    """Whether an unfinished build has calibrated weights or checkpoints worth keeping (a corrupt state counts)."""
+    try:
+        stage = _read_state(partial).get("stage", "started")
+    except CheckpointError:
+        return True
+    ckpt = partial / "checkpoints"
+    return stage != "started" or (ckpt / "latest").exists() or any(ckpt.glob("step-*"))
+
+
+def _prepare_partial(output: Path, spec: Spec, resume: bool, overwrite: bool, main: bool,
+                     console) -> tuple[Path, dict[str, Any]]:
+    """Create (or reuse, when resuming) the partial folder; returns it and its state (``stage``, ``train``).
+
+    An unfinished build that holds work is discarded only with ``overwrite``.
+    """
     partial = partial_dir(output)
     key = resume_key(spec)
     state: dict[str, Any] = {"spec_hash": spec_hash(spec), "resume_key": key, "stage": "started"}
@@ -234,14 +251,20 @@ def _prepare_partial(output: Path, spec: Spec, resume: bool, main: bool, console
             raise CheckpointError(
                 f"The unfinished build in {str(partial)!r} was made from another spec; only eval, train.lr, "
                 "train.stitch_lr, train.grad_clip, train.amp and the checkpoint/log settings may change on resume. "
-                "Restore the spec, or rerun without --resume to start over"
+                "Restore the spec, or rerun with --overwrite instead of --resume to start over"
             )
         state.update(found, spec_hash=spec_hash(spec), resume_key=key)
         if console is not None:
             console.print(f"resuming the unfinished build in {partial} (stage: {state['stage']})")
     elif partial.exists() and main:
-        if console is not None:
-            console.print(f"discarding the unfinished build in {partial} (use --resume to continue it)")
+        if _holds_work(partial):
+            if not overwrite:
+                raise OutputExistsError(
+                    f"{str(partial)!r} holds an unfinished build of {str(output)!r}; pass --resume (resume=True) "
+                    "to continue it, or --overwrite (overwrite=True) to discard it and start over"
+                )
+            if console is not None:
+                console.print(f"discarding the unfinished build in {partial} (--overwrite)")
         shutil.rmtree(partial)
     if main:
         (partial / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -418,11 +441,13 @@ def build(
         _check_output(out, overwrite)
     if spec.data is None:
         raise SpecError("data: building needs a data section, e.g. data: {name: fashion_mnist}")
-    partial, state = _prepare_partial(out, spec, resume, main, console)
+    partial, state = _prepare_partial(out, spec, resume, overwrite, main, console)
     try:
         return _run(spec, regs, out, partial, state, resume, main, console)
     except BaseException:
-        if console is not None and main and partial.exists():
+        if main and partial.exists() and not _holds_work(partial):
+            shutil.rmtree(partial, ignore_errors=True)  # failed before any work worth resuming
+        elif console is not None and main and partial.exists():
             console.print(f"[yellow]build failed; the unfinished build stays in {partial} (rerun with --resume)[/]")
         raise
 
