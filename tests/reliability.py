@@ -7,6 +7,10 @@
 
       STITCHFRAME_TEST_SIGNAL=SIGTERM@train:37   # the 38th item read from the training split
 
+  ``NAN`` instead of a signal name makes that item's image all NaN;
+* ``STITCHFRAME_TEST_KILL_WRITE=N`` - the process SIGKILLs itself during its
+  Nth atomic write into a ``checkpoints`` folder, after the temporary file
+  holds half the data and before it is renamed (a crash mid-write);
 * stitch space ``empty`` - yields no route at all;
 * stitch space ``forced`` - yields one stitched route between the first two
   anchors (block 0 of the first into block 1 of the second) without asking
@@ -17,8 +21,10 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import attrs
+import torch
 from torch.utils.data import Dataset
 
 import stitchframe
@@ -26,16 +32,17 @@ from stitchframe import Route, Segment, StitchSpace
 from stitchframe.datasets import SyntheticOptions, load_synthetic
 
 ENV = "STITCHFRAME_TEST_SIGNAL"
+KILL_WRITE_ENV = "STITCHFRAME_TEST_KILL_WRITE"
 
 
-def _trigger(split: str) -> tuple[int, int] | None:
-    """``(signal number, item count)`` for ``split`` from :data:`ENV`, or ``None``."""
+def _trigger(split: str) -> tuple[str, int] | None:
+    """``(signal name or 'NAN', item count)`` for ``split`` from :data:`ENV`, or ``None``."""
     value = os.environ.get(ENV, "")
     if not value:
         return None
     name, _, where = value.partition("@")
     which, _, count = where.partition(":")
-    return (int(getattr(signal, name)), int(count)) if which == split else None
+    return (name, int(count)) if which == split else None
 
 
 class _Signalling(Dataset):
@@ -49,9 +56,13 @@ class _Signalling(Dataset):
 
     def __getitem__(self, i: int):
         trigger = _trigger(self.split)
-        if trigger is not None and self.reads == trigger[1]:
-            os.kill(os.getpid(), trigger[0])
+        hit = trigger is not None and self.reads == trigger[1]
         self.reads += 1
+        if hit and trigger[0] == "NAN":
+            image, label = self.data[i]
+            return torch.full_like(image, float("nan")), label
+        if hit:
+            os.kill(os.getpid(), int(getattr(signal, trigger[0])))
         return self.data[i]
 
 
@@ -89,3 +100,73 @@ class ReliabilityPlugin:
     def stitchframe_register_stitch_spaces(register):
         register("empty", EmptySpace)
         register("forced", ForcedSpace)
+
+
+# ---------------------------------------------------------------------------
+# a crash in the middle of a checkpoint write
+# ---------------------------------------------------------------------------
+def _kill_during_checkpoint_writes(nth: int) -> None:
+    """Wrap :func:`stitchframe.io.atomic_write` so its ``nth`` write into ``checkpoints/`` dies half-way."""
+    import stitchframe.checkpoint
+    import stitchframe.io
+
+    original = stitchframe.io.atomic_write
+    count = [0]
+
+    def atomic_write(path, write):
+        if "checkpoints" not in Path(path).parts:
+            return original(path, write)
+        count[0] += 1
+        if count[0] != nth:
+            return original(path, write)
+
+        def half_then_die(tmp: str) -> None:
+            write(tmp)
+            size = os.path.getsize(tmp)
+            with open(tmp, "rb+") as fh:
+                fh.truncate(size // 2)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        return original(path, half_then_die)
+
+    stitchframe.io.atomic_write = atomic_write
+    stitchframe.checkpoint.atomic_write = atomic_write
+
+
+if os.environ.get(KILL_WRITE_ENV):
+    _kill_during_checkpoint_writes(int(os.environ[KILL_WRITE_ENV]))
+
+
+# ---------------------------------------------------------------------------
+# faulty plugins (each loaded with --plugin tests.reliability:<Name>)
+# ---------------------------------------------------------------------------
+class RaisingPlugin:
+    """Raises in its registration hook."""
+
+    @staticmethod
+    @stitchframe.hookimpl
+    def stitchframe_register_stitch_spaces(register):
+        raise RuntimeError("this plugin is broken on purpose")
+
+
+class DuplicatePlugin:
+    """Registers a name the built-ins own (``linear``)."""
+
+    @staticmethod
+    @stitchframe.hookimpl
+    def stitchframe_register_stitch_layers(register):
+        register("linear", stitchframe.LinearStitch)
+
+
+class WrongTypePlugin:
+    """Registers an instance where a stitch-space class belongs, and an adapter returning a string."""
+
+    @staticmethod
+    @stitchframe.hookimpl
+    def stitchframe_register_stitch_spaces(register):
+        register("not_a_space", EmptySpace())
+
+    @staticmethod
+    @stitchframe.hookimpl
+    def stitchframe_register_anchor_adapters(register):
+        register("wrongtype", lambda identifier, options: f"model {identifier}")
