@@ -305,7 +305,21 @@ def _make_converter() -> cattrs.Converter:
 
     _base_anchor = cattrs.gen.make_dict_structure_fn(AnchorSpec, conv, _cattrs_forbid_extra_keys=True)
     conv.register_structure_hook(AnchorSpec, anchor_hook)
+    for section in (StitchSpec, CalibrationSpec, DataSpec, TrainSpec, EvalSpec):
+        conv.register_structure_hook(section, _mapping_only(section, conv))
     return conv
+
+
+def _mapping_only(cls: type, conv: cattrs.Converter) -> Any:
+    """A structure hook for a spec section that refuses anything but a mapping (cattrs would fail obscurely)."""
+    base = cattrs.gen.make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True)
+
+    def hook(value: Any, _type: type) -> Any:
+        if not isinstance(value, dict):
+            raise TypeError(f"expected a mapping of {cls.__name__} fields, got {_what(value)}")
+        return base(value, cls)
+
+    return hook
 
 
 _CONVERTER = _make_converter()

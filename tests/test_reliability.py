@@ -19,6 +19,7 @@ import ast
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -260,6 +261,7 @@ def test_bad_specs_exit_2_with_one_line_naming_the_spec(case, tmp_path_factory, 
     line = _one_line_error(err)
     assert code == 2, line
     assert str(path) in line
+    assert not re.search(r"\b[A-Z][a-z]+Error\b|object has no attribute|not iterable", line), line  # not a bug's words
     if word is not None:
         assert word in line, line
     assert not out.exists() and not partial_dir(out).exists()  # nothing done, nothing left behind
