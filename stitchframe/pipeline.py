@@ -275,6 +275,11 @@ def _prepare_partial(output: Path, spec: Spec, resume: bool, overwrite: bool, ma
 def _swap(partial: Path, output: Path) -> None:
     """Move the finished build into place; the previous output is removed only after."""
     (partial / _STATE).unlink(missing_ok=True)
+    for stale in [*partial.glob(".*.tmp"), *(partial / "checkpoints").glob(".*.tmp")]:  # writes a crash cut short
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        else:
+            stale.unlink()
     old = _old_dir(output)
     if output.exists():
         output.rename(old)

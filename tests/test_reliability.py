@@ -378,7 +378,7 @@ def test_a_kill_during_a_checkpoint_write_never_corrupts_the_latest_checkpoint(n
     code, err = _main(["build", str(spec), "--output", str(out), "--resume"], capsys)
     assert code == 0, err
     _assert_same_weights(_weights(out), _weights(ref_out))
-    assert not list((out / "checkpoints").rglob("*.tmp"))
+    assert not list(out.rglob("*.tmp"))
 
 
 # ---------------------------------------------------------------------------
