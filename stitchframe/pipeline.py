@@ -9,9 +9,12 @@ The build is written into a hidden sibling folder (``.<name>.partial``) and
 renamed into place only when everything succeeded, so a failed build leaves
 the previous output intact.  The unfinished folder is kept: ``resume=True``
 (``--resume``) continues it (calibrated weights, training checkpoints and
-evaluation partial sums are reused).  An existing output is replaced only
-with ``overwrite=True`` (``--overwrite``), and only if it is a stitchframe
-build (it holds ``build.json``).
+evaluation partial sums are reused); a new build without ``resume`` refuses
+to discard an unfinished one that holds such work unless ``overwrite=True``.
+An existing output is replaced only with ``overwrite=True``
+(``--overwrite``), and only if it is a stitchframe build (it holds
+``build.json``).  A build that fails before any work worth resuming removes
+its unfinished folder.
 
 Output folder::
 
@@ -49,14 +52,14 @@ from .calibration import calibrate, calibrate_heads
 from .datasets import DatasetSplits, agreed_preprocess, load_data
 from .distributed import is_main_process
 from .engine import assemble
-from .errors import CheckpointError, OutputExistsError, SpecError
+from .errors import BuildInterrupted, CheckpointError, OutputExistsError, SpecError
 from .evaluate import Evaluation, evaluate_routes, logits_of, state_fingerprint
 from .io import atomic_write, load_module_state, read_json, read_metadata, save_module, write_json
 from .plugins import Registries, load_registries
 from .routes import Route
 from .report import summary_sentence, write_report
 from .snnet import SNNet
-from .spec import Spec, dump_spec, load_spec, spec_hash
+from .spec import EvalSpec, Spec, TrainSpec, dump_spec, load_spec, spec_hash
 
 __all__ = [
     "BuildResult",
@@ -106,7 +109,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise SpecError("device is 'cuda' but no CUDA device is available; set device: auto or cpu")
+        raise SpecError("device: 'cuda' but no CUDA device is available; set device: auto or cpu")
     return torch.device(name)
 
 
@@ -192,23 +195,76 @@ def _check_output(output: Path, overwrite: bool) -> None:
         )
 
 
-def _prepare_partial(output: Path, spec_h: str, resume: bool, main: bool, console) -> tuple[Path, dict[str, Any]]:
-    """Create (or reuse, when resuming) the partial folder; returns it and its state (``stage``, ``train``)."""
+def resume_key(spec: Spec) -> str:
+    """A hash of what an unfinished build's spec must share with the spec that resumes it.
+
+    Everything counts except evaluation settings, training bookkeeping
+    (``checkpoint_every``, ``log_every``, ``keep_checkpoints``) and the
+    settings that may change to rescue a run (``train.lr``, ``stitch_lr``,
+    ``grad_clip``, ``amp``: :data:`stitchframe.train.RESUME_ADJUSTABLE`).
+    """
+    from .train import _RESUMABLE_CHANGES, RESUME_ADJUSTABLE
+
+    defaults = TrainSpec()
+    neutral = {k: getattr(defaults, k) for k in _RESUMABLE_CHANGES | RESUME_ADJUSTABLE}
+    return spec_hash(attrs.evolve(spec, train=attrs.evolve(spec.train, **neutral), eval=EvalSpec()))
+
+
+def _read_state(partial: Path) -> dict[str, Any]:
+    """The partial build's state file, checked field by field."""
+    path = partial / _STATE
+    found = read_json(path) if path.is_file() else {}
+    if not isinstance(found, dict):
+        raise CheckpointError(f"{str(path)!r} holds a {type(found).__name__}, expected a JSON object; "
+                              "rerun with --overwrite instead of --resume to start over")
+    checks = {"stage": lambda v: v in _STAGES, "train": lambda v: v is None or isinstance(v, dict),
+              "spec_hash": lambda v: isinstance(v, str), "resume_key": lambda v: isinstance(v, str)}
+    for field, ok in checks.items():
+        if field in found and not ok(found[field]):
+            raise CheckpointError(f"{str(path)!r}: field {field!r} is {found[field]!r}, which is not valid; "
+                                  "the file is corrupt, rerun with --overwrite instead of --resume to start over")
+    return found
+
+
+def _holds_work(partial: Path) -> bool:
+    """Whether an unfinished build has calibrated weights or checkpoints worth keeping (a corrupt state counts)."""
+    try:
+        stage = _read_state(partial).get("stage", "started")
+    except CheckpointError:
+        return True
+    ckpt = partial / "checkpoints"
+    return stage != "started" or (ckpt / "latest").exists() or any(ckpt.glob("step-*"))
+
+
+def _prepare_partial(output: Path, spec: Spec, resume: bool, overwrite: bool, main: bool,
+                     console) -> tuple[Path, dict[str, Any]]:
+    """Create (or reuse, when resuming) the partial folder; returns it and its state (``stage``, ``train``).
+
+    An unfinished build that holds work is discarded only with ``overwrite``.
+    """
     partial = partial_dir(output)
-    state: dict[str, Any] = {"spec_hash": spec_h, "stage": "started"}
+    key = resume_key(spec)
+    state: dict[str, Any] = {"spec_hash": spec_hash(spec), "resume_key": key, "stage": "started"}
     if partial.exists() and resume:
-        found = read_json(partial / _STATE) if (partial / _STATE).is_file() else {}
-        if found.get("spec_hash") not in (None, spec_h):
+        found = _read_state(partial)
+        if found.get("resume_key", key) != key:
             raise CheckpointError(
-                f"The unfinished build in {str(partial)!r} was made from another spec (hash {found.get('spec_hash')}, "
-                f"this spec {spec_h}); rerun without --resume to start over"
+                f"The unfinished build in {str(partial)!r} was made from another spec; only eval, train.lr, "
+                "train.stitch_lr, train.grad_clip, train.amp and the checkpoint/log settings may change on resume. "
+                "Restore the spec, or rerun with --overwrite instead of --resume to start over"
             )
-        state.update(found)
+        state.update(found, spec_hash=spec_hash(spec), resume_key=key)
         if console is not None:
             console.print(f"resuming the unfinished build in {partial} (stage: {state['stage']})")
     elif partial.exists() and main:
-        if console is not None:
-            console.print(f"discarding the unfinished build in {partial} (use --resume to continue it)")
+        if _holds_work(partial):
+            if not overwrite:
+                raise OutputExistsError(
+                    f"{str(partial)!r} holds an unfinished build of {str(output)!r}; pass --resume (resume=True) "
+                    "to continue it, or --overwrite (overwrite=True) to discard it and start over"
+                )
+            if console is not None:
+                console.print(f"discarding the unfinished build in {partial} (--overwrite)")
         shutil.rmtree(partial)
     if main:
         (partial / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -219,6 +275,11 @@ def _prepare_partial(output: Path, spec_h: str, resume: bool, main: bool, consol
 def _swap(partial: Path, output: Path) -> None:
     """Move the finished build into place; the previous output is removed only after."""
     (partial / _STATE).unlink(missing_ok=True)
+    for stale in [*partial.glob(".*.tmp"), *(partial / "checkpoints").glob(".*.tmp")]:  # writes a crash cut short
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        else:
+            stale.unlink()
     old = _old_dir(output)
     if output.exists():
         output.rename(old)
@@ -374,22 +435,24 @@ def build(
 
     Raises:
         OutputExistsError: ``output`` exists and ``overwrite`` is false.
+        BuildInterrupted: SIGINT/SIGTERM stopped training (after a checkpoint); resume to go on.
         SpecError, UnknownNameError, PluginError, CheckpointError: As raised by the stages.
     """
     regs = registries if registries is not None else load_registries()
     out = _resolve_output(spec, output)
     main = is_main_process()
-    spec_h = spec_hash(spec)
     if main:
         _recover(out)
         _check_output(out, overwrite)
     if spec.data is None:
         raise SpecError("data: building needs a data section, e.g. data: {name: fashion_mnist}")
-    partial, state = _prepare_partial(out, spec_h, resume, main, console)
+    partial, state = _prepare_partial(out, spec, resume, overwrite, main, console)
     try:
         return _run(spec, regs, out, partial, state, resume, main, console)
     except BaseException:
-        if console is not None and main and partial.exists():
+        if main and partial.exists() and not _holds_work(partial):
+            shutil.rmtree(partial, ignore_errors=True)  # failed before any work worth resuming
+        elif console is not None and main and partial.exists():
             console.print(f"[yellow]build failed; the unfinished build stays in {partial} (rerun with --resume)[/]")
         raise
 
@@ -435,8 +498,9 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
     train_result = state.get("train")
     if state["stage"] != "trained":
         t = time.perf_counter()
-        train_result = _plain(_train(snnet, spec, splits, device, partial / "checkpoints", resume, console),
-                              partial, out)
+        result = _train(snnet, spec, splits, device, partial / "checkpoints", resume, console)
+        _stop_if_interrupted(result)
+        train_result = _plain(result, partial, out)
         timings["train"] = time.perf_counter() - t
         state.update(stage="trained", train=train_result)
         if main:
@@ -459,6 +523,17 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
         console.print(f"wrote {out}")
     return BuildResult(output=out, snnet=snnet, evaluation=evaluation, summary=summary, train_result=train_result,
                        data=splits.description)
+
+
+def _stop_if_interrupted(result: Any) -> None:
+    """Training returns early (with a checkpoint) on SIGINT/SIGTERM: the build must stop there too."""
+    stopped = getattr(result, "stopped_early", None)
+    if stopped in ("SIGINT", "SIGTERM"):
+        raise BuildInterrupted(
+            f"Build interrupted by {stopped} during training at step {result.steps} of {result.total_steps}; "
+            f"the checkpoint {str(result.checkpoint)!r} holds it. Rerun with --resume (resume=True) to continue",
+            signal_name=stopped,
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -492,18 +567,42 @@ def load_snnet(output_dir: str | Path, registries: Registries | None = None, *,
             f"{str(out / WEIGHTS)!r} was saved from another spec (hash {header.get('spec_hash')}) than "
             f"{str(out / 'spec.yaml')!r} ({spec_hash(spec)}); was spec.yaml edited? Restore it or rebuild"
         )
-    table = json.loads(header.get("routes", "[]"))
+    table, routes = _route_table(header, out / WEIGHTS)
     # rebuild from the saved route table: spaces that chose routes on data need no data to reload
-    snnet = assemble(spec, regs, routes=[Route.from_dict(r) for r in table] if table else None)
+    snnet = assemble(spec, regs, routes=routes or None)
     load_module_state(snnet, out / WEIGHTS, kind="snnet")
-    _restore_route_meta(snnet, header, out / WEIGHTS)
+    _restore_route_meta(snnet, table, out / WEIGHTS)
     if device is not None:
         snnet.to(device)
     return snnet.eval()
 
 
-def _restore_route_meta(snnet: SNNet, header: dict[str, str], where: Path) -> None:
-    table = json.loads(header.get("routes", "[]"))
+def _route_table(header: dict[str, str], where: Path) -> tuple[list[dict[str, Any]], list[Route]]:
+    """The route table saved in a weights file's header, as records and routes.
+
+    Raises:
+        CheckpointError: The table is not valid JSON or a record is malformed (names the file and the record).
+    """
+    try:
+        table = json.loads(header.get("routes", "[]"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{str(where)!r}: the route table in the header ('routes') is not valid JSON ({exc}); "
+                              "the file is corrupt, rebuild") from None
+    if not isinstance(table, list):
+        raise CheckpointError(f"{str(where)!r}: the header's 'routes' is a {type(table).__name__}, expected a list")
+    routes = []
+    for i, rec in enumerate(table):
+        try:
+            if not isinstance(rec.get("name"), str):
+                raise TypeError("no 'name'")
+            routes.append(Route.from_dict(rec))
+        except Exception as exc:  # noqa: BLE001 - any malformed record is a corrupt file
+            raise CheckpointError(f"{str(where)!r}: record routes[{i}] of the header's route table is malformed "
+                                  f"({type(exc).__name__}: {exc}); the file is corrupt, rebuild") from None
+    return table, routes
+
+
+def _restore_route_meta(snnet: SNNet, table: list[dict[str, Any]], where: Path) -> None:
     if table and len(table) != len(snnet.routes):
         raise CheckpointError(f"{str(where)!r} records {len(table)} routes, the spec gives {len(snnet.routes)}")
     for i, rec in enumerate(table):

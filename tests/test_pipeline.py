@@ -127,7 +127,7 @@ def _load_state(regs, spec_dict, weights: bytes, tmp_path):
     return net
 
 
-def test_an_unfinished_build_is_discarded_without_resume(regs, tmp_path, monkeypatch):
+def test_an_unfinished_build_is_discarded_only_with_overwrite(regs, tmp_path, monkeypatch):
     out = tmp_path / "out"
     monkeypatch.setattr(pipeline, "_evaluate", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError):
@@ -136,7 +136,10 @@ def test_an_unfinished_build_is_discarded_without_resume(regs, tmp_path, monkeyp
     monkeypatch.undo()
     calls = []
     monkeypatch.setattr(pipeline, "calibrate", lambda *a, **k: calls.append(1))
-    _build(regs, out)
+    with pytest.raises(OutputExistsError, match="holds an unfinished build.*--resume.*--overwrite"):
+        _build(regs, out)  # never thrown away by a build that merely forgot --resume
+    assert calls == [] and pipeline.partial_dir(out).exists()
+    _build(regs, out, overwrite=True)
     assert calls == [1] and out.is_dir()
 
 

@@ -244,7 +244,8 @@ def test_make_stitch_refuses_what_the_layer_cannot_bridge(pm, vit_family, cnn_fa
     context = _ContextSpace.seen[-1]
     assert isinstance(context.make_stitch("cnn8", 1, "cnn16", 1), stitchframe.Conv1x1Stitch)
     _ContextSpace.seen.clear()
-    stitchframe.build_snnet(vit_family[:2], space="ctx_space", layer="conv1x1", registries=regs)
+    with pytest.raises(stitchframe.ShapeMismatchError, match="only its anchors"):  # conv1x1 fits no token stitch
+        stitchframe.build_snnet(vit_family[:2], space="ctx_space", layer="conv1x1", registries=regs)
     assert _ContextSpace.seen[-1].make_stitch("vit32", 2, "vit48", 2) is None
 
 
