@@ -339,8 +339,10 @@ class _Trainer:
                 group["lr"] = group["base_lr"] * factor
             if self.cfg.grad_clip is not None:
                 norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip))
-                if not math.isfinite(norm):
-                    self._fail(f"the gradient norm is {norm}", route)
+            else:  # a finite loss can still give non-finite gradients; never step them into the weights
+                norm = float(torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None]))
+            if not math.isfinite(norm):
+                self._fail(f"the gradient norm is {norm}", route)
             self.optimizer.step()
         self.losses.append(value)
         self.routes.append(route)

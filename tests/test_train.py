@@ -336,6 +336,18 @@ def test_non_finite_loss_stops_with_the_last_good_checkpoint_intact(tmp_path):
     assert all(torch.isfinite(v).all() for v in state_of(net).values() if v.is_floating_point())
 
 
+def test_non_finite_gradients_of_a_finite_loss_stop_before_the_step(tmp_path):
+    net = vit_snnet()
+    forwards = []
+    net.register_forward_pre_hook(lambda *_: forwards.append(1))
+    for p in net.parameters():  # from the 4th step on, every gradient is NaN although the loss stays finite
+        p.register_hook(lambda g: g * float("nan") if len(forwards) > 3 else g)
+    cfg = TrainSpec(epochs=1, batch_size=8, lr=1e-3, checkpoint_every=2)
+    with pytest.raises(TrainingError, match=r"at step 3 .*the gradient norm is nan.*step-00000002"):
+        run(net, prototype_data(64), cfg, tmp_path)
+    assert all(torch.isfinite(v).all() for v in state_of(net).values() if v.is_floating_point())
+
+
 def _subprocess(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "STITCHFRAME_LOAD_PLUGINS": ""}
     return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
