@@ -248,7 +248,7 @@ class SNNetSpace(StitchSpace):
         """``(src_pos, dst_pos, key)`` for every stitch from ``front`` into ``end``."""
         o = self.options
         out = []
-        grid_skips = 0
+        grid_skips = grid_ok = 0
         for window, pairs in paired_windows(front.depth, o.kernel, o.stride):
             group = []
             for j, k in pairs:
@@ -256,12 +256,13 @@ class SNNetSpace(StitchSpace):
                 if o.same_grid and not _grids_match(front, p, end, q):
                     grid_skips += 1
                     continue
+                grid_ok += 1
                 if can_stitch(front.name, p, end.name, q):
                     group.append((p, q))
             specs = {(front.graph.spec_at(p), end.graph.spec_at(q)) for p, q in group}
             key = f"{front.name}->{end.name}#w{window}" if o.share and len(specs) == 1 else None
             out += [(p, q, key) for p, q in group]
-        if not out and grid_skips:
+        if grid_skips and not grid_ok:
             _warn_no_stitch(front, end)
         return out
 
@@ -327,7 +328,7 @@ class SNNet2Space(StitchSpace):
 
     def _links(self, front, end, can_stitch) -> list[tuple[int, int]]:
         out = []
-        grid_skips = 0
+        grid_skips = grid_ok = 0
         for p in range(self.options.stride, front.depth, self.options.stride):
             q = depth_map(front.depth, end.depth, p - 1) + 1
             if q >= end.depth:
@@ -335,9 +336,10 @@ class SNNet2Space(StitchSpace):
             if self.options.same_grid and not _grids_match(front, p, end, q):
                 grid_skips += 1
                 continue
+            grid_ok += 1
             if can_stitch(front.name, p, end.name, q) and (p, q) not in out:
                 out.append((p, q))
-        if not out and grid_skips:
+        if grid_skips and not grid_ok:
             _warn_no_stitch(front, end)
         return out
 
