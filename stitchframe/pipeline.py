@@ -121,17 +121,33 @@ def _seed_everything(seed: int) -> None:
 
 @contextlib.contextmanager
 def _progress(console, description: str, total: int | None) -> Iterator[Callable[[int, int], None]]:
-    """A rich progress bar as a ``callback(done, total)``; a no-op without a console."""
+    """A progress bar as a ``callback(done, total)``; a no-op without a console.
+
+    A console that is not a terminal (a log file, a pipe) gets a plain line at
+    every tenth of the work instead of a live bar.
+    """
     if console is None:
         yield lambda done, total: None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
-    console.print(f"{description}: done")
+    start = time.perf_counter()
+    if console.is_terminal:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True) as bar:
+            task = bar.add_task(description, total=total)
+            yield lambda done, total: bar.update(task, completed=done, total=total)
+    else:
+        shown = [0]
+
+        def line(done: int, total: int | None) -> None:
+            tenth = 10 * done // total if total else 0
+            if 0 < done < (total or 0) and tenth > shown[0]:
+                shown[0] = tenth
+                console.print(f"{description}: {done}/{total}  {time.perf_counter() - start:.0f} s")
+
+        yield line
+    console.print(f"{description}: done in {time.perf_counter() - start:.0f} s")
 
 
 def _check_classes(snnet: SNNet, num_classes: int, data_name: str) -> None:

@@ -226,3 +226,17 @@ def test_cnn_build_with_fitted_heads_and_frozen_batchnorm(regs, tmp_path):
     assert not torch.equal(trained["anchors.cnn8.blocks.0.conv"].weight, init["anchors.cnn8.blocks.0.conv"].weight)
     heads = [r.accuracy for r in res.evaluation.routes if r.name in ("cnn8[0:3]", "cnn16[0:3]")]
     assert min(heads) > 20  # fitted classifiers: above the 10 % the random heads get on these data
+
+
+def test_progress_in_a_log_is_a_line_per_tenth(tmp_path):
+    from io import StringIO
+
+    from rich.console import Console
+
+    buf = StringIO()
+    with pipeline._progress(Console(file=buf, width=100), "evaluating 3 routes", 20) as tick:
+        for done in range(1, 21):
+            tick(done, 20)
+    lines = buf.getvalue().splitlines()
+    assert [line.split("  ")[0] for line in lines[:-1]] == [f"evaluating 3 routes: {i}/20" for i in range(2, 20, 2)]
+    assert lines[-1].startswith("evaluating 3 routes: done in ")
