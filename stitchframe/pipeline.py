@@ -435,8 +435,11 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
     train_result = state.get("train")
     if state["stage"] != "trained":
         t = time.perf_counter()
-        train_result = _plain(_train(snnet, spec, splits, device, partial / "checkpoints", resume, console),
-                              partial, out)
+        result = _train(snnet, spec, splits, device, partial / "checkpoints", resume, console)
+        if result is not None and result.stopped_early in ("SIGINT", "SIGTERM"):
+            # training checkpointed and stopped: keep the unfinished build for --resume, do not finish it
+            raise KeyboardInterrupt(f"training stopped by {result.stopped_early} at step {result.steps}")
+        train_result = _plain(result, partial, out)
         timings["train"] = time.perf_counter() - t
         state.update(stage="trained", train=train_result)
         if main:
