@@ -29,6 +29,7 @@ Built-ins (this module is also the plugin that registers them):
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from itertools import combinations
 from typing import Any
@@ -227,6 +228,17 @@ def _grids_match(front, p: int, end, q: int) -> bool:
     return g1 is None or g2 is None or g1 == g2
 
 
+def _warn_no_stitch(front, end) -> None:
+    """Warn that ``same_grid`` left no stitch from ``front`` into ``end`` (their grids never match)."""
+    warnings.warn(
+        f"No stitch from anchor {front.name!r} into {end.name!r}: their activation grids never match at the "
+        "paired blocks (space_options.same_grid: true). Use anchors with equal grids (e.g. the same patch size "
+        "and input size), or set stitch.space_options.same_grid: false to stitch across grids with a resizing "
+        "layer",
+        stacklevel=4,
+    )
+
+
 class SNNetSpace(StitchSpace):
     """SN-Net v1: paired fast-to-slow stitching between anchors ordered by FLOPs."""
 
@@ -236,17 +248,21 @@ class SNNetSpace(StitchSpace):
         """``(src_pos, dst_pos, key)`` for every stitch from ``front`` into ``end``."""
         o = self.options
         out = []
+        grid_skips = 0
         for window, pairs in paired_windows(front.depth, o.kernel, o.stride):
             group = []
             for j, k in pairs:
                 p, q = j + 1, depth_map(front.depth, end.depth, k)
                 if o.same_grid and not _grids_match(front, p, end, q):
+                    grid_skips += 1
                     continue
                 if can_stitch(front.name, p, end.name, q):
                     group.append((p, q))
             specs = {(front.graph.spec_at(p), end.graph.spec_at(q)) for p, q in group}
             key = f"{front.name}->{end.name}#w{window}" if o.share and len(specs) == 1 else None
             out += [(p, q, key) for p, q in group]
+        if not out and grid_skips:
+            _warn_no_stitch(front, end)
         return out
 
     def routes(self, anchors, can_stitch):
@@ -311,12 +327,18 @@ class SNNet2Space(StitchSpace):
 
     def _links(self, front, end, can_stitch) -> list[tuple[int, int]]:
         out = []
+        grid_skips = 0
         for p in range(self.options.stride, front.depth, self.options.stride):
             q = depth_map(front.depth, end.depth, p - 1) + 1
-            if q >= end.depth or (self.options.same_grid and not _grids_match(front, p, end, q)):
+            if q >= end.depth:
+                continue
+            if self.options.same_grid and not _grids_match(front, p, end, q):
+                grid_skips += 1
                 continue
             if can_stitch(front.name, p, end.name, q) and (p, q) not in out:
                 out.append((p, q))
+        if not out and grid_skips:
+            _warn_no_stitch(front, end)
         return out
 
     def routes(self, anchors, can_stitch):
