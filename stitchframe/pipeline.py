@@ -50,7 +50,7 @@ from torch.utils.data import DataLoader
 from .anchors import Preprocess, _device_of, _to_device
 from .calibration import calibrate, calibrate_heads
 from .datasets import DatasetSplits, agreed_preprocess, load_data
-from .distributed import is_main_process
+from .distributed import dist_info, is_main_process
 from .engine import assemble
 from .errors import BuildInterrupted, CheckpointError, SpecError
 from .evaluate import Evaluation, evaluate_routes, logits_of, state_fingerprint
@@ -347,7 +347,7 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     _seed_everything(spec.seed)
-    device = resolve_device(spec.device)
+    device = dist_info().device(resolve_device(spec.device))  # under torchrun: this rank's GPU, cuda:LOCAL_RANK
     loaded: dict[str, Any] = {}
 
     def data_for(anchors) -> tuple[Any, list[str], DatasetSplits]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import stitchframe.pipeline as pipeline
-from stitchframe import CheckpointError, OutputExistsError, SpecError, build, load_snnet, parse_spec
+from stitchframe import BuildInterrupted, CheckpointError, OutputExistsError, SpecError, build, load_snnet, parse_spec
 from stitchframe.io import read_metadata
 from stitchframe.spec import dump_spec, load_spec, spec_hash
 from tests import tiny
@@ -186,6 +186,29 @@ def test_interrupted_training_resumes_from_its_checkpoint(regs, tmp_path, monkey
     assert res.train_result["steps"] == 6 and res.train_result["routes"][:3] == straight.train_result["routes"][:3]
     assert pipeline.state_fingerprint(res.snnet) == pipeline.state_fingerprint(straight.snnet)
     assert [r.accuracy for r in res.evaluation.routes] == [r.accuracy for r in straight.evaluation.routes]
+
+
+def test_a_signal_during_training_keeps_the_build_unfinished_for_resume(regs, tmp_path, monkeypatch):
+    import signal
+
+    import stitchframe.train
+    from tests._training import SignalAt
+
+    spec = tiny_spec(train={"epochs": 2, "max_steps": 6, "batch_size": 16, "lr": 1e-3})
+    straight = _build(regs, tmp_path / "straight", spec=spec)
+    real_train = stitchframe.train.train
+
+    def sigterm_in_step_three(snnet, dataset, *args, **kwargs):
+        return real_train(snnet, SignalAt(dataset, at=16 * 2 + 5, sig=signal.SIGTERM), *args, **kwargs)
+
+    monkeypatch.setattr(stitchframe.train, "train", sigterm_in_step_three)
+    with pytest.raises(BuildInterrupted, match="SIGTERM during training at step 3"):
+        _build(regs, tmp_path / "out", spec=spec)
+    assert not (tmp_path / "out").exists()  # not finished as if training had run to the end
+    monkeypatch.undo()
+    res = _build(regs, tmp_path / "out", spec=spec, resume=True)
+    assert res.train_result["steps"] == 6 and res.train_result["stopped_early"] is None
+    assert pipeline.state_fingerprint(res.snnet) == pipeline.state_fingerprint(straight.snnet)
 
 
 def test_spec_mistakes_are_reported_before_any_work(regs, tmp_path):
