@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import traceback
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 
 from rich.console import Console
@@ -305,10 +306,23 @@ def _report(message: str, show_traceback: bool) -> None:
     _console(err=True).print(f"error: {one_line}", markup=False)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Python warnings as one ``warning:`` line, like the command's other messages (no source lines)."""
+    one_line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    where = "" if issubclass(category, UserWarning) else f" ({category.__name__}, {filename}:{lineno})"
+    _console(err=True).print(f"warning: {one_line}{where}", markup=False)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``stitchframe`` command; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _run_command(args)
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         return COMMANDS[args.command](args)
     except BuildInterrupted as exc:

@@ -219,7 +219,8 @@ class SNNetOptions:
     include_anchors: bool = attrs.field(default=True, metadata={"help": "Include each anchor alone."})
     same_grid: bool = attrs.field(
         default=True,
-        metadata={"help": "Stitch spatial activations only where the two grids are equal (within a stage)."},
+        metadata={"help": "Stitch activations that have a grid (maps, patch tokens) only where the two grids are "
+                          "equal; false lets a resizing layer bridge them."},
     )
 
 
@@ -317,7 +318,8 @@ class SNNet2Options:
     include_anchors: bool = attrs.field(default=True, metadata={"help": "Include each anchor alone."})
     same_grid: bool = attrs.field(
         default=True,
-        metadata={"help": "Stitch spatial activations only where the two grids are equal (within a stage)."},
+        metadata={"help": "Stitch activations that have a grid (maps, patch tokens) only where the two grids are "
+                          "equal; false lets a resizing layer bridge them."},
     )
 
 
