@@ -284,10 +284,12 @@ class SNNet(nn.Module):
 
     def select(self, route: int | str | Route) -> Route:
         """Switch to another route (by id, printed name, or :class:`Route`); O(1)."""
+        # object.__setattr__: nn.Module.__setattr__ allocates a closure on every call,
+        # and an int is never a parameter, buffer or submodule.
         if isinstance(route, int) and 0 <= route < len(self._plans):
-            self._selected = route
+            object.__setattr__(self, "_selected", route)
         else:
-            self._selected = self.routes.index_of(route)
+            object.__setattr__(self, "_selected", self.routes.index_of(route))
         return self.routes[self._selected]
 
     def forward(self, inputs: Any) -> Any:
