@@ -31,7 +31,7 @@ from stitchframe import calibrate
 from stitchframe.calibration import stitch_pairs
 
 from . import families
-from .harness import Context, Goal, md_table, num_threads, peak_memory, summarize
+from .harness import Context, Goal, describe_anchors, md_table, num_threads, peak_memory, summarize
 
 NAME = "calibration"
 TITLE = "Calibration: one pass vs stored activations + pinv"
@@ -201,8 +201,7 @@ def _mib(b: int | None) -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     """The markdown section of a result."""
-    anchors = ", ".join(a["source"] + (f" ({a['options'].get('img_size')} px)" if a.get("options") else "")
-                        for a in result["params"]["anchors"])
+    anchors = describe_anchors(result["params"]["anchors"])
     rows = []
     for r in result["rows"]:
         ref = r.get("reference")

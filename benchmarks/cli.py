@@ -81,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
     r.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default: auto)")
     r.add_argument("--seed", type=int, default=0, help="seed of data, weights and interleaving orders")
+    r.add_argument("--threads", type=int, default=None,
+                   help="torch threads on CPU for every benchmark (default: each benchmark's own, mostly 1)")
     r.add_argument("--work-dir", type=Path, default=Path("runs/benchmarks"), help="scratch folder (checkpoints)")
     sub.add_parser("list", help="list the benchmarks")
     s = sub.add_parser("summary", help="rewrite summary.md from the JSON results")
@@ -107,7 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     missed = []
     for name in names:
         ctx.log(f"== {name} ({preset})")
-        result = run_benchmark(name, load(name).presets()[preset], ctx, args.out)
+        params = load(name).presets()[preset]
+        if args.threads is not None and hasattr(params, "threads"):
+            params = attrs.evolve(params, threads=args.threads)
+        result = run_benchmark(name, params, ctx, args.out)
         for g in result.get("goals", []):
             ctx.log(f"   goal {g['name']}: {g['measured']} (target {g['target']}) -> "
                     f"{ {True: 'met', False: 'MISSED', None: 'not measured'}[g['met']] }")

@@ -45,6 +45,7 @@ __all__ = [
     "python_allocations",
     "num_threads",
     "fmt_ratio",
+    "describe_anchors",
     "md_table",
     "write_result",
 ]
@@ -239,7 +240,9 @@ def _status_kib(key: str) -> int | None:
 
 
 def _trim() -> None:
-    gc.collect()
+    # young generations only: tensors go with their last reference, and a full
+    # collection of a process that imported timm takes most of a second
+    gc.collect(1)
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
@@ -308,7 +311,6 @@ def peak_memory(device: torch.device) -> Iterator[dict[str, Any]]:
     else:
         out.update(peak_bytes=None, method="unavailable (no /proc/self/clear_refs)")
     after = _status_kib("VmRSS")
-    _trim()
     out["resident_after_bytes"] = None if (after is None or base is None) else (after - base) * 1024
 
 
@@ -324,7 +326,6 @@ def python_allocations(fn: Callable[[], Any], calls: int) -> dict[str, int]:
     """
     for _ in range(100):  # caches and the interpreter's specialisation settle first; not counted
         fn()
-    gc.collect()
     gc.disable()
     tracemalloc.start()
     try:
@@ -343,6 +344,13 @@ def python_allocations(fn: Callable[[], Any], calls: int) -> dict[str, int]:
 # ---------------------------------------------------------------------------
 # results
 # ---------------------------------------------------------------------------
+def describe_anchors(anchors: Sequence[Mapping[str, Any]]) -> str:
+    """``timm:deit_tiny_patch16_224, timm:deit_small_patch16_224 at 32 px`` from anchor entries."""
+    sizes = {(a.get("options") or {}).get("img_size") for a in anchors}
+    names = ", ".join(f"`{a['source']}`" for a in anchors)
+    return names + (f" at {sizes.pop()} px" if len(sizes) == 1 and None not in sizes else "")
+
+
 def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
