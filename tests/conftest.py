@@ -1,49 +1,11 @@
 from __future__ import annotations
 
-import os
-import socket
-
 import pytest
-import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+import stitchframe
+from tests import tiny
 
-import stitchframe  # noqa: E402
-from tests import tiny  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _no_network(monkeypatch):
-    """Tests never reach the network: outbound connections fail."""
-
-    def refuse(*args, **kwargs):
-        raise OSError("network access is disabled in tests")
-
-    connect = socket.socket.connect
-
-    def connect_local_only(self, *args, **kwargs):
-        # Unix sockets are local IPC (DataLoader workers use them), not network.
-        if getattr(socket, "AF_UNIX", None) is not None and self.family == socket.AF_UNIX:
-            return connect(self, *args, **kwargs)
-        refuse()
-
-    monkeypatch.setattr(socket.socket, "connect", connect_local_only)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
-def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+# network refusal, seeding and the gpu marker come from stitchframe.testing.pytest_plugin (see pyproject addopts)
 
 
 @pytest.fixture

@@ -1,43 +1,15 @@
-"""Fixtures of the stitchframe-timm tests: no network, fixed seeds, registries with the plugin."""
+"""Fixtures of the stitchframe-timm tests: registries with the plugin.
+
+No network, fixed seeds and the gpu marker come from ``stitchframe.testing.pytest_plugin``
+(enabled in pyproject's addopts).
+"""
 
 from __future__ import annotations
 
-import os
-import socket
-
 import pytest
-import torch
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import stitchframe_timm
 
 import stitchframe
-
-
-@pytest.fixture(autouse=True)
-def _no_network(monkeypatch):
-    """Tests never reach the network: outbound connections fail."""
-
-    def refuse(*args, **kwargs):
-        raise OSError("network access is disabled in tests")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
-def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -2,44 +2,19 @@
 
 This directory has no ``__init__.py`` and its test modules are named
 ``test_hf_*`` so it runs alongside the core's ``tests/`` package from the
-repository root (``pytest tests plugins/transformers/tests``).
+repository root (``pytest tests plugins/transformers/tests``).  No network, fixed seeds and the gpu
+marker come from ``stitchframe.testing.pytest_plugin`` (enabled in pyproject's addopts).
 """
 
 from __future__ import annotations
 
-import os
-import socket
-
 import pytest
 import torch
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import stitchframe_transformers
 from hf_tiny import VOCAB
 
 import stitchframe
-
-
-def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
-
-
-@pytest.fixture(autouse=True)
-def _hf_no_network(monkeypatch):
-    """Outbound connections fail: every model here is built from a config or a local folder."""
-
-    def refuse(*args, **kwargs):
-        raise OSError("network access is disabled in tests")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 @pytest.fixture(scope="session")
