@@ -39,6 +39,7 @@ __all__ = [
     "interleave",
     "summarize",
     "ratios",
+    "median_ci",
     "sync",
     "peak_memory",
     "fix_malloc_threshold",
@@ -202,6 +203,16 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
     else:
         q25 = q75 = v[0]
     return {"median": statistics.median(v), "q25": q25, "q75": q75, "min": v[0], "max": v[-1], "n": len(v)}
+
+
+def median_ci(values: Sequence[float], *, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Bootstrap confidence interval of the median."""
+    rng = random.Random(seed)
+    v = list(values)
+    meds = sorted(statistics.median(rng.choices(v, k=len(v))) for _ in range(resamples))
+    lo = meds[int((1 - level) / 2 * resamples)]
+    hi = meds[min(resamples - 1, int((1 + level) / 2 * resamples))]
+    return lo, hi
 
 
 def ratios(times: Mapping[str, Sequence[float]], num: str, den: str) -> dict[str, float]:
