@@ -16,7 +16,7 @@ import torch
 from . import BENCHMARKS, load
 from .harness import Context, environment, goals_md, read_result, write_result
 
-__all__ = ["main", "run_benchmark", "write_summary", "DEFAULT_OUT"]
+__all__ = ["DEFAULT_OUT", "main", "run_benchmark", "write_summary"]
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 

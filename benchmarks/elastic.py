@@ -24,7 +24,6 @@ import time
 from typing import Any
 
 import attrs
-import torch
 
 from . import families
 from .harness import Context, Goal, md_table, num_threads
@@ -48,7 +47,9 @@ class Params:
     data_options: dict = attrs.field(factory=lambda: {"train_size": 20000, "val_size": 2000, "fallback": "digits"})
     img_size: int = 64
     space_options: dict = attrs.field(factory=lambda: {"kernel": 2, "stride": 2})
-    calibration_batches: int = 4
+    calibration_batches: int = 16
+    calibration_heads: bool = True  # least squares for the new 10-class classifiers too
+    freeze: tuple[str, ...] = ("batchnorm",)  # BatchNorm shared by many routes keeps its pretrained statistics
     max_steps: int = 300
     batch_size: int = 64
     lr: float = 2.0e-4
@@ -56,7 +57,7 @@ class Params:
     warmup_steps: int = 20
     eval_batch_size: int = 128
     variants: tuple[str, ...] = ("alone", "uniform", "flops_grouped", "lowrank")
-    threads: int | None = None
+    threads: int | None = 1  # CPU; on an idle machine --threads 2 is faster
 
 
 def presets() -> dict[str, Params]:
@@ -64,7 +65,7 @@ def presets() -> dict[str, Params]:
     anchors = tuple(families.efficientnet_lite(64, num_classes=10))
     return {
         "quick": Params(anchors=anchors, data_options={"train_size": 2000, "val_size": 500, "fallback": "digits"},
-                        max_steps=30, batch_size=32, warmup_steps=5, calibration_batches=2),
+                        max_steps=30, batch_size=32, warmup_steps=5, calibration_batches=4),
         "full": Params(anchors=anchors),
     }
 
@@ -76,10 +77,11 @@ def _spec(params: Params, ctx: Context, anchors: list[dict], *, space: str, laye
         "anchors": anchors,
         "stitch": {"space": space, "space_options": dict(params.space_options) if space != "anchors" else {},
                    "layer": layer},
-        "calibration": {"batches": params.calibration_batches},
+        "calibration": {"batches": params.calibration_batches, "heads": params.calibration_heads},
         "data": {"name": params.data, "img_size": params.img_size, "options": dict(params.data_options)},
         "train": {"epochs": 1000, "max_steps": params.max_steps, "batch_size": params.batch_size, "lr": params.lr,
-                  "stitch_lr": params.stitch_lr, "warmup_steps": params.warmup_steps, "sampling": sampling},
+                  "stitch_lr": params.stitch_lr, "warmup_steps": params.warmup_steps, "sampling": sampling,
+                  "freeze": list(params.freeze)},
         "eval": {"batch_size": params.eval_batch_size},
         "seed": ctx.seed,
         "device": ctx.device.type,
@@ -157,9 +159,9 @@ def markdown(result: dict[str, Any]) -> str:
     """The markdown section of a result."""
     p = result["params"]
     runs = result["runs"]
-    parts = [f"Data: {result['data']}; {p['img_size']} px; every run {p['max_steps']} steps of batch "
-             f"{p['batch_size']} (lr {p['lr']}, stitching layers {p['stitch_lr']}); `snnet` space "
-             f"{p['space_options']}."]
+    parts = [(f"Data: {result['data']}; {p['img_size']} px; every run {p['max_steps']} steps of batch "
+              f"{p['batch_size']} (lr {p['lr']}, stitching layers {p['stitch_lr']}); `snnet` space "
+              f"{p['space_options']}.")]
     rows = []
     if "alone" in runs:
         rows.append(["anchors fine-tuned alone", "-",

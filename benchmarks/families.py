@@ -15,7 +15,7 @@ import torch
 from stitchframe import Anchor, SNNet, build_snnet, load_anchor
 from stitchframe.spec import AnchorSpec
 
-__all__ = ["deit", "efficientnet_lite", "load_anchors", "build", "input_size", "images"]
+__all__ = ["build", "deit", "efficientnet_lite", "images", "input_size", "load_anchors"]
 
 AnchorList = Sequence[Mapping[str, Any]]
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import timeit
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import attrs
@@ -158,8 +159,8 @@ def _time_config(cfg: Config, params: Params, ctx: Context) -> dict[str, Any]:
                 return net(x)
 
             control = by_hand(net, rid)  # A/A control: the same computation again
-            calls = {"snnet": run_snnet, "hand": lambda: hand(x), "export": lambda: exported(x),
-                     "hand_export": lambda: hand_export(x), "control": lambda: control(x)}
+            calls = {"snnet": run_snnet, "hand": partial(hand, x), "export": partial(exported, x),
+                     "hand_export": partial(hand_export, x), "control": partial(control, x)}
             outs = {k: f() for k, f in calls.items()}
             identical = all(torch.equal(outs["hand"], o) for o in outs.values())
             ctx.log(f"  [{NAME}] {cfg.label}: route {rid} {net.routes[rid]}")
@@ -207,8 +208,8 @@ def dispatch(ctx: Context, *, depth: int = 12, number: int = 2000, repeats: int 
                 net.select(rid)
                 return net(x)
 
-            calls = {"snnet": run_snnet, "export": lambda: exported(x), "hand": lambda: hand(x),
-                     "hand_export": lambda: hand_export(x)}
+            calls = {"snnet": run_snnet, "export": partial(exported, x), "hand": partial(hand, x),
+                     "hand_export": partial(hand_export, x)}
             best = {k: min(timeit.repeat(f, number=number, repeat=repeats)) / number * 1e6 for k, f in calls.items()}
             out[str(net.routes[rid])] = {"us_per_call": best, "snnet_minus_hand_us": best["snnet"] - best["hand"],
                                          "export_minus_hand_us": best["export"] - best["hand_export"]}

@@ -35,19 +35,19 @@ from stitchframe.io import write_json
 __all__ = [
     "Context",
     "Goal",
-    "environment",
-    "interleave",
-    "summarize",
-    "ratios",
-    "median_ci",
-    "sync",
-    "peak_memory",
-    "fix_malloc_threshold",
-    "python_allocations",
-    "num_threads",
-    "fmt_ratio",
     "describe_anchors",
+    "environment",
+    "fix_malloc_threshold",
+    "fmt_ratio",
+    "interleave",
     "md_table",
+    "median_ci",
+    "num_threads",
+    "peak_memory",
+    "python_allocations",
+    "ratios",
+    "summarize",
+    "sync",
     "write_result",
 ]
 
@@ -112,7 +112,7 @@ def _cpu_model() -> str:
 def _git_commit() -> str | None:
     with contextlib.suppress(Exception):
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, check=False,
             cwd=Path(__file__).resolve().parent,
         )
         if out.returncode == 0:
@@ -156,7 +156,7 @@ def interleave(
     *,
     rounds: int,
     warmup: int = 1,
-    device: torch.device = torch.device("cpu"),
+    device: torch.device | None = None,
     seed: int = 0,
     inner: int = 1,
 ) -> dict[str, list[float]]:
@@ -174,6 +174,7 @@ def interleave(
         Seconds per call, by variant, one entry per round (round ``i`` of every
         variant was measured in the same round).
     """
+    device = device if device is not None else torch.device("cpu")
     rng = random.Random(seed)
     names = list(variants)
     times: dict[str, list[float]] = {n: [] for n in names}
@@ -244,7 +245,7 @@ def num_threads(n: int | None) -> Iterator[None]:
 # ---------------------------------------------------------------------------
 def _status_kib(key: str) -> int | None:
     with contextlib.suppress(OSError):
-        m = re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+        m = re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
         if m:
             return int(m.group(1))
     return None

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from stitchframe import Preprocess
 
-__all__ = ["EVAL_PHOTOS", "CALIBRATION_PHOTOS", "EXPECTED", "load_photo", "centre_view", "random_views", "views"]
+__all__ = ["CALIBRATION_PHOTOS", "EVAL_PHOTOS", "EXPECTED", "centre_view", "load_photo", "random_views", "views"]
 
 #: Photographs to evaluate on (each has an ImageNet class, or several plausible ones).
 EVAL_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "stereo_motorcycle", "clock")

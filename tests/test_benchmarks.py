@@ -11,11 +11,10 @@ import math
 import pytest
 import torch
 
-benchmarks = pytest.importorskip("benchmarks", reason="the benchmarks/ folder is not on the path")
-
-from benchmarks import BENCHMARKS, calibration, evaluation, forward, memory, switching, training, zeroshot  # noqa: E402
-from benchmarks.cli import main, run_benchmark, write_summary  # noqa: E402
-from benchmarks.harness import Context, interleave, python_allocations, ratios  # noqa: E402
+import benchmarks
+from benchmarks import BENCHMARKS, calibration, evaluation, forward, memory, switching, training, zeroshot
+from benchmarks.cli import main, run_benchmark, write_summary
+from benchmarks.harness import Context, interleave, python_allocations, ratios
 
 VITS = ({"source": "tiny:vit32"}, {"source": "tiny:vit48", "options": {"seed": 1}},
         {"source": "tiny:vit64", "options": {"seed": 2}})
