@@ -34,6 +34,7 @@ from .stitch_layers import (
     LinearStitch,
     LowRankStitch,
     ProjectionStitch,
+    StitchJoin,
     StitchLayer,
     solve_least_squares,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "ShapeMismatchError",
     "Spec",
     "SpecError",
+    "StitchJoin",
     "StitchLayer",
     "StitchSpace",
     "StitchframeError",

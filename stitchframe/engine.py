@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .anchors import Anchor, anchor_name
@@ -13,7 +14,7 @@ from .registry import Entry
 from .routes import Link, Route
 from .snnet import SNNet, stitch_key
 from .spec import AnchorSpec, Spec, structure_options
-from .stitch_layers import StitchLayer
+from .stitch_layers import StitchJoin, StitchLayer
 
 __all__ = ["load_anchor", "choose_layer", "build_snnet", "assemble", "validate_spec", "AUTO_LAYER"]
 
@@ -33,6 +34,15 @@ def _adapter_for(source: str, regs: Registries) -> tuple[Entry | None, str]:
     return None, source
 
 
+def _call_loader(load: Callable[..., Any], identifier: str, options: Any, regs: Registries) -> Any:
+    """``load(identifier, options)``, plus ``registries=`` when the loader declares that parameter."""
+    try:
+        wants = "registries" in inspect.signature(load).parameters
+    except (TypeError, ValueError):  # builtins and some callables have no signature
+        wants = False
+    return load(identifier, options, registries=regs) if wants else load(identifier, options)
+
+
 def load_anchor(
     spec: AnchorSpec | str,
     registries: Registries | None = None,
@@ -42,7 +52,8 @@ def load_anchor(
     """Load one anchor through the adapter that owns its source prefix.
 
     Sources no registered prefix claims go to the ``stitchframe_resolve_anchor``
-    hook before failing.
+    hook before failing.  A loader that declares a ``registries`` parameter is
+    called with these registries too (to load other anchors or datasets).
 
     Args:
         spec: An :class:`AnchorSpec` or a source string.
@@ -61,7 +72,7 @@ def load_anchor(
     if entry is not None:
         options = structure_options(entry.options, spec.options, f"{where}.options")
         try:
-            anchor = entry.obj(ident, options)
+            anchor = _call_loader(entry.obj, ident, options, regs)
         except StitchframeError:
             raise
         except Exception as exc:
@@ -166,6 +177,7 @@ def build_snnet(
             f"{type(exc).__name__}: {exc}"
         ) from exc
     stitches: dict[str, StitchLayer] = {}
+    joins: dict[str, list[StitchJoin]] = {}
     key_specs: dict[str, tuple[ActivationSpec, ActivationSpec, str]] = {}
     routes: list[Route] = []
     seen: set[Route] = set()
@@ -207,6 +219,9 @@ def build_snnet(
                         f"Plugin {entry.plugin!r} failed to build stitching layer {entry.name!r} for "
                         f"{s.describe()} -> {d.describe()}: {type(exc).__name__}: {exc}"
                     ) from exc
+            join = StitchJoin(by_name[src], p, by_name[dst], q)
+            if join not in joins.setdefault(key, []):
+                joins[key].append(join)
             links.append(Link(layer=entry.name, key=link.key))
         resolved = Route(route.segments, links, meta=dict(route.meta))
         if resolved not in seen:
@@ -216,7 +231,26 @@ def build_snnet(
         raise SpecError(
             f"{where}: stitch space {space!r} produced no routes for anchors {list(by_name)} with layer {layer!r}"
         )
+    _init_from_anchors(stitches, joins, regs)
     return SNNet(anchors, routes, stitches, final_norm=final_norm)
+
+
+def _init_from_anchors(
+    stitches: Mapping[str, StitchLayer], joins: Mapping[str, list[StitchJoin]], regs: Registries
+) -> None:
+    """Call every layer's :meth:`~stitchframe.StitchLayer.init_from_anchors`; failures name the plugin."""
+    for key, layer in stitches.items():
+        try:
+            layer.init_from_anchors(joins[key])
+        except StitchframeError:
+            raise
+        except Exception as exc:
+            entry = next((e for e in regs.stitch_layers if e.obj is type(layer)), None)
+            plugin = entry.plugin if entry is not None else type(layer).__module__
+            raise PluginError(
+                f"Plugin {plugin!r} failed to initialise stitching layer {key!r} "
+                f"({type(layer).__name__}.init_from_anchors): {type(exc).__name__}: {exc}"
+            ) from exc
 
 
 def assemble(spec: Spec, registries: Registries | None = None) -> SNNet:

@@ -45,7 +45,12 @@ def stitchframe_register_anchor_adapters(register: Any) -> None:
             (``"timm"`` for ``timm:deit_tiny_patch16_224``); ``load`` is a callable
             ``load(identifier: str, options) -> stitchframe.Anchor`` where
             ``options`` is an instance of the attrs ``options`` class, built from
-            the anchor's ``options:`` mapping in the spec.
+            the anchor's ``options:`` mapping in the spec.  A ``load`` that
+            declares a keyword parameter ``registries`` is also passed the
+            engine's :class:`stitchframe.Registries` (added in 0.1), so an
+            adapter built on other sources (a distilled pool of students of a
+            ``timm:`` teacher, say) loads them with
+            ``stitchframe.load_anchor(source, registries)``.
 
     Returns:
         Nothing; the return value is ignored.

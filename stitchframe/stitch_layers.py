@@ -22,7 +22,8 @@ This module is also the built-in plugin that registers the three types.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any, Literal, NamedTuple
 
 import attrs
 import torch
@@ -35,6 +36,7 @@ from .hookspecs import hookimpl
 from .registry import NoOptions
 
 __all__ = [
+    "StitchJoin",
     "StitchLayer",
     "LeastSquaresStitch",
     "NormalEquations",
@@ -48,12 +50,30 @@ __all__ = [
 ]
 
 
+class StitchJoin(NamedTuple):
+    """One pair of cut points a stitching layer joins (see :meth:`StitchLayer.init_from_anchors`).
+
+    Attributes:
+        src: The anchor the activation comes from (a :class:`stitchframe.Anchor`).
+        src_pos: Its cut position (``0``: stem output, ``k``: output of block ``k-1``).
+        dst: The anchor the activation goes into.
+        dst_pos: The cut position it enters at.
+    """
+
+    src: Any
+    src_pos: int
+    dst: Any
+    dst_pos: int
+
+
 class StitchLayer(nn.Module):
     """Base class of stitching layers.
 
     Subclasses set ``Options`` (an attrs class), implement
     :meth:`supports` and ``forward``, and, to be calibrated, the three
-    ``fit_*`` methods.  The engine constructs them as ``cls(src, dst, options)``.
+    ``fit_*`` methods.  The engine constructs them as ``cls(src, dst, options)``
+    and then calls :meth:`init_from_anchors` once with the cut points the
+    layer joins.
 
     Args:
         src: Spec of the activation coming in.
@@ -79,6 +99,20 @@ class StitchLayer(nn.Module):
     def supports(cls, src: ActivationSpec, dst: ActivationSpec) -> str | None:
         """Return ``None`` if this type can map ``src`` to ``dst``, else a one-line reason."""
         return None
+
+    def init_from_anchors(self, joins: Sequence[StitchJoin]) -> None:
+        """Initialise from the anchors themselves, before any calibration (default: do nothing).
+
+        :func:`stitchframe.build_snnet` calls this once per layer, after
+        every route is known, with each pair of cut points the layer joins
+        (several when a stitch space shares one layer between pairs).  A
+        layer type that can set its weights without data, from what the
+        anchors carry (transformation matrices learned while distilling them,
+        say), overrides it; calibration runs afterwards and may refit.
+
+        Args:
+            joins: The :class:`StitchJoin` pairs, in a stable order.
+        """
 
     # -- calibration protocol -------------------------------------------
     def fit_start(self) -> None:

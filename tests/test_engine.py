@@ -63,3 +63,46 @@ def test_validate_spec_checks_without_loading(regs):
         validate_spec(bad_anchor, regs)
     with pytest.raises(UnknownNameError, match=r"anchors\[0\]"):
         validate_spec(parse_spec({"anchors": ["nope:x"]}), regs)
+
+
+def test_load_anchor_passes_registries_to_loaders_that_declare_them(regs):
+    seen = []
+
+    def load_wrapped(identifier, options, registries):
+        seen.append(registries)
+        return load_anchor(f"tiny:{identifier}", registries)  # an adapter built on another source
+
+    regs.anchor_adapters.register("wrapped", load_wrapped, plugin="test")
+    anchor = load_anchor("wrapped:vit32", regs)
+    assert seen == [regs]
+    assert anchor.name == "vit32" and anchor.depth == 4
+    assert load_anchor("tiny:vit32", regs).depth == 4  # two-argument loaders are called as before
+
+
+def test_build_snnet_hands_each_layer_the_cut_points_it_joins(regs, vit_family):
+    calls = {}
+
+    class RecordingStitch(stitchframe.LinearStitch):
+        def init_from_anchors(self, joins):
+            calls[id(self)] = list(joins)
+
+    regs.stitch_layers.register("recording", RecordingStitch, plugin="test")
+    net = stitchframe.build_snnet(vit_family[:2], layer="recording", registries=regs)
+    assert set(calls) == {id(layer) for layer in net.stitches.values()}
+    for route in net.routes:
+        for i, (src, p, dst, q, _link) in enumerate(route.stitch_points()):
+            join = stitchframe.StitchJoin(net.anchors[src], p, net.anchors[dst], q)
+            assert join in calls[id(net.stitch_for(route, i))]
+    shared = [joins for joins in calls.values() if len(joins) > 1]
+    assert shared, "the snnet space shares one layer per window, so some layers join several pairs"
+
+
+def test_a_failing_init_from_anchors_names_the_plugin_and_layer(regs, vit_family):
+    class BrokenStitch(stitchframe.LinearStitch):
+        def init_from_anchors(self, joins):
+            raise RuntimeError("no transforms")
+
+    regs.stitch_layers.register("broken", BrokenStitch, plugin="brokenplugin")
+    with pytest.raises(stitchframe.PluginError, match=r"Plugin 'brokenplugin' failed to initialise stitching layer "
+                       r"'vit32->vit48#w0' \(BrokenStitch.init_from_anchors\): RuntimeError: no transforms"):
+        stitchframe.build_snnet(vit_family[:2], layer="broken", registries=regs)

@@ -1,0 +1,31 @@
+"""Fixtures of the stitchframe-dense tests.
+
+No network, fixed seeds and the gpu marker come from ``stitchframe.testing.pytest_plugin``
+(enabled in pyproject's addopts).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import stitchframe
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and lose a lot when the cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def regs():
+    """Built-ins and the timm plugin (entry points off)."""
+    import stitchframe_timm
+
+    pm = stitchframe.get_plugin_manager(load_entrypoints=False)
+    pm.register_plugin(stitchframe_timm, name="timm")
+    return stitchframe.load_registries(pm)
