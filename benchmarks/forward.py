@@ -56,6 +56,8 @@ class Params:
     configs: tuple[Config, ...]
     threads: int | None = 1
     stitched_pairs: int = 2  # mid-depth stitched routes of the first N anchor pairs
+    dispatch_calls: int = 2000  # no-op forwards per timing ...
+    dispatch_repeats: int = 15  # ... and timings (the best counts)
 
 
 def presets() -> dict[str, Params]:
@@ -225,7 +227,7 @@ def _pooled(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
 def run(params: Params, ctx: Context) -> dict[str, Any]:
     """Run the benchmark; returns the JSON-ready result."""
     with num_threads(params.threads if not ctx.cuda else None):
-        disp = dispatch(ctx)
+        disp = dispatch(ctx, number=params.dispatch_calls, repeats=params.dispatch_repeats)
         configs = [_time_config(c, params, ctx) for c in params.configs]
     main = configs[0]["routes"]
     pooled = {k: _pooled(main, k) for k in ("snnet", "export", "control")}
@@ -259,8 +261,10 @@ def markdown(result: dict[str, Any]) -> str:
                     [[f"`{k}`", f"{v['us_per_call']['snnet']:.1f}", f"{v['us_per_call']['export']:.1f}",
                       f"{v['us_per_call']['hand']:.1f}", f"{v['snnet_minus_hand_us']:+.1f}",
                       f"{v['export_minus_hand_us']:+.1f}"] for k, v in result["dispatch"].items()])
-    parts = ["Dispatch cost per forward, measured on anchors whose modules do nothing (best of 15 x 2000 calls; "
-             "the only thing left is the framework's own Python):\n\n" + disp]
+    p = result["params"]
+    parts = [f"Dispatch cost per forward, measured on anchors whose modules do nothing (best of "
+             f"{p.get('dispatch_repeats', 15)} x {p.get('dispatch_calls', 2000)} calls; the only thing left is the framework's own "
+             f"Python):\n\n" + disp]
     for c in result["configs"]:
         rows = [
             [r["route"], fmt_ratio(r["snnet_over_hand"]), fmt_ratio(r["export_over_hand"]),

@@ -20,7 +20,8 @@ VITS = ({"source": "tiny:vit32"}, {"source": "tiny:vit48", "options": {"seed": 1
         {"source": "tiny:vit64", "options": {"seed": 2}})
 
 TINY = {
-    "forward": forward.Params(configs=(forward.Config(label="tiny", anchors=VITS, batch=2, rounds=2),)),
+    "forward": forward.Params(configs=(forward.Config(label="tiny", anchors=VITS, batch=2, rounds=2),),
+                              dispatch_calls=50, dispatch_repeats=2),
     "switching": switching.Params(anchors=VITS, calls=200, repeats=1, alloc_calls=200, rounds=2),
     "evaluation": evaluation.Params(anchors=VITS[:2], spaces=(evaluation.Space(space="snnet", images=4, rounds=1),),
                                     batch=2),
