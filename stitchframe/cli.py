@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from rich.console import Console
 from rich.table import Table
 
-from .errors import PluginError, SpecError, StitchframeError, UnknownNameError
+from .errors import OutputExistsError, PluginError, SpecError, StitchframeError, UnknownNameError
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
@@ -91,20 +91,106 @@ def route_table(routes, *, title: str = "routes") -> Table:
     return table
 
 
+def _is_output_dir(path: str) -> bool:
+    from pathlib import Path
+
+    from .pipeline import WEIGHTS
+
+    p = Path(path)
+    return p.is_dir() and (p / "spec.yaml").is_file() and (p / WEIGHTS).is_file()
+
+
 @command("routes")
 def cmd_routes(args: argparse.Namespace) -> int:
-    """Print the route table of a spec's SN-Net (loads the anchors, no training)."""
-    from .engine import assemble
+    """Print the route table of a spec's SN-Net (no training), or of a build output with its metrics."""
+    regs = registries_for(args)
+    _warn_problems(regs)
+    if _is_output_dir(args.spec):
+        from .pipeline import load_snnet
+
+        net = load_snnet(args.spec, regs)
+    else:
+        from .engine import assemble
+        from .spec import load_spec
+
+        net = assemble(load_spec(args.spec), regs)
+    if args.json:
+        print(json.dumps(net.routes.to_list(), indent=2))
+    else:
+        _console().print(route_table(net.routes, title=f"{len(net.routes)} routes of {args.spec}"))
+    return 0
+
+
+def _default_output(spec_path: str) -> str:
+    from pathlib import Path
+
+    return str(Path("runs") / Path(spec_path).stem)
+
+
+@command("build")
+def cmd_build(args: argparse.Namespace) -> int:
+    """Build an SN-Net: load anchors, calibrate, train, evaluate every route, report and save."""
+    from .pipeline import build
     from .spec import load_spec
 
     spec = load_spec(args.spec)
     regs = registries_for(args)
     _warn_problems(regs)
-    net = assemble(spec, regs)
-    if args.json:
-        print(json.dumps(net.routes.to_list(), indent=2))
-    else:
-        _console().print(route_table(net.routes, title=f"{len(net.routes)} routes of {args.spec}"))
+    output = args.output or spec.output or _default_output(args.spec)
+    build(spec, output=output, overwrite=args.overwrite, resume=args.resume, registries=regs, console=_console())
+    return 0
+
+
+@command("evaluate")
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Reload a build output and evaluate every route (results in OUT_DIR/evaluation/)."""
+    from .pipeline import evaluate_build
+
+    regs = registries_for(args)
+    _warn_problems(regs)
+    evaluate_build(args.out_dir, latency=args.latency or None, max_batches=args.max_batches, registries=regs,
+                   console=_console())
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def parse_flops(text: str) -> float:
+    """``"1.5e9"``, ``"1.5G"``, ``"800M"`` -> FLOPs."""
+    scale = {"k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
+    t = text.strip().lower().removesuffix("flops")
+    try:
+        if t and t[-1] in scale:
+            return float(t[:-1]) * scale[t[-1]]
+        return float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a FLOPs count; write e.g. 1.5e9 or 1.5G") from None
+
+
+@command("export")
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export one route of a build output as a standalone model (safetensors + JSON, optionally ONNX)."""
+    from .export import export_route
+
+    regs = registries_for(args)
+    _warn_problems(regs)
+    res = export_route(args.out_dir, route=args.route, max_flops=args.max_flops, dest=args.output, onnx=args.onnx,
+                       merge=args.merge, registries=regs)
+    r = res.module.route
+    con = _console()
+    cost = f"{(r.flops or 0) / 1e9:.3f} GFLOPs, {(r.params or 0) / 1e6:.2f} M params"
+    con.print(f"route {res.route_id}: {r.describe()} ({cost})")
+    for path in (res.weights, res.description, res.onnx):
+        if path is not None:
+            con.print(f"wrote {path}")
     return 0
 
 
@@ -131,8 +217,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help=cmd_validate.__doc__)
     p.add_argument("spec", help="path to spec.yaml")
     p = sub.add_parser("routes", help=cmd_routes.__doc__)
-    p.add_argument("spec", help="path to spec.yaml")
+    p.add_argument("spec", help="path to spec.yaml, or a build output folder")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p = sub.add_parser("build", help=cmd_build.__doc__)
+    p.add_argument("spec", help="path to spec.yaml")
+    p.add_argument("--output", "-o", metavar="DIR",
+                   help="output folder (default: the spec's output, else runs/<spec name>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing build output")
+    p.add_argument("--resume", action="store_true", help="continue the unfinished build of this output")
+    p = sub.add_parser("evaluate", help=cmd_evaluate.__doc__)
+    p.add_argument("out_dir", metavar="OUT_DIR", help="a build output folder")
+    p.add_argument("--latency", action="store_true", help="also measure each route's latency (batch size 1)")
+    p.add_argument("--max-batches", type=_positive_int, metavar="N",
+                   help="evaluate at most N batches (default: the spec's)")
+    p = sub.add_parser("export", help=cmd_export.__doc__)
+    p.add_argument("out_dir", metavar="OUT_DIR", help="a build output folder")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--route", metavar="ID", help="route id (or its printed name)")
+    which.add_argument("--max-flops", type=parse_flops, metavar="X",
+                       help="the most accurate route with at most X FLOPs per example (e.g. 1.5e9 or 1.5G)")
+    p.add_argument("--onnx", action="store_true", help="also write an ONNX file")
+    p.add_argument("--merge", action="store_true", help="merge low-rank stitching layers for inference")
+    p.add_argument("--output", "-o", metavar="FILE", help="the .safetensors file to write "
+                   "(default: OUT_DIR/exports/route<ID>.safetensors)")
     return parser
 
 
@@ -142,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (SpecError, UnknownNameError) as exc:
+    except (SpecError, UnknownNameError, OutputExistsError) as exc:
         if args.traceback:
             traceback.print_exc()
         _console(err=True).print(f"error: {exc}", markup=False)

@@ -15,6 +15,7 @@ from .routes import Link, Route
 from .snnet import SNNet, stitch_key
 from .spec import AnchorSpec, Spec, structure_options
 from .stitch_layers import StitchJoin, StitchLayer
+from .stitch_spaces import SpaceContext, space_routes
 
 __all__ = ["load_anchor", "choose_layer", "build_snnet", "assemble", "validate_spec", "AUTO_LAYER"]
 
@@ -111,6 +112,58 @@ def _layer_entry(layer: str, regs: Registries, src: ActivationSpec, dst: Activat
         raise UnknownNameError(f"{exc}{' Or use auto.' if layer != AUTO_LAYER else ''}{regs.broken_note()}") from None
 
 
+class _Layers:
+    """Resolves, checks and builds the stitching layer of each stitch for :func:`build_snnet`."""
+
+    def __init__(self, anchors: Sequence[Anchor], layer: str, layer_options: Any, regs: Registries, where: str) -> None:
+        self.by_name = {a.name: a for a in anchors}
+        self.layer, self.layer_options, self.regs, self.where = layer, layer_options, regs, where
+        self._options: dict[str, Any] = {}
+
+    def specs(self, src: str, p: int, dst: str, q: int) -> tuple[ActivationSpec, ActivationSpec]:
+        return self.by_name[src].graph.spec_at(p), self.by_name[dst].graph.spec_at(q)
+
+    def entry(self, s: ActivationSpec, d: ActivationSpec, layer: str | None = None) -> Entry:
+        return _layer_entry(layer or self.layer, self.regs, s, d, f"{self.where}.layer")
+
+    def options_for(self, entry: Entry) -> Any:
+        if entry.name not in self._options:
+            opts = self.layer_options
+            if isinstance(opts, Mapping) or opts is None:
+                opts = structure_options(entry.options, dict(opts or {}), f"{self.where}.layer_options")
+            self._options[entry.name] = opts
+        return self._options[entry.name]
+
+    def can_stitch(self, src: str, p: int, dst: str, q: int) -> bool:
+        s, d = self.specs(src, p, dst, q)
+        return self.entry(s, d).obj.supports(s, d) is None
+
+    def build(self, entry: Entry, s: ActivationSpec, d: ActivationSpec) -> StitchLayer:
+        try:
+            return entry.obj(s, d, self.options_for(entry))
+        except StitchframeError:
+            raise
+        except Exception as exc:
+            raise PluginError(
+                f"Plugin {entry.plugin!r} failed to build stitching layer {entry.name!r} for "
+                f"{s.describe()} -> {d.describe()}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def make_stitch(self, src: str, p: int, dst: str, q: int) -> StitchLayer | None:
+        """A fresh, anchor-initialised layer for a stitch (``None`` when the layer type cannot bridge it).
+
+        This is ``SpaceContext.make_stitch``: the layer the engine would build for that one stitch.
+        """
+        s, d = self.specs(src, p, dst, q)
+        entry = self.entry(s, d)
+        if entry.obj.supports(s, d) is not None:
+            return None
+        layer = self.build(entry, s, d)
+        key = stitch_key(src, p, dst, q)
+        _init_from_anchors({key: layer}, {key: [StitchJoin(self.by_name[src], p, self.by_name[dst], q)]}, self.regs)
+        return layer
+
+
 def build_snnet(
     anchors: Sequence[Anchor],
     *,
@@ -121,6 +174,9 @@ def build_snnet(
     final_norm: str = "keep",
     registries: Registries | None = None,
     where: str = "stitch",
+    probe: Any = None,
+    seed: int = 0,
+    routes: Sequence[Route] | None = None,
 ) -> SNNet:
     """Build an SN-Net from loaded anchors.
 
@@ -133,6 +189,15 @@ def build_snnet(
         final_norm: ``"keep"`` or ``"skip_stitched"``.
         registries: The registries (default: all installed plugins).
         where: Spec path prefix for error messages.
+        probe: Probe inputs for spaces that run the anchors to choose routes
+            (batches of model inputs, or a callable ``probe(anchors)``
+            returning them; see :class:`~stitchframe.stitch_spaces.SpaceContext`).
+            Other spaces ignore it, and a callable is then never called.
+        seed: Seed handed to the space (``SpaceContext.seed``).
+        routes: Use these routes instead of running the space (a saved route
+            table, e.g. ``[Route.from_dict(r) for r in table]``, so a space that
+            chose its routes on data needs no data to rebuild them); they are
+            checked and given stitching layers like generated ones.
 
     Raises:
         UnknownNameError: Unknown space or layer.
@@ -147,28 +212,15 @@ def build_snnet(
     space_entry = regs.stitch_spaces.get(space, where=f"{where}.space")
     if isinstance(space_options, Mapping) or space_options is None:
         space_options = structure_options(space_entry.options, dict(space_options or {}), f"{where}.space_options")
-    layer_opts_cache: dict[str, Any] = {}
-
-    def layer_options_for(entry: Entry) -> Any:
-        if entry.name not in layer_opts_cache:
-            if isinstance(layer_options, Mapping) or layer_options is None:
-                layer_opts_cache[entry.name] = structure_options(
-                    entry.options, dict(layer_options or {}), f"{where}.layer_options"
-                )
-            else:
-                layer_opts_cache[entry.name] = layer_options
-        return layer_opts_cache[entry.name]
-
-    def specs(src: str, p: int, dst: str, q: int) -> tuple[ActivationSpec, ActivationSpec]:
-        return by_name[src].graph.spec_at(p), by_name[dst].graph.spec_at(q)
-
-    def can_stitch(src: str, p: int, dst: str, q: int) -> bool:
-        s, d = specs(src, p, dst, q)
-        entry = _layer_entry(layer, regs, s, d, f"{where}.layer")
-        return entry.obj.supports(s, d) is None
-
+    layers = _Layers(anchors, layer, layer_options, regs, where)
+    context = SpaceContext(
+        probe=probe, make_stitch=layers.make_stitch, seed=seed, final_norm=final_norm, anchors=list(anchors)
+    )
     try:
-        generated = list(space_entry.obj(space_options).routes(list(anchors), can_stitch))
+        if routes is not None:
+            generated = list(routes)
+        else:
+            generated = space_routes(space_entry.obj(space_options), list(anchors), layers.can_stitch, context)
     except StitchframeError:
         raise
     except Exception as exc:
@@ -179,7 +231,7 @@ def build_snnet(
     stitches: dict[str, StitchLayer] = {}
     joins: dict[str, list[StitchJoin]] = {}
     key_specs: dict[str, tuple[ActivationSpec, ActivationSpec, str]] = {}
-    routes: list[Route] = []
+    chosen: list[Route] = []
     seen: set[Route] = set()
     for route in generated:
         if not isinstance(route, Route):
@@ -192,8 +244,8 @@ def build_snnet(
             for name in (src, dst):
                 if name not in by_name:
                     raise PluginError(f"Stitch space {space!r} produced route {route} with unknown anchor {name!r}")
-            s, d = specs(src, p, dst, q)
-            entry = _layer_entry(link.layer or layer, regs, s, d, f"{where}.layer")
+            s, d = layers.specs(src, p, dst, q)
+            entry = layers.entry(s, d, link.layer)
             reason = entry.obj.supports(s, d)
             if reason is not None:
                 raise ShapeMismatchError(
@@ -210,15 +262,7 @@ def build_snnet(
                     )
             else:
                 key_specs[key] = (s, d, entry.name)
-                try:
-                    stitches[key] = entry.obj(s, d, layer_options_for(entry))
-                except StitchframeError:
-                    raise
-                except Exception as exc:
-                    raise PluginError(
-                        f"Plugin {entry.plugin!r} failed to build stitching layer {entry.name!r} for "
-                        f"{s.describe()} -> {d.describe()}: {type(exc).__name__}: {exc}"
-                    ) from exc
+                stitches[key] = layers.build(entry, s, d)
             join = StitchJoin(by_name[src], p, by_name[dst], q)
             if join not in joins.setdefault(key, []):
                 joins[key].append(join)
@@ -226,13 +270,13 @@ def build_snnet(
         resolved = Route(route.segments, links, meta=dict(route.meta))
         if resolved not in seen:
             seen.add(resolved)
-            routes.append(resolved)
-    if not routes:
+            chosen.append(resolved)
+    if not chosen:
         raise SpecError(
             f"{where}: stitch space {space!r} produced no routes for anchors {list(by_name)} with layer {layer!r}"
         )
     _init_from_anchors(stitches, joins, regs)
-    return SNNet(anchors, routes, stitches, final_norm=final_norm)
+    return SNNet(anchors, chosen, stitches, final_norm=final_norm)
 
 
 def _init_from_anchors(
@@ -253,12 +297,18 @@ def _init_from_anchors(
             ) from exc
 
 
-def assemble(spec: Spec, registries: Registries | None = None) -> SNNet:
+def assemble(
+    spec: Spec, registries: Registries | None = None, *, probe: Any = None, routes: Sequence[Route] | None = None
+) -> SNNet:
     """Load the spec's anchors and build its SN-Net (no calibration or training).
 
     Args:
         spec: The parsed spec.
         registries: The registries (default: all installed plugins).
+        probe: Probe inputs for spaces that choose routes on data (batches,
+            or a callable ``probe(anchors)`` returning them; see
+            :func:`build_snnet`).  The space gets the spec's ``seed``.
+        routes: Use these routes instead of running the space (see :func:`build_snnet`).
     """
     regs = _registries(registries)
     anchors = [load_anchor(a, regs, where=f"anchors[{i}]") for i, a in enumerate(spec.anchors)]
@@ -271,6 +321,9 @@ def assemble(spec: Spec, registries: Registries | None = None) -> SNNet:
         layer_options=st.layer_options,
         final_norm=st.final_norm,
         registries=regs,
+        probe=probe,
+        seed=spec.seed,
+        routes=routes,
     )
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "ShapeMismatchError",
     "CheckpointError",
     "TrainingError",
+    "OutputExistsError",
     "did_you_mean",
 ]
 
@@ -53,6 +54,10 @@ class CheckpointError(StitchframeError):
 
 class TrainingError(StitchframeError):
     """Training cannot go on (for example a non-finite loss)."""
+
+
+class OutputExistsError(StitchframeError, FileExistsError):
+    """A build would replace an existing output without ``overwrite=True`` (``--overwrite``)."""
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

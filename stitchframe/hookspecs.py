@@ -106,7 +106,10 @@ def stitchframe_register_stitch_spaces(register: Any) -> None:
             replace=False)``.  ``cls`` is a :class:`stitchframe.StitchSpace`
             subclass constructed as ``cls(options)``; its method
             ``routes(anchors, can_stitch)`` yields :class:`stitchframe.Route`
-            objects (see :mod:`stitchframe.stitch_spaces`).
+            objects (see :mod:`stitchframe.stitch_spaces`).  A space that
+            chooses routes on data declares ``routes(anchors, can_stitch,
+            context=None)`` and receives a :class:`stitchframe.SpaceContext`
+            (probe inputs, a stitching-layer factory, the seed).
 
     Returns:
         Nothing; the return value is ignored.

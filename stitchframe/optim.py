@@ -36,7 +36,8 @@ def frozen_modules(snnet: SNNet, freeze: list[str]) -> list[nn.Module]:
 
     ``anchors``: whole anchors; ``stitches``: all stitching layers; ``stems``:
     every anchor's stem and context module; ``heads``: every anchor's final
-    norm and head.
+    norm and head; ``batchnorm``: every BatchNorm layer (kept in eval mode, so
+    its running statistics stay those of the pretrained anchor).
     """
     mods: list[nn.Module] = []
     for part in freeze:
@@ -48,6 +49,8 @@ def frozen_modules(snnet: SNNet, freeze: list[str]) -> list[nn.Module]:
             mods += [m for a in snnet.anchors.values() for m in (a.stem, a.context) if m is not None]
         elif part == "heads":
             mods += [m for a in snnet.anchors.values() for m in (a.norm, a.head) if m is not None]
+        elif part == "batchnorm":
+            mods += [m for m in snnet.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     return mods
 
 

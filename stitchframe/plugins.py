@@ -39,6 +39,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "stitchframe.stitch_layers",
     "stitchframe.stitch_spaces",
     "stitchframe.cross_space",
+    "stitchframe.datasets",
 )
 
 _REGISTER_HOOKS = {

@@ -107,6 +107,14 @@ class CalibrationSpec:
     ridge: float = attrs.field(
         default=0.0, validator=_v.ge(0.0), metadata=_help("Relative ridge regularisation of the least-squares solve.")
     )
+    heads: bool = attrs.field(
+        default=False, validator=_v.instance_of(bool),
+        metadata=_help("Also fit every anchor's classifier (the last Linear layer of its head) by ridge regression "
+                       "on one-hot labels of the same batches: for anchors given new classifiers (num_classes)."),
+    )
+    head_ridge: float = attrs.field(
+        default=0.1, validator=_v.ge(0.0), metadata=_help("Relative ridge regularisation of the classifier fit.")
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -154,10 +162,11 @@ class TrainSpec:
         default=0.5, validator=[_v.ge(0), _v.le(1)], metadata=_help("Weight of the distillation term (1 - alpha for CE).")
     )
     temperature: float = attrs.field(default=1.0, validator=_v.gt(0), metadata=_help("Distillation temperature."))
-    freeze: list[Literal["anchors", "stitches", "stems", "heads"]] = attrs.field(
+    freeze: list[Literal["anchors", "stitches", "stems", "heads", "batchnorm"]] = attrs.field(
         factory=list,
-        validator=_v.deep_iterable(_v.in_(("anchors", "stitches", "stems", "heads"))),
-        metadata=_help("Parts kept frozen: anchors, stitches, stems, heads."),
+        validator=_v.deep_iterable(_v.in_(("anchors", "stitches", "stems", "heads", "batchnorm"))),
+        metadata=_help("Parts kept frozen: anchors, stitches, stems, heads, batchnorm (every BatchNorm layer keeps "
+                       "its running statistics and affine weights: CNN anchors shared by many routes)."),
     )
     amp: Literal["auto", "bf16", "off"] = attrs.field(
         default="auto", validator=_v.in_(("auto", "bf16", "off")), metadata=_help("bf16 autocast: auto (on CUDA only), bf16, off.")

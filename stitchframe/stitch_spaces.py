@@ -9,6 +9,13 @@ A stitch space is constructed as ``cls(options)`` and asked for routes with
   layer can bridge those two cut points (the space should skip pairs it
   cannot).
 
+A space that chooses routes by running the anchors (DeRy-style reassembly
+ranks candidates on data) declares a third parameter, ``context``; the engine
+then passes a :class:`SpaceContext` with probe inputs, a factory of the
+stitching layers it will build, the seed and the final-norm policy.  Spaces
+whose ``routes`` takes no ``context`` are called with two arguments, as
+before (see :func:`space_routes`).
+
 Built-ins (this module is also the plugin that registers them):
 
 * ``anchors`` - every anchor alone;
@@ -21,6 +28,7 @@ Built-ins (this module is also the plugin that registers them):
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Sequence
 from itertools import combinations
 from typing import Any
@@ -33,7 +41,10 @@ from .routes import Link, Route, Segment
 
 __all__ = [
     "CanStitch",
+    "MakeStitch",
+    "SpaceContext",
     "StitchSpace",
+    "space_routes",
     "AnchorsSpace",
     "SNNetOptions",
     "SNNetSpace",
@@ -45,6 +56,51 @@ __all__ = [
 ]
 
 CanStitch = Callable[[str, int, str, int], bool]
+#: ``make_stitch(src, src_pos, dst, dst_pos)``: a fresh stitching layer, or ``None`` when none fits.
+MakeStitch = Callable[[str, int, str, int], Any]
+
+
+@attrs.define(kw_only=True)
+class SpaceContext:
+    """What the engine offers a stitch space besides the anchors and ``can_stitch``.
+
+    Passed as ``routes(anchors, can_stitch, context=...)`` to spaces whose
+    ``routes`` declares a ``context`` parameter.  Built by
+    :func:`stitchframe.build_snnet` (and :func:`stitchframe.assemble`).
+
+    Attributes:
+        probe: Probe inputs for spaces that run the anchors to choose routes:
+            a re-iterable collection of batches (model inputs, or
+            ``(inputs, target)`` pairs as a DataLoader yields them), or a
+            callable ``probe(anchors)`` returning one, resolved on first
+            access of :attr:`probe` (so data is only loaded for spaces that
+            read it).  ``None``: no data was given.  A space should take only
+            the batches it needs (``itertools.islice``).
+        make_stitch: ``make_stitch(src, src_pos, dst, dst_pos)`` returns a
+            fresh stitching layer of the type and options the engine will
+            build for that stitch (``None`` when none can bridge it), for
+            spaces that cost or run candidate routes before choosing.
+            The engine builds its own layers afterwards.
+        seed: The spec's seed; spaces that sample use it to be reproducible.
+        final_norm: The SN-Net's final-norm policy (``keep`` or
+            ``skip_stitched``), which changes a stitched route's parameters.
+        anchors: The anchors, handed to a callable ``probe``.
+    """
+
+    _probe: Any = None  # the constructor argument is ``probe``
+    make_stitch: MakeStitch | None = None
+    seed: int = 0
+    final_norm: str = "keep"
+    anchors: Sequence[Any] = ()
+    _resolved: bool = attrs.field(default=False, init=False, repr=False)
+
+    @property
+    def probe(self) -> Any:
+        """The probe batches (``None`` when no data was given); a callable source is resolved once."""
+        if callable(self._probe) and not self._resolved:
+            self._probe = self._probe(list(self.anchors))
+            self._resolved = True
+        return self._probe
 
 
 class StitchSpace:
@@ -60,8 +116,34 @@ class StitchSpace:
         self.options = options if options is not None else self.Options()
 
     def routes(self, anchors: Sequence[Any], can_stitch: CanStitch) -> Iterable[Route]:
-        """Yield the routes of this space."""
+        """Yield the routes of this space.
+
+        Subclasses that need probe data, a stitching-layer factory or the seed
+        declare a third parameter ``context`` (a :class:`SpaceContext`; give it
+        a default of ``None`` so the space can be called directly).
+        """
         raise NotImplementedError
+
+
+def _takes_context(routes: Callable[..., Any]) -> bool:
+    try:
+        params = inspect.signature(routes).parameters
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
+    return "context" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def space_routes(
+    space: StitchSpace, anchors: Sequence[Any], can_stitch: CanStitch, context: SpaceContext | None = None
+) -> list[Route]:
+    """Call ``space.routes``, passing ``context`` only to spaces that declare it.
+
+    This is how the engine (and :func:`stitchframe.testing.check_stitch_space`)
+    runs a space, so spaces written before ``context`` existed keep working.
+    """
+    if context is not None and _takes_context(space.routes):
+        return list(space.routes(list(anchors), can_stitch, context=context))
+    return list(space.routes(list(anchors), can_stitch))
 
 
 def by_flops(anchors: Sequence[Any]) -> list[Any]:

@@ -65,6 +65,15 @@ def test_validate_spec_checks_without_loading(regs):
         validate_spec(parse_spec({"anchors": ["nope:x"]}), regs)
 
 
+def test_build_from_given_routes_skips_the_space(regs, vit_family):
+    net = stitchframe.build_snnet(vit_family, space="snnet", registries=regs)
+    table = [stitchframe.Route.from_dict(r) for r in net.routes.to_list()]
+    again = stitchframe.build_snnet(vit_family, space="anchors", registries=regs, routes=table)
+    assert [r.describe() for r in again.routes] == [r.describe() for r in net.routes]
+    assert [(r.flops, r.params) for r in again.routes] == [(r.flops, r.params) for r in net.routes]
+    assert set(again.stitches) == set(net.stitches)
+
+
 def test_load_anchor_passes_registries_to_loaders_that_declare_them(regs):
     seen = []
 

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
 from itertools import combinations
+from typing import ClassVar
 
 import pytest
 
-from stitchframe import Route, Segment, build_snnet, load_registries
+import torch
+
+import stitchframe
+from stitchframe import Route, Segment, build_snnet, load_registries, stitch_spaces
 from stitchframe.stitch_spaces import SNNet2Space, SNNetSpace, depth_map, paired_windows
 from tests import tiny
 
@@ -154,3 +158,94 @@ def test_route_printing_and_hashing():
     assert Route.from_dict(r.with_costs(5, 6).to_dict()) == r
     with pytest.raises(Exception, match="block 0"):
         Route.chain(("a", 1, 3))
+
+
+# -- SpaceContext: what spaces that choose routes on data receive -----------------------------------------
+class _ContextSpace(stitch_spaces.StitchSpace):
+    """Records the context it gets and yields one stitched route per stitch the factory can build."""
+
+    seen: ClassVar[list] = []
+
+    def routes(self, anchors, can_stitch, context=None):
+        type(self).seen.append(context)
+        a, b = anchors[0], anchors[1]
+        yield Route.chain((a.name, 0, a.depth))
+        if context is not None and can_stitch(a.name, 2, b.name, 2):
+            layer = context.make_stitch(a.name, 2, b.name, 2)
+            assert isinstance(layer, stitchframe.StitchLayer)
+            batches = list(context.probe or [])
+            yield Route.chain((a.name, 0, 2), (b.name, 2, b.depth), meta={"probe_batches": len(batches)})
+
+
+class _ContextPlugin:
+    @staticmethod
+    @stitchframe.hookimpl
+    def stitchframe_register_stitch_spaces(register):
+        register("ctx_space", _ContextSpace)
+
+
+def _context_regs(pm):
+    pm.register_plugin(_ContextPlugin, name="ctx")
+    return stitchframe.load_registries(pm)
+
+
+def test_space_context_reaches_spaces_that_declare_it(pm, vit_family):
+    regs = _context_regs(pm)
+    calls = []
+
+    def probe(anchors):
+        calls.append([a.name for a in anchors])
+        return [torch.randn(2, 3, 16, 16)] * 3
+
+    _ContextSpace.seen.clear()
+    net = stitchframe.build_snnet(
+        vit_family[:2], space="ctx_space", registries=regs, probe=probe, seed=7, final_norm="skip_stitched"
+    )
+    (context,) = _ContextSpace.seen
+    assert isinstance(context, stitch_spaces.SpaceContext)
+    assert (context.seed, context.final_norm) == (7, "skip_stitched")
+    assert calls == [["vit32", "vit48"]]  # the callable probe is resolved once, on first access
+    assert context.probe is context.probe and len(calls) == 1
+    assert net.routes[1].meta["probe_batches"] == 3
+    assert context.make_stitch("vit32", 2, "vit48", 2).dst.channels == 48
+
+
+def test_space_context_is_optional(pm, vit_family):
+    _context_regs(pm)
+    # Called directly, a context-taking space runs without one; spaces without the parameter get none.
+    assert len(list(_ContextSpace().routes(vit_family[:2], lambda *a: True))) == 1
+    never = []
+    routes = stitch_spaces.space_routes(
+        stitch_spaces.SNNetSpace(), vit_family[:2], lambda *a: True,
+        stitch_spaces.SpaceContext(probe=lambda anchors: never.append(1)),
+    )
+    assert len(routes) == 12 and never == []
+
+
+def test_make_stitch_refuses_what_the_layer_cannot_bridge(pm, vit_family, cnn_family):
+    regs = _context_regs(pm)
+    # conv1x1 bridges feature maps only: the factory returns None for tokens, a layer for maps.
+    _ContextSpace.seen.clear()
+    stitchframe.build_snnet(cnn_family, space="ctx_space", layer="conv1x1", registries=regs)
+    context = _ContextSpace.seen[-1]
+    assert isinstance(context.make_stitch("cnn8", 1, "cnn16", 1), stitchframe.Conv1x1Stitch)
+    _ContextSpace.seen.clear()
+    stitchframe.build_snnet(vit_family[:2], space="ctx_space", layer="conv1x1", registries=regs)
+    assert _ContextSpace.seen[-1].make_stitch("vit32", 2, "vit48", 2) is None
+
+
+def test_make_stitch_initialises_the_layer_from_the_anchors(pm, vit_family):
+    regs = _context_regs(pm)
+    joins = []
+
+    class RecordingStitch(stitchframe.LinearStitch):
+        def init_from_anchors(self, given):
+            joins.append(list(given))
+
+    regs.stitch_layers.register("recording", RecordingStitch, plugin="test")
+    _ContextSpace.seen.clear()
+    stitchframe.build_snnet(vit_family[:2], space="ctx_space", layer="recording", registries=regs)
+    joins.clear()
+    layer = _ContextSpace.seen[-1].make_stitch("vit32", 1, "vit48", 3)
+    assert isinstance(layer, RecordingStitch)
+    assert joins == [[stitchframe.StitchJoin(vit_family[0], 1, vit_family[1], 3)]]

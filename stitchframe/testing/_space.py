@@ -9,10 +9,10 @@ from typing import Any
 import torch
 
 from ..anchors import Anchor, _device_of, _to_device
-from ..engine import build_snnet
+from ..engine import _Layers, build_snnet
 from ..plugins import Registries, get_plugin_manager, load_registries
 from ..routes import Route
-from ..stitch_spaces import StitchSpace
+from ..stitch_spaces import SpaceContext, StitchSpace, space_routes
 from ._common import ConformanceError, _eval_mode, _fail, _first_tensor
 
 __all__ = ["check_stitch_space"]
@@ -27,6 +27,8 @@ def check_stitch_space(
     build: bool = True,
     inputs: Any = None,
     registries: Registries | None = None,
+    probe: Any = None,
+    seed: int = 0,
 ) -> list[Route]:
     """Check a stitch-space type on a family of anchors.
 
@@ -37,7 +39,9 @@ def check_stitch_space(
     order every time (route ids depend on it); that links sharing a key join
     equal specs; that it asks ``can_stitch`` before every stitch and yields
     none it refused.  With ``build`` it also builds an SN-Net with ``layer``
-    and runs every route once.
+    and runs every route once.  A space whose ``routes`` takes a ``context``
+    gets one, as from the engine: ``probe``, ``seed`` and a ``make_stitch``
+    that builds ``layer``.
 
     Args:
         cls: The :class:`~stitchframe.StitchSpace` subclass.
@@ -48,6 +52,9 @@ def check_stitch_space(
         inputs: Inputs for ``build`` (default: the first anchor's ``example_inputs``).
         registries: Where ``build`` finds ``layer`` (default: the built-ins only;
             pass :func:`check_plugin`'s result to use your plugin's layers).
+        probe: Probe batches handed to the space in its ``context``
+            (:class:`~stitchframe.stitch_spaces.SpaceContext`).
+        seed: Seed handed to the space in its ``context``.
 
     Returns:
         The routes yielded when every stitch is allowed.
@@ -60,29 +67,39 @@ def check_stitch_space(
     options = options if options is not None else cls.Options()
     anchors = list(anchors)
     asked: set[tuple[str, int, str, int]] = set()
+    regs = _base_registries(registries)
+    layers = _Layers(anchors, layer, None, regs, "check_stitch_space")
+
+    def run(can_stitch: Callable[[str, int, str, int], bool]) -> list[Route]:
+        context = SpaceContext(probe=probe, make_stitch=layers.make_stitch, seed=seed, anchors=anchors)
+        return _yield_routes(cls, options, anchors, can_stitch, context)
 
     def allow_all(src: str, p: int, dst: str, q: int) -> bool:
         asked.add((src, p, dst, q))
         return True
 
-    routes = _yield_routes(cls, options, anchors, allow_all)
+    routes = run(allow_all)
     if not routes:
         _fail(f"{cls.__name__}: yields no routes for anchors {[a.name for a in anchors]}")
     for route in routes:
         _check_route(cls, route, anchors, asked)
     _check_unique(cls, routes)
-    if _yield_routes(cls, options, anchors, lambda *a: True) != routes:
+    if run(lambda *a: True) != routes:
         _fail(f"{cls.__name__}: yields different routes (or another order) on a second call; route ids depend on it")
     _check_shared_keys(cls, routes, {a.name: a for a in anchors})
-    _check_refusals(cls, options, anchors, sorted(asked))
+    _check_refusals(cls, run, sorted(asked))
     if build:
-        _build_and_run(cls, options, anchors, layer, inputs, registries)
+        _build_and_run(cls, options, anchors, layer, inputs, regs, probe, seed)
     return routes
 
 
-def _yield_routes(cls, options, anchors, can_stitch: Callable[[str, int, str, int], bool]) -> list[Route]:
+def _base_registries(registries: Registries | None) -> Registries:
+    return registries if registries is not None else load_registries(get_plugin_manager(load_entrypoints=False))
+
+
+def _yield_routes(cls, options, anchors, can_stitch: Callable[[str, int, str, int], bool], context) -> list[Route]:
     try:
-        return list(cls(options).routes(list(anchors), can_stitch))
+        return space_routes(cls(options), list(anchors), can_stitch, context)
     except Exception as exc:  # a Route that breaks its own rules raises StitchframeError here too
         raise ConformanceError(f"{cls.__name__}.routes raised {type(exc).__name__}: {exc}") from exc
 
@@ -137,10 +154,10 @@ def _check_shared_keys(cls, routes: list[Route], by_name: dict[str, Anchor]) -> 
                 )
 
 
-def _check_refusals(cls, options, anchors, asked: list[tuple[str, int, str, int]]) -> None:
+def _check_refusals(cls, run, asked: list[tuple[str, int, str, int]]) -> None:
     refused = set(asked[::2])
     for allowed, why in ((lambda *pt: pt not in refused, "half"), (lambda *pt: False, "all")):
-        for route in _yield_routes(cls, options, anchors, allowed):
+        for route in run(allowed):
             for src, p, dst, q, _link in route.stitch_points():
                 if not allowed(src, p, dst, q):
                     _fail(
@@ -149,11 +166,12 @@ def _check_refusals(cls, options, anchors, asked: list[tuple[str, int, str, int]
                     )
 
 
-def _build_and_run(cls, options, anchors, layer: str, inputs: Any, registries: Registries | None) -> None:
-    base = registries if registries is not None else load_registries(get_plugin_manager(load_entrypoints=False))
+def _build_and_run(cls, options, anchors, layer: str, inputs: Any, base: Registries, probe: Any, seed: int) -> None:
     regs = Registries(anchor_adapters=base.anchor_adapters, stitch_layers=base.stitch_layers, pm=base.pm)
     regs.stitch_spaces.register("space_under_test", cls, options=type(options), plugin="stitchframe.testing")
-    net = build_snnet(anchors, space="space_under_test", space_options=options, layer=layer, registries=regs)
+    net = build_snnet(
+        anchors, space="space_under_test", space_options=options, layer=layer, registries=regs, probe=probe, seed=seed
+    )
     device = _device_of(anchors[0])
     net.to(device)  # new stitching layers join the anchors' device
     inputs = _to_device(inputs if inputs is not None else anchors[0].example_inputs, device)

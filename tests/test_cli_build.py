@@ -1,0 +1,156 @@
+"""End to end through the command line: build, routes, evaluate, export."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from stitchframe import cli, get_plugin_manager, load_registries, load_route, load_snnet
+from stitchframe.io import read_metadata
+from tests import tiny
+
+PLUGIN = ["--plugin", "tests.tiny:TinyPlugin"]
+SPEC = {
+    "anchors": [
+        "tiny:vit32",
+        {"source": "tiny:vit48", "options": {"seed": 1}},
+        {"source": "tiny:vit64", "options": {"seed": 2}},
+    ],
+    "stitch": {"space": "snnet"},
+    "calibration": {"batches": 2},
+    "data": {"name": "synthetic", "options": {"train_size": 64, "val_size": 40}},
+    "train": {"epochs": 1, "max_steps": 4, "batch_size": 16, "lr": 1e-3},
+    "eval": {"batch_size": 16},
+}
+
+
+@pytest.fixture(autouse=True)
+def _only_explicit_plugins(monkeypatch):
+    monkeypatch.setenv("STITCHFRAME_LOAD_PLUGINS", "")
+    monkeypatch.delenv("STITCHFRAME_PLUGINS", raising=False)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """One build shared by the tests of this module (they only read it or write beside it)."""
+    root = tmp_path_factory.mktemp("cli")
+    spec = root / "tiny.yaml"
+    spec.write_text(yaml.safe_dump(SPEC))
+    out = root / "out"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STITCHFRAME_LOAD_PLUGINS", "")
+        assert cli.main([*PLUGIN, "build", str(spec), "--output", str(out)]) == 0
+    return spec, out
+
+
+def _regs():
+    pm = get_plugin_manager(load_entrypoints=False)
+    pm.register_plugin(tiny.TinyPlugin, name="tiny")
+    return load_registries(pm)
+
+
+def test_build_output_is_sane(built, capsys):
+    _, out = built
+    routes = json.loads((out / "routes.json").read_text())
+    assert len(routes["routes"]) == 23 and routes["pareto"]
+    assert all(0 <= r["accuracy"] <= 100 and r["loss"] > 0 and r["flops"] > 0 for r in routes["routes"])
+    anchors = {r["route"]: r for r in routes["routes"] if r["kind"] == "anchor"}
+    assert sorted(anchors) == ["vit32[0:4]", "vit48[0:4]", "vit64[0:4]"]
+    assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| id | route |" in (out / "routes.md").read_text()
+    assert read_metadata(out / "snnet.safetensors")["stitchframe_format"] == "snnet"
+    assert yaml.safe_load((out / "spec.yaml").read_text())["anchors"][0]["source"] == "tiny:vit32"
+
+
+def test_routes_of_a_build_output_show_its_accuracies(built, capsys):
+    _, out = built
+    assert cli.main([*PLUGIN, "routes", str(out), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    built_routes = json.loads((out / "routes.json").read_text())["routes"]
+    assert [r["meta"]["accuracy"] for r in printed] == [r["accuracy"] for r in built_routes]
+
+
+def test_evaluate_reproduces_the_build_accuracies(built, capsys):
+    _, out = built
+    assert cli.main([*PLUGIN, "evaluate", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "routes" in printed and "accuracy" in printed
+    again = json.loads((out / "evaluation" / "routes.json").read_text())["routes"]
+    first = json.loads((out / "routes.json").read_text())["routes"]
+    def key(rows):
+        return [(r["route"], r["accuracy"], r["loss"]) for r in rows]
+
+    assert key(again) == key(first)
+    assert cli.main([*PLUGIN, "evaluate", str(out), "--max-batches", "1"]) == 0
+    one = json.loads((out / "evaluation" / "routes.json").read_text())["routes"]
+    assert any(a["accuracy"] != b["accuracy"] for a, b in zip(one, first))  # 16 of 40 images
+
+
+def test_export_reproduces_the_route(built, tmp_path, capsys):
+    _, out = built
+    dest = tmp_path / "r.safetensors"
+    assert cli.main([*PLUGIN, "export", str(out), "--route", "9", "-o", str(dest)]) == 0
+    desc = json.loads(dest.with_suffix(".json").read_text())
+    assert desc["route_id"] == 9 and desc["weights"] == "r.safetensors" and desc["onnx"] is None
+    assert desc["preprocess"]["input_size"] == [3, 16, 16] and len(desc["classes"]) == 10
+    regs = _regs()
+    net = load_snnet(out, regs)
+    route = load_route(dest, regs)
+    own = {k for k in route.state_dict()}
+    assert len(own) < len(net.state_dict())  # only this route's weights
+    x = tiny.images(5)
+    with torch.no_grad():
+        assert torch.equal(route(x), net.forward_route(x, 9))
+
+
+def test_export_onnx(built, tmp_path, capsys):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    from onnx.reference import ReferenceEvaluator
+
+    _, out = built
+    dest = tmp_path / "r.safetensors"
+    assert cli.main([*PLUGIN, "export", str(out), "--route", "4", "--onnx", "-o", str(dest)]) == 0
+    assert json.loads(dest.with_suffix(".json").read_text())["onnx"] == "r.onnx"
+    assert not dest.with_suffix(".onnx.data").exists()  # small models are one self-contained file
+    x = tiny.images(3)  # another batch size than the export example: the batch dimension is dynamic
+    with torch.no_grad():
+        expected = load_snnet(out, _regs()).forward_route(x, 4)
+    model = onnx.load(str(dest.with_suffix(".onnx")))
+    onnx.checker.check_model(model)
+    got = ReferenceEvaluator(model).run(None, {"inputs": x.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_export_by_flops_budget_picks_the_most_accurate_route_within_it(built, capsys):
+    _, out = built
+    routes = json.loads((out / "routes.json").read_text())["routes"]
+    budget = sorted(r["flops"] for r in routes)[10]
+    best = max((r for r in routes if r["flops"] <= budget), key=lambda r: (r["accuracy"], r["flops"]))
+    assert cli.main([*PLUGIN, "export", str(out), "--max-flops", f"{budget / 1e9}G"]) == 0
+    assert f"route {best['id']}:" in capsys.readouterr().out
+    assert (out / "exports" / f"route{best['id']}.safetensors").is_file()
+
+
+def test_cli_errors_are_one_line_with_exit_codes(built, tmp_path, capsys):
+    spec, out = built
+    assert cli.main([*PLUGIN, "build", str(spec), "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "--overwrite" in err and "\n" not in err
+    assert cli.main([*PLUGIN, "evaluate", str(tmp_path)]) == 1
+    assert "not a stitchframe build output" in capsys.readouterr().err
+    assert cli.main([*PLUGIN, "export", str(out), "--route", "999"]) == 2
+    assert "out of range" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main([*PLUGIN, "export", str(out)])  # --route or --max-flops is required
+
+
+def test_build_overwrite_through_the_cli(built, tmp_path):
+    spec, _ = built
+    out = tmp_path / "o"
+    assert cli.main([*PLUGIN, "build", str(spec), "-o", str(out)]) == 0
+    assert cli.main([*PLUGIN, "build", str(spec), "-o", str(out), "--overwrite"]) == 0
+    assert (out / "build.json").is_file()

@@ -1,0 +1,225 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import stitchframe.pipeline as pipeline
+from stitchframe import CheckpointError, OutputExistsError, SpecError, build, load_snnet, parse_spec
+from stitchframe.io import read_metadata
+from stitchframe.spec import dump_spec, load_spec, spec_hash
+from tests import tiny
+
+
+def tiny_spec(**changes) -> dict:
+    spec = {
+        "anchors": ["tiny:vit32", {"source": "tiny:vit48", "options": {"seed": 1}}],
+        "stitch": {"space": "snnet"},
+        "calibration": {"batches": 2},
+        "data": {"name": "synthetic", "options": {"train_size": 64, "val_size": 48}},
+        "train": {"epochs": 0, "batch_size": 16},
+        "eval": {"batch_size": 16},
+    }
+    for key, value in changes.items():
+        spec[key] = {**spec[key], **value} if isinstance(value, dict) and key in spec else value
+    return spec
+
+
+def _build(regs, out, **kw):
+    return build(parse_spec(kw.pop("spec", None) or tiny_spec()), output=out, registries=regs, **kw)
+
+
+def test_build_writes_a_complete_output_that_reloads(regs, tmp_path):
+    out = tmp_path / "out"
+    res = _build(regs, out)
+    assert res.output == out.absolute()
+    for name in ("snnet.safetensors", "spec.yaml", "routes.json", "routes.md", "pareto.png", "build.json"):
+        assert (out / name).is_file(), name
+    assert (out / "checkpoints" / "evaluation.jsonl").is_file()
+    assert not pipeline.partial_dir(out).exists() and not (out / "build-state.json").exists()
+    spec = load_spec(out / "spec.yaml")
+    assert dump_spec(spec) == dump_spec(parse_spec(tiny_spec()))
+    header = read_metadata(out / "snnet.safetensors")
+    assert header["spec_hash"] == spec_hash(spec)
+    table = json.loads(header["routes"])
+    assert [r["name"] for r in table] == [r.describe() for r in res.snnet.routes]
+    routes = json.loads((out / "routes.json").read_text())["routes"]
+    assert [r["accuracy"] for r in routes] == [r.accuracy for r in res.evaluation.routes]
+    manifest = json.loads((out / "build.json").read_text())
+    assert manifest["data"]["num_classes"] == 10 and manifest["train"] is None
+    assert manifest["evaluation"]["block_forwards"] < manifest["evaluation"]["naive_block_forwards"]
+
+    net = load_snnet(out, regs)
+    x = torch.stack([tiny.images(4)[i] for i in range(4)])
+    with torch.no_grad():
+        for i in range(len(net.routes)):
+            assert torch.equal(net.forward_route(x, i), res.snnet.eval().forward_route(x, i))
+            assert net.routes[i].meta["accuracy"] == res.snnet.routes[i].meta["accuracy"]
+
+
+def test_load_snnet_rejects_an_edited_spec(regs, tmp_path):
+    out = tmp_path / "out"
+    _build(regs, out)
+    (out / "spec.yaml").write_text(dump_spec(parse_spec(tiny_spec(seed=5))))
+    with pytest.raises(CheckpointError, match="another spec"):
+        load_snnet(out, regs)
+    with pytest.raises(CheckpointError, match="not a stitchframe build output"):
+        load_snnet(tmp_path, regs)
+
+
+def test_existing_output_needs_overwrite(regs, tmp_path):
+    out = tmp_path / "out"
+    _build(regs, out)
+    before = (out / "snnet.safetensors").read_bytes()
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        _build(regs, out, spec=tiny_spec(seed=3))
+    assert (out / "snnet.safetensors").read_bytes() == before
+    _build(regs, out, spec=tiny_spec(seed=3), overwrite=True)
+    assert json.loads((out / "build.json").read_text())["spec_hash"] == spec_hash(parse_spec(tiny_spec(seed=3)))
+    other = tmp_path / "not_a_build"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="not a stitchframe build"):
+        _build(regs, other, overwrite=True)
+    assert (other / "notes.txt").read_text() == "mine"
+
+
+def test_failed_build_keeps_previous_outputs_and_resumes(regs, tmp_path, monkeypatch):
+    import stitchframe.train
+
+    out = tmp_path / "out"
+    _build(regs, out)
+    files = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    spec = tiny_spec(seed=7, train={"epochs": 1, "max_steps": 2, "batch_size": 16})
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("crashed")
+
+    monkeypatch.setattr(pipeline, "_evaluate", broken)
+    with pytest.raises(RuntimeError, match="crashed"):
+        _build(regs, out, spec=spec, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == files
+    partial = pipeline.partial_dir(out)
+    assert json.loads((partial / "build-state.json").read_text())["stage"] == "trained"
+    trained = (partial / "snnet.safetensors").read_bytes()
+
+    monkeypatch.undo()
+    monkeypatch.setattr(pipeline, "calibrate", broken)  # resuming must neither calibrate nor train again
+    monkeypatch.setattr(stitchframe.train, "train", broken)
+    with pytest.raises(CheckpointError, match="another spec"):
+        _build(regs, out, spec=tiny_spec(seed=8), overwrite=True, resume=True)
+    res = _build(regs, out, spec=spec, overwrite=True, resume=True)
+    assert not partial.exists()
+    manifest = json.loads((out / "build.json").read_text())
+    assert manifest["spec_hash"] == spec_hash(parse_spec(spec)) and manifest["train"]["steps"] == 2
+    reloaded = _load_state(regs, spec, trained, tmp_path)
+    assert pipeline.state_fingerprint(res.snnet) == pipeline.state_fingerprint(reloaded)
+
+
+def _load_state(regs, spec_dict, weights: bytes, tmp_path):
+    from stitchframe import assemble, load_module_state
+
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(weights)
+    net = assemble(parse_spec(spec_dict), regs)
+    load_module_state(net, path)
+    return net
+
+
+def test_an_unfinished_build_is_discarded_without_resume(regs, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    monkeypatch.setattr(pipeline, "_evaluate", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError):
+        _build(regs, out)
+    assert pipeline.partial_dir(out).exists() and not out.exists()
+    monkeypatch.undo()
+    calls = []
+    monkeypatch.setattr(pipeline, "calibrate", lambda *a, **k: calls.append(1))
+    _build(regs, out)
+    assert calls == [1] and out.is_dir()
+
+
+def test_an_interrupted_swap_is_recovered(regs, tmp_path):
+    out = tmp_path / "out"
+    _build(regs, out)
+    out.rename(tmp_path / ".out.old")  # a crash between the two renames of the swap
+    with pytest.raises(OutputExistsError):
+        _build(regs, out)
+    assert (out / "build.json").is_file() and not (tmp_path / ".out.old").exists()
+
+
+def test_training_runs_between_calibration_and_evaluation(regs, tmp_path):
+    spec = tiny_spec(train={"epochs": 1, "max_steps": 4, "batch_size": 16, "lr": 1e-3})
+    res = _build(regs, tmp_path / "out", spec=spec)
+    manifest = json.loads((tmp_path / "out" / "build.json").read_text())
+    assert manifest["train"]["steps"] == 4 and len(manifest["train"]["routes"]) == 4
+    assert manifest["train"]["checkpoint"].startswith(str((tmp_path / "out").absolute()))
+    assert (tmp_path / "out" / "checkpoints" / "latest").is_file()
+    untrained = _build(regs, tmp_path / "untrained", spec=tiny_spec())
+    assert pipeline.state_fingerprint(res.snnet) != pipeline.state_fingerprint(untrained.snnet)
+    assert pipeline.state_fingerprint(load_snnet(tmp_path / "out", regs)) == pipeline.state_fingerprint(res.snnet)
+
+
+def test_interrupted_training_resumes_from_its_checkpoint(regs, tmp_path, monkeypatch):
+    import stitchframe.train
+
+    spec = tiny_spec(train={"epochs": 2, "max_steps": 6, "batch_size": 16, "lr": 1e-3, "checkpoint_every": 3})
+    straight = _build(regs, tmp_path / "straight", spec=spec)
+    real_train = stitchframe.train.train
+    steps_run = []
+
+    def killed_after_three(*args, **kwargs):
+        result = real_train(*args, **kwargs, stop_after=3)
+        steps_run.append(result.steps)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stitchframe.train, "train", killed_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        _build(regs, tmp_path / "out", spec=spec)
+    assert steps_run == [3] and not (tmp_path / "out").exists()
+    monkeypatch.undo()
+    res = _build(regs, tmp_path / "out", spec=spec, resume=True)
+    assert res.train_result["steps"] == 6 and res.train_result["routes"][:3] == straight.train_result["routes"][:3]
+    assert pipeline.state_fingerprint(res.snnet) == pipeline.state_fingerprint(straight.snnet)
+    assert [r.accuracy for r in res.evaluation.routes] == [r.accuracy for r in straight.evaluation.routes]
+
+
+def test_spec_mistakes_are_reported_before_any_work(regs, tmp_path):
+    with pytest.raises(SpecError, match=r"outputs 10 classes but dataset 'synthetic' has 5.*anchors\[0\]\.options"):
+        _build(regs, tmp_path / "a", spec=tiny_spec(data={"name": "synthetic", "options": {"num_classes": 5}}))
+    with pytest.raises(SpecError, match=r"data.img_size is 32 but anchors\[0\] \('vit32'\) was built for 16x16"):
+        _build(regs, tmp_path / "b", spec=tiny_spec(data={"name": "synthetic", "img_size": 32}))
+    with pytest.raises(SpecError, match="data section"):
+        _build(regs, tmp_path / "c", spec={k: v for k, v in tiny_spec().items() if k != "data"})
+    with pytest.raises(SpecError, match="no output folder"):
+        build(parse_spec(tiny_spec()), registries=regs)
+
+
+def test_only_rank_zero_writes(regs, tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    res = _build(regs, tmp_path / "out")
+    assert res.evaluation is None and not (tmp_path / "out").exists()
+    assert not pipeline.partial_dir(tmp_path / "out").exists()
+
+
+def test_cnn_build_with_fitted_heads_and_frozen_batchnorm(regs, tmp_path):
+    from stitchframe import assemble
+
+    spec = tiny_spec(
+        anchors=["tiny:cnn8", {"source": "tiny:cnn16", "options": {"seed": 1}}],
+        calibration={"batches": 4, "heads": True},
+        train={"epochs": 1, "max_steps": 3, "batch_size": 16, "lr": 1e-3, "freeze": ["batchnorm"]},
+    )
+    res = _build(regs, tmp_path / "out", spec=spec)
+    fresh = assemble(parse_spec(spec), regs)
+    trained, init = dict(res.snnet.named_modules()), dict(fresh.named_modules())
+    bns = [n for n, m in trained.items() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns
+    for n in bns:  # statistics and affine weights of every BatchNorm are the pretrained ones
+        for key, t in trained[n].state_dict().items():
+            assert torch.equal(t, init[n].state_dict()[key]), f"{n}.{key}"
+    assert not torch.equal(trained["anchors.cnn8.blocks.0.conv"].weight, init["anchors.cnn8.blocks.0.conv"].weight)
+    heads = [r.accuracy for r in res.evaluation.routes if r.name in ("cnn8[0:3]", "cnn16[0:3]")]
+    assert min(heads) > 20  # fitted classifiers: above the 10 % the random heads get on these data
