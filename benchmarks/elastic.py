@@ -45,7 +45,7 @@ class Params:
     anchors: tuple
     data: str = "fashion_mnist"
     data_options: dict = attrs.field(factory=lambda: {"train_size": 20000, "val_size": 2000, "fallback": "digits"})
-    img_size: int = 64
+    img_size: int | None = 64
     space_options: dict = attrs.field(factory=lambda: {"kernel": 2, "stride": 2})
     calibration_batches: int = 16
     calibration_heads: bool = True  # least squares for the new 10-class classifiers too

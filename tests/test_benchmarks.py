@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import benchmarks
-from benchmarks import BENCHMARKS, calibration, evaluation, forward, memory, switching, training, zeroshot
+from benchmarks import BENCHMARKS, calibration, elastic, evaluation, forward, memory, switching, training, zeroshot
 from benchmarks.cli import main, run_benchmark, write_summary
 from benchmarks.harness import Context, interleave, python_allocations, ratios
 
@@ -29,6 +29,11 @@ TINY = {
                                 cpu_variants=("fp32", "bf16")),
     "calibration": calibration.Params(anchors=VITS[:2], images=(4, 8), batch=4, repeats=1, repeats_large=1),
     "memory": memory.Params(anchors=VITS[:2], batch=2, stitched_pairs=1),
+    "elastic": elastic.Params(anchors=({"source": "tiny:vit32", "name": "vit32"},
+                                       {"source": "tiny:vit48", "name": "vit48", "options": {"seed": 1}}),
+                              data="synthetic", data_options={"train_size": 32, "val_size": 16}, img_size=None,
+                              space_options={}, calibration_batches=1, calibration_heads=False, freeze=(),
+                              max_steps=2, batch_size=8, warmup_steps=0, eval_batch_size=16),
     "zeroshot": zeroshot.Params(anchors=VITS[:2], eval_views=1, calib_views=1, crop_calib_views=1,
                                 eval_photos=("chelsea", "coffee"), calibration_photos=("camera", "coins")),
 }
@@ -99,6 +104,16 @@ def test_exported_route_holds_its_own_parameters(ctx, tmp_path):
     result = run_benchmark("memory", TINY["memory"], ctx, tmp_path)
     assert all(r["params"] < result["snnet"]["params"] for r in result["routes"])
     assert result["goals"][0]["met"]
+
+
+def test_elastic_compares_every_run(ctx, tmp_path):
+    result = run_benchmark("elastic", TINY["elastic"], ctx, tmp_path)
+    runs = result["runs"]
+    assert set(runs) == {"alone", "uniform", "flops_grouped", "lowrank"}
+    assert set(runs["alone"]) == {"vit32", "vit48"}
+    for name in ("uniform", "flops_grouped", "lowrank"):
+        assert set(runs[name]["anchor_gap_points"]) == {"vit32", "vit48"}
+        assert all(0 <= r["accuracy"] <= 100 for r in runs[name]["routes"])
 
 
 def test_training_skips_cuda_only_variants_on_cpu(ctx, tmp_path):
