@@ -30,6 +30,7 @@ prepares folders, evaluates and writes.
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import shutil
 import time
@@ -52,6 +53,7 @@ from .errors import CheckpointError, OutputExistsError, SpecError
 from .evaluate import Evaluation, evaluate_routes, logits_of, state_fingerprint
 from .io import atomic_write, load_module_state, read_json, read_metadata, save_module, write_json
 from .plugins import Registries, load_registries
+from .routes import Route
 from .report import summary_sentence, write_report
 from .snnet import SNNet
 from .spec import Spec, dump_spec, load_spec, spec_hash
@@ -236,11 +238,8 @@ def _resolve_output(spec: Spec, output: str | Path | None) -> Path:
 # ---------------------------------------------------------------------------
 # stages
 # ---------------------------------------------------------------------------
-def _calibrate(snnet: SNNet, spec: Spec, splits: DatasetSplits, device: torch.device, console) -> None:
-    """Least squares for the stitching layers (and, with ``calibration.heads``, the classifiers)."""
-    cal = spec.calibration
-    if cal.batches == 0 or (len(snnet.stitches) == 0 and not cal.heads):
-        return
+def _calibration_batches(spec: Spec, splits: DatasetSplits, *, inputs_only: bool = False) -> list[Any]:
+    """The first ``calibration.batches`` training batches in a seeded order (the same list every call)."""
     loader = DataLoader(
         splits.train,
         batch_size=spec.train.batch_size,
@@ -249,7 +248,16 @@ def _calibrate(snnet: SNNet, spec: Spec, splits: DatasetSplits, device: torch.de
         collate_fn=splits.collate_fn,
         num_workers=spec.data.num_workers,
     )
-    batches = list(islice(loader, cal.batches))
+    batches = list(islice(loader, max(spec.calibration.batches, 1)))
+    return [b[0] if isinstance(b, (tuple, list)) else b for b in batches] if inputs_only else batches
+
+
+def _calibrate(snnet: SNNet, spec: Spec, splits: DatasetSplits, device: torch.device, console) -> None:
+    """Least squares for the stitching layers (and, with ``calibration.heads``, the classifiers)."""
+    cal = spec.calibration
+    if cal.batches == 0 or (len(snnet.stitches) == 0 and not cal.heads):
+        return
+    batches = _calibration_batches(spec, splits)
     n = len(batches)
     if len(snnet.stitches):
         what = f"{len(snnet.stitches)} stitching layer{'s' if len(snnet.stitches) > 1 else ''}"
@@ -393,9 +401,20 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
     t0 = time.perf_counter()
     _seed_everything(spec.seed)
     device = resolve_device(spec.device)
-    snnet = assemble(spec, regs).to(device)
-    preprocess, notes = agreed_preprocess(list(snnet.anchors.values()), spec.data.img_size)
-    splits = load_data(spec, regs, preprocess)
+    loaded: dict[str, Any] = {}
+
+    def data_for(anchors) -> tuple[Any, list[str], DatasetSplits]:
+        if "splits" not in loaded:
+            pre, notes = agreed_preprocess(list(anchors), spec.data.img_size)
+            loaded.update(preprocess=pre, notes=notes, splits=load_data(spec, regs, pre))
+        return loaded["preprocess"], loaded["notes"], loaded["splits"]
+
+    def probe(anchors) -> list[Any]:
+        # spaces that choose routes on data (e.g. dery) get the first calibration batches, a fixed list
+        return _calibration_batches(spec, data_for(anchors)[2], inputs_only=True)
+
+    snnet = assemble(spec, regs, probe=probe).to(device)
+    preprocess, notes, splits = data_for(snnet.anchors.values())
     if console is not None:
         for note in notes:
             console.print(f"note: {note}")
@@ -473,7 +492,9 @@ def load_snnet(output_dir: str | Path, registries: Registries | None = None, *,
             f"{str(out / WEIGHTS)!r} was saved from another spec (hash {header.get('spec_hash')}) than "
             f"{str(out / 'spec.yaml')!r} ({spec_hash(spec)}); was spec.yaml edited? Restore it or rebuild"
         )
-    snnet = assemble(spec, regs)
+    table = json.loads(header.get("routes", "[]"))
+    # rebuild from the saved route table: spaces that chose routes on data need no data to reload
+    snnet = assemble(spec, regs, routes=[Route.from_dict(r) for r in table] if table else None)
     load_module_state(snnet, out / WEIGHTS, kind="snnet")
     _restore_route_meta(snnet, header, out / WEIGHTS)
     if device is not None:
@@ -482,8 +503,6 @@ def load_snnet(output_dir: str | Path, registries: Registries | None = None, *,
 
 
 def _restore_route_meta(snnet: SNNet, header: dict[str, str], where: Path) -> None:
-    import json
-
     table = json.loads(header.get("routes", "[]"))
     if table and len(table) != len(snnet.routes):
         raise CheckpointError(f"{str(where)!r} records {len(table)} routes, the spec gives {len(snnet.routes)}")

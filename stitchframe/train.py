@@ -451,6 +451,10 @@ class _Progress:
             lr = t.optimizer.param_groups[0]["lr"]
             fields = {"loss": f"{sum(window) / max(1, len(window)):.4f}", "lr": f"{lr:.2e}", "speed": f"{rate:.0f}"}
             self.last = (t.step, now)
+            if not t.console.is_terminal:  # logs and pipes get a line per log_every steps instead of a live bar
+                t.console.print(
+                    f"train step {t.step}/{t.total}  loss {fields['loss']}  lr {fields['lr']}  {fields['speed']} img/s"
+                )
         self.bar.update(self.task, completed=t.step, **fields)
 
     def __exit__(self, *exc: Any) -> None:

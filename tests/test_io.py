@@ -109,3 +109,12 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     assert not os.path.exists(tmp_path / "missing.json")
     with pytest.raises(CheckpointError, match="does not exist"):
         read_json(tmp_path / "missing.json")
+
+
+def test_atomic_write_gives_normal_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        path = write_json(tmp_path / "p.json", {})
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -396,3 +396,17 @@ def test_bf16_training_on_cuda(tmp_path):
     resumed = vit_snnet()
     load_checkpoint(tmp_path / "ckpt", model=resumed)
     assert_same_weights(state_of(resumed), {k: v.cpu() for k, v in net.state_dict().items()})
+
+
+def test_progress_goes_to_plain_lines_when_not_a_terminal(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=False, width=120)
+    cfg = TrainSpec(epochs=1, batch_size=16, log_every=2)
+    run(vit_snnet(), prototype_data(64), cfg, tmp_path, console=console)
+    lines = [line for line in out.getvalue().splitlines() if line.startswith("train step")]
+    assert [line.split()[2] for line in lines] == ["2/4", "4/4"]
+    assert all("loss" in line and "img/s" in line for line in lines)
