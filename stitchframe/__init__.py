@@ -13,6 +13,7 @@ from .calibration import calibrate, calibrate_heads
 from .datasets import DatasetSplits
 from .engine import assemble, build_snnet, choose_layer, load_anchor, validate_spec
 from .errors import (
+    BuildInterrupted,
     CheckpointError,
     OutputExistsError,
     PluginError,
@@ -52,6 +53,7 @@ __all__ = [
     "Anchor",
     "BlockGraph",
     "BlockInfo",
+    "BuildInterrupted",
     "BuildResult",
     "CheckpointError",
     "Conv1x1Stitch",

@@ -206,6 +206,8 @@ def save_checkpoint(
         return final
     for stale in directory.glob(".step-*.tmp"):
         shutil.rmtree(stale, ignore_errors=True)
+    for stale in directory.glob(f".{LATEST}.*.tmp"):  # a pointer write a crash interrupted
+        stale.unlink(missing_ok=True)
     opt_tensors, opt_data = _split_optimizer(optimizer)
     rng_tensors, rng_data = capture_rng()
     tensors = {**opt_tensors, **rng_tensors}

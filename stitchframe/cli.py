@@ -1,22 +1,37 @@
 """The ``stitchframe`` command.
 
 Thin by design: parse arguments, load the spec, call the library, print.
-Exit codes: 0 success, 2 bad spec or usage, 1 runtime failure.  Errors print
-one line; ``--traceback`` shows the full trace.
+Exit codes: 0 success, 2 bad spec or usage (including stitches between
+incompatible activations and an existing output without ``--overwrite``),
+1 runtime failure (a plugin, a corrupt file, a non-finite loss), 130/143 a
+build stopped by SIGINT/SIGTERM (``--resume`` continues it).  Errors print
+one line on stderr; messages about a spec name the spec file and the dotted
+field; ``--traceback`` shows the full trace.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 
 from rich.console import Console
 from rich.table import Table
 
-from .errors import OutputExistsError, PluginError, SpecError, StitchframeError, UnknownNameError
+from .errors import (
+    BuildInterrupted,
+    OutputExistsError,
+    ShapeMismatchError,
+    SpecError,
+    StitchframeError,
+    UnknownNameError,
+)
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
@@ -24,6 +39,9 @@ __all__ = ["main", "build_parser", "COMMANDS"]
 EXIT_USAGE = 2
 #: Exit code for a failure while running.
 EXIT_FAILURE = 1
+#: Errors that are the user's to fix in the spec or the command line (exit code 2).
+USAGE_ERRORS = (SpecError, UnknownNameError, ShapeMismatchError, OutputExistsError)
+_SPEC_ERRORS = (SpecError, UnknownNameError, ShapeMismatchError)
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -48,6 +66,40 @@ def registries_for(args: argparse.Namespace):
     return regs
 
 
+@contextlib.contextmanager
+def about_spec(path: str) -> Iterator[None]:
+    """Spec mistakes raised inside the block name the spec file (``path: field: message``)."""
+    try:
+        yield
+    except _SPEC_ERRORS as exc:
+        if str(path) in str(exc):
+            raise
+        raise type(exc)(f"{path}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _interrupts_stop_the_build() -> Iterator[None]:
+    """SIGINT and SIGTERM outside training (which checkpoints and stops by itself) end the build too.
+
+    Either way the unfinished build is kept and ``--resume`` continues it;
+    the command exits with 128 + the signal number (130, 143).
+    """
+    hint = "the unfinished build is kept; rerun with --resume to continue it"
+
+    def on_sigterm(_signum: int, _frame: object) -> None:
+        raise BuildInterrupted(f"Build interrupted by SIGTERM; {hint}", signal_name="SIGTERM")
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise BuildInterrupted(f"Build interrupted by SIGINT; {hint}", signal_name="SIGINT") from None
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
 def _warn_problems(regs) -> None:
     if regs.problems:
         con = _console(err=True)
@@ -69,10 +121,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from .engine import validate_spec
     from .spec import load_spec
 
-    spec = load_spec(args.spec)
-    regs = registries_for(args)
-    _warn_problems(regs)
-    notes = validate_spec(spec, regs)
+    with about_spec(args.spec):
+        spec = load_spec(args.spec)
+        regs = registries_for(args)
+        _warn_problems(regs)
+        notes = validate_spec(spec, regs)
     for n in notes:
         _console(err=True).print(f"note: {n}")
     print(f"{args.spec}: OK ({len(spec.anchors)} anchors, space {spec.stitch.space!r}, layer {spec.stitch.layer!r})")
@@ -113,7 +166,8 @@ def cmd_routes(args: argparse.Namespace) -> int:
         from .engine import assemble
         from .spec import load_spec
 
-        net = assemble(load_spec(args.spec), regs)
+        with about_spec(args.spec):
+            net = assemble(load_spec(args.spec), regs)
     if args.json:
         print(json.dumps(net.routes.to_list(), indent=2))
     else:
@@ -133,11 +187,12 @@ def cmd_build(args: argparse.Namespace) -> int:
     from .pipeline import build
     from .spec import load_spec
 
-    spec = load_spec(args.spec)
-    regs = registries_for(args)
-    _warn_problems(regs)
-    output = args.output or spec.output or _default_output(args.spec)
-    build(spec, output=output, overwrite=args.overwrite, resume=args.resume, registries=regs, console=_console())
+    with _interrupts_stop_the_build(), about_spec(args.spec):
+        spec = load_spec(args.spec)
+        regs = registries_for(args)
+        _warn_problems(regs)
+        output = args.output or spec.output or _default_output(args.spec)
+        build(spec, output=output, overwrite=args.overwrite, resume=args.resume, registries=regs, console=_console())
     return 0
 
 
@@ -243,25 +298,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _report(message: str, show_traceback: bool) -> None:
+    """Print ``error: message`` as one line on stderr (and the traceback first, on request)."""
+    if show_traceback:
+        traceback.print_exc()
+    one_line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    _console(err=True).print(f"error: {one_line}", markup=False)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Python warnings as one ``warning:`` line, like the command's other messages (no source lines)."""
+    one_line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    where = "" if issubclass(category, UserWarning) else f" ({category.__name__}, {filename}:{lineno})"
+    _console(err=True).print(f"warning: {one_line}{where}", markup=False)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``stitchframe`` command; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _run_command(args)
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         return COMMANDS[args.command](args)
-    except (SpecError, UnknownNameError, OutputExistsError) as exc:
-        if args.traceback:
-            traceback.print_exc()
-        _console(err=True).print(f"error: {exc}", markup=False)
+    except BuildInterrupted as exc:
+        _report(str(exc), args.traceback)
+        return exc.exit_code
+    except USAGE_ERRORS as exc:
+        _report(str(exc), args.traceback)
         return EXIT_USAGE
-    except (StitchframeError, PluginError) as exc:
-        if args.traceback:
-            traceback.print_exc()
-        _console(err=True).print(f"error: {exc}", markup=False)
+    except StitchframeError as exc:
+        _report(str(exc), args.traceback)
         return EXIT_FAILURE
     except KeyboardInterrupt:
-        _console(err=True).print("interrupted", markup=False)
-        return 130
+        _report("interrupted (SIGINT)", args.traceback)
+        return 128 + signal.SIGINT
+    except Exception as exc:  # noqa: BLE001 - a bug, still reported on one line
+        _report(f"unexpected {type(exc).__name__}: {exc} (a bug in stitchframe or a plugin; "
+                "rerun with --traceback and report it)", args.traceback)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":  # pragma: no cover

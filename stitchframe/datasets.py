@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from .anchors import Anchor, Preprocess
-from .errors import PluginError, SpecError, StitchframeError
+from .errors import PluginError, SpecError, StitchframeError, _prefixed
 from .hookspecs import hookimpl
 from .spec import Spec, structure_options
 
@@ -258,7 +258,7 @@ def load_fashion_mnist(options: FashionMNISTOptions, preprocess: Preprocess) -> 
     files = _fashion_files(root)
     if files is None:
         message = (
-            f"Fashion-MNIST files not found in {str(root)!r} "
+            f"data.options.root: Fashion-MNIST files not found in {str(root)!r} "
             f"(expected {', '.join(sorted(sum(_FASHION_FILES.values(), ())))}); install the Debian package "
             "dataset-fashion-mnist (apt install dataset-fashion-mnist), point data.options.root at a folder "
             "holding them, or use data.name: digits"
@@ -267,7 +267,7 @@ def load_fashion_mnist(options: FashionMNISTOptions, preprocess: Preprocess) -> 
             warnings.warn(f"{message}; falling back to digits (data.options.fallback)", stacklevel=2)
             splits = load_digits(DigitsOptions(), preprocess)
             return attrs.evolve(splits, description=f"{splits.description} (fallback: Fashion-MNIST files missing)")
-        raise StitchframeError(message + " (or set data.options.fallback: digits)")
+        raise SpecError(message + " (or set data.options.fallback: digits)")
     splits = {}
     for split, (img, lab) in files.items():
         images, labels = read_idx(img), read_idx(lab)
@@ -370,8 +370,8 @@ def load_imagefolder(options: ImageFolderOptions, preprocess: Preprocess) -> Dat
     dirs = {"train": root / options.train_dir, "val": root / options.val_dir}
     for split, d in dirs.items():
         if not d.is_dir():
-            raise StitchframeError(
-                f"imagefolder: {split} folder {str(d)!r} does not exist; data.options.root must hold "
+            raise SpecError(
+                f"data.options.root: the imagefolder {split} folder {str(d)!r} does not exist; the root must hold "
                 f"{options.train_dir!r} and {options.val_dir!r} folders with one sub-folder per class"
             )
     train = ImageFolder(str(dirs["train"]), transform=image_transform(preprocess, train=True, augment=options.augment))
@@ -541,8 +541,8 @@ def load_data(spec: Spec, registries: Registries, preprocess: Preprocess) -> Dat
     options = structure_options(entry.options, spec.data.options, "data.options")
     try:
         splits = entry.obj(options, preprocess)
-    except StitchframeError:
-        raise
+    except StitchframeError as exc:
+        raise _prefixed(exc, f"data ({spec.data.name!r})", ("data.", "data:"))
     except Exception as exc:
         raise PluginError(
             f"Plugin {entry.plugin!r} failed to load dataset {spec.data.name!r} (data.name): "

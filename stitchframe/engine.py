@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .anchors import Anchor, anchor_name
-from .errors import PluginError, ShapeMismatchError, SpecError, StitchframeError, UnknownNameError
+from .errors import PluginError, ShapeMismatchError, SpecError, StitchframeError, UnknownNameError, _prefixed
 from .graph import ActivationSpec
 from .plugins import Registries, load_registries, unknown_source_error
 from .registry import Entry
@@ -74,8 +74,8 @@ def load_anchor(
         options = structure_options(entry.options, spec.options, f"{where}.options")
         try:
             anchor = _call_loader(entry.obj, ident, options, regs)
-        except StitchframeError:
-            raise
+        except StitchframeError as exc:
+            raise _prefixed(exc, f"{where} ({spec.source!r})", (where,))
         except Exception as exc:
             raise PluginError(
                 f"Plugin {entry.plugin!r} failed to load anchor {spec.source!r} at {where}: "
@@ -109,7 +109,7 @@ def _layer_entry(layer: str, regs: Registries, src: ActivationSpec, dst: Activat
     try:
         return regs.stitch_layers.get(name, where=where)
     except UnknownNameError as exc:
-        raise UnknownNameError(f"{exc}{' Or use auto.' if layer != AUTO_LAYER else ''}{regs.broken_note()}") from None
+        raise UnknownNameError(f"{exc}{' Or use auto.' if layer != AUTO_LAYER else ''}") from None
 
 
 class _Layers:
@@ -119,6 +119,7 @@ class _Layers:
         self.by_name = {a.name: a for a in anchors}
         self.layer, self.layer_options, self.regs, self.where = layer, layer_options, regs, where
         self._options: dict[str, Any] = {}
+        self.rejected: tuple[str, int, str, int, str, str] | None = None  # the first stitch the layer cannot bridge
 
     def specs(self, src: str, p: int, dst: str, q: int) -> tuple[ActivationSpec, ActivationSpec]:
         return self.by_name[src].graph.spec_at(p), self.by_name[dst].graph.spec_at(q)
@@ -136,13 +137,25 @@ class _Layers:
 
     def can_stitch(self, src: str, p: int, dst: str, q: int) -> bool:
         s, d = self.specs(src, p, dst, q)
-        return self.entry(s, d).obj.supports(s, d) is None
+        entry = self.entry(s, d)
+        reason = entry.obj.supports(s, d)
+        if reason is not None and self.rejected is None:
+            self.rejected = (src, p, dst, q, entry.name, reason)
+        return reason is None
+
+    def mismatch(self, src: str, p: int, dst: str, q: int, name: str, reason: str) -> ShapeMismatchError:
+        """The error for a stitch layer ``name`` cannot bridge: both block names and activation shapes."""
+        s, d = self.specs(src, p, dst, q)
+        return ShapeMismatchError(
+            f"Stitch {self.by_name[src].graph.name_at(p)} {s.describe()} -> {self.by_name[dst].graph.consumer_at(q)} "
+            f"{d.describe()} cannot use stitching layer {name!r} (at {self.where}.layer): {reason}"
+        )
 
     def build(self, entry: Entry, s: ActivationSpec, d: ActivationSpec) -> StitchLayer:
         try:
             return entry.obj(s, d, self.options_for(entry))
-        except StitchframeError:
-            raise
+        except StitchframeError as exc:
+            raise _prefixed(exc, f"{self.where}.layer ({entry.name!r})", (f"{self.where}.",))
         except Exception as exc:
             raise PluginError(
                 f"Plugin {entry.plugin!r} failed to build stitching layer {entry.name!r} for "
@@ -221,8 +234,8 @@ def build_snnet(
             generated = list(routes)
         else:
             generated = space_routes(space_entry.obj(space_options), list(anchors), layers.can_stitch, context)
-    except StitchframeError:
-        raise
+    except StitchframeError as exc:
+        raise _prefixed(exc, f"{where}.space ({space!r})", (f"{where}.",))
     except Exception as exc:
         raise PluginError(
             f"Plugin {space_entry.plugin!r} raised in stitch space {space!r} (StitchSpace.routes): "
@@ -248,10 +261,7 @@ def build_snnet(
             entry = layers.entry(s, d, link.layer)
             reason = entry.obj.supports(s, d)
             if reason is not None:
-                raise ShapeMismatchError(
-                    f"Stitch {by_name[src].graph.name_at(p)} {s.describe()} -> {by_name[dst].graph.consumer_at(q)} "
-                    f"{d.describe()} cannot use stitching layer {entry.name!r} (at {where}.layer): {reason}"
-                )
+                raise layers.mismatch(src, p, dst, q, entry.name, reason)
             key = link.key or stitch_key(src, p, dst, q)
             if key in key_specs:
                 ks, kd, kname = key_specs[key]
@@ -273,7 +283,12 @@ def build_snnet(
             chosen.append(resolved)
     if not chosen:
         raise SpecError(
-            f"{where}: stitch space {space!r} produced no routes for anchors {list(by_name)} with layer {layer!r}"
+            f"{where}.space: stitch space {space!r} produced no routes for anchors {list(by_name)} with layer {layer!r}"
+        )
+    if layers.rejected is not None and not any(r.links for r in chosen):
+        raise ShapeMismatchError(
+            f"{layers.mismatch(*layers.rejected)}; no stitch of space {space!r} fits it, so the SN-Net would hold "
+            f"only its anchors. Use layer: auto or a stitching layer that bridges these activations"
         )
     _init_from_anchors(stitches, joins, regs)
     return SNNet(anchors, chosen, stitches, final_norm=final_norm)

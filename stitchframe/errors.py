@@ -20,6 +20,7 @@ __all__ = [
     "CheckpointError",
     "TrainingError",
     "OutputExistsError",
+    "BuildInterrupted",
     "did_you_mean",
 ]
 
@@ -58,6 +59,42 @@ class TrainingError(StitchframeError):
 
 class OutputExistsError(StitchframeError, FileExistsError):
     """A build would replace an existing output without ``overwrite=True`` (``--overwrite``)."""
+
+
+class BuildInterrupted(StitchframeError):
+    """A build stopped on SIGINT or SIGTERM; what it finished is kept for ``resume=True`` (``--resume``).
+
+    Attributes:
+        signal_name: ``"SIGINT"`` or ``"SIGTERM"``.
+        exit_code: The command's exit status, ``128 + signal number`` (130, 143) as shells report it.
+    """
+
+    def __init__(self, message: str, *, signal_name: str = "SIGINT") -> None:
+        super().__init__(message)
+        self.signal_name = signal_name
+
+    @property
+    def exit_code(self) -> int:
+        import signal
+
+        return 128 + int(getattr(signal, self.signal_name, signal.SIGINT))
+
+
+def _prefixed(exc: StitchframeError, where: str, markers: tuple[str, ...] = ()) -> StitchframeError:
+    """The same kind of error with ``where: `` in front, unless the message names ``where`` (or a marker).
+
+    Used where a plugin's own error must still point at the spec field that
+    led to it (``anchors[1] ('tiny:x'): ...``).
+    """
+    text = str(exc)
+    if any(m in text for m in (where, *markers)):
+        return exc
+    try:
+        new = type(exc)(f"{where}: {text}")
+    except Exception:  # noqa: BLE001 - a subclass with another signature keeps its message
+        return exc
+    new.__cause__ = exc
+    return new
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

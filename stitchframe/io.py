@@ -21,7 +21,7 @@ from torch import nn
 
 from .errors import CheckpointError
 
-__all__ = ["atomic_write", "save_module", "load_module_state", "read_metadata", "write_json", "read_json"]
+__all__ = ["atomic_write", "load_module_state", "read_json", "read_metadata", "save_module", "write_json"]
 
 FORMAT_KEY = "stitchframe_format"
 
@@ -38,9 +38,10 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> 
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
     try:
         write(tmp)
+        # mkstemp creates 0600, and writers such as safetensors recreate the file 0600: give it the usual mode
+        os.chmod(tmp, 0o666 & ~umask)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -9,9 +9,12 @@ The build is written into a hidden sibling folder (``.<name>.partial``) and
 renamed into place only when everything succeeded, so a failed build leaves
 the previous output intact.  The unfinished folder is kept: ``resume=True``
 (``--resume``) continues it (calibrated weights, training checkpoints and
-evaluation partial sums are reused).  An existing output is replaced only
-with ``overwrite=True`` (``--overwrite``), and only if it is a stitchframe
-build (it holds ``build.json``).
+evaluation partial sums are reused); a new build without ``resume`` refuses
+to discard an unfinished one that holds such work unless ``overwrite=True``.
+An existing output is replaced only with ``overwrite=True``
+(``--overwrite``), and only if it is a stitchframe build (it holds
+``build.json``).  A build that fails before any work worth resuming removes
+its unfinished folder.
 
 Output folder::
 
@@ -47,14 +50,26 @@ from torch.utils.data import DataLoader
 from .anchors import Preprocess, _device_of, _to_device
 from .calibration import calibrate, calibrate_heads
 from .datasets import DatasetSplits, agreed_preprocess, load_data
-from .distributed import is_main_process
+from .distributed import dist_info, is_main_process
 from .engine import assemble
-from .errors import CheckpointError, OutputExistsError, SpecError
+from .errors import BuildInterrupted, CheckpointError, SpecError
 from .evaluate import Evaluation, evaluate_routes, logits_of, state_fingerprint
-from .io import atomic_write, load_module_state, read_json, read_metadata, save_module, write_json
+from .io import atomic_write, load_module_state, read_metadata, save_module, write_json
+from .outputs import (
+    _STAGES,
+    _STATE,
+    MANIFEST,
+    _check_output,
+    _holds_work,
+    _prepare_partial,
+    _recover,
+    _resolve_output,
+    _swap,
+    partial_dir,
+)
 from .plugins import Registries, load_registries
-from .routes import Route
 from .report import summary_sentence, write_report
+from .routes import Route
 from .snnet import SNNet
 from .spec import Spec, dump_spec, load_spec, spec_hash
 
@@ -69,12 +84,8 @@ __all__ = [
     "WEIGHTS",
 ]
 
-#: The manifest that marks a folder as a stitchframe build output.
-MANIFEST = "build.json"
 #: The SN-Net weights file of a build output.
 WEIGHTS = "snnet.safetensors"
-_STATE = "build-state.json"
-_STAGES = ("started", "calibrated", "trained")
 
 
 @attrs.frozen(kw_only=True)
@@ -106,7 +117,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise SpecError("device is 'cuda' but no CUDA device is available; set device: auto or cpu")
+        raise SpecError("device: 'cuda' but no CUDA device is available; set device: auto or cpu")
     return torch.device(name)
 
 
@@ -118,17 +129,33 @@ def _seed_everything(seed: int) -> None:
 
 @contextlib.contextmanager
 def _progress(console, description: str, total: int | None) -> Iterator[Callable[[int, int], None]]:
-    """A rich progress bar as a ``callback(done, total)``; a no-op without a console."""
+    """A progress bar as a ``callback(done, total)``; a no-op without a console.
+
+    A console that is not a terminal (a log file, a pipe) gets a plain line at
+    every tenth of the work instead of a live bar.
+    """
     if console is None:
         yield lambda done, total: None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
-    console.print(f"{description}: done")
+    start = time.perf_counter()
+    if console.is_terminal:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True) as bar:
+            task = bar.add_task(description, total=total)
+            yield lambda done, total: bar.update(task, completed=done, total=total)
+    else:
+        shown = [0]
+
+        def line(done: int, total: int | None) -> None:
+            tenth = 10 * done // total if total else 0
+            if 0 < done < (total or 0) and tenth > shown[0]:
+                shown[0] = tenth
+                console.print(f"{description}: {done}/{total}  {time.perf_counter() - start:.0f} s")
+
+        yield line
+    console.print(f"{description}: done in {time.perf_counter() - start:.0f} s")
 
 
 def _check_classes(snnet: SNNet, num_classes: int, data_name: str) -> None:
@@ -153,88 +180,6 @@ def _check_classes(snnet: SNNet, num_classes: int, data_name: str) -> None:
 
 # ---------------------------------------------------------------------------
 # output folders
-# ---------------------------------------------------------------------------
-def partial_dir(output: Path) -> Path:
-    """The hidden sibling folder a build of ``output`` is written into."""
-    return output.parent / f".{output.name}.partial"
-
-
-def _old_dir(output: Path) -> Path:
-    return output.parent / f".{output.name}.old"
-
-
-def _recover(output: Path) -> None:
-    """Finish a swap a crash interrupted (between the two renames)."""
-    old = _old_dir(output)
-    if old.exists():
-        if output.exists():
-            shutil.rmtree(old)
-        else:
-            old.rename(output)
-
-
-def _check_output(output: Path, overwrite: bool) -> None:
-    if not output.exists():
-        return
-    if not output.is_dir():
-        raise OutputExistsError(f"Output {str(output)!r} exists and is not a folder; choose another --output")
-    if not any(output.iterdir()):
-        return
-    if not (output / MANIFEST).is_file():
-        raise OutputExistsError(
-            f"Output folder {str(output)!r} is not empty and is not a stitchframe build (no {MANIFEST}); "
-            "choose another --output"
-        )
-    if not overwrite:
-        raise OutputExistsError(
-            f"Output {str(output)!r} already holds a build; pass --overwrite (overwrite=True) to replace it "
-            "or choose another --output"
-        )
-
-
-def _prepare_partial(output: Path, spec_h: str, resume: bool, main: bool, console) -> tuple[Path, dict[str, Any]]:
-    """Create (or reuse, when resuming) the partial folder; returns it and its state (``stage``, ``train``)."""
-    partial = partial_dir(output)
-    state: dict[str, Any] = {"spec_hash": spec_h, "stage": "started"}
-    if partial.exists() and resume:
-        found = read_json(partial / _STATE) if (partial / _STATE).is_file() else {}
-        if found.get("spec_hash") not in (None, spec_h):
-            raise CheckpointError(
-                f"The unfinished build in {str(partial)!r} was made from another spec (hash {found.get('spec_hash')}, "
-                f"this spec {spec_h}); rerun without --resume to start over"
-            )
-        state.update(found)
-        if console is not None:
-            console.print(f"resuming the unfinished build in {partial} (stage: {state['stage']})")
-    elif partial.exists() and main:
-        if console is not None:
-            console.print(f"discarding the unfinished build in {partial} (use --resume to continue it)")
-        shutil.rmtree(partial)
-    if main:
-        (partial / "checkpoints").mkdir(parents=True, exist_ok=True)
-        write_json(partial / _STATE, state)
-    return partial, state
-
-
-def _swap(partial: Path, output: Path) -> None:
-    """Move the finished build into place; the previous output is removed only after."""
-    (partial / _STATE).unlink(missing_ok=True)
-    old = _old_dir(output)
-    if output.exists():
-        output.rename(old)
-    partial.rename(output)
-    if old.exists():
-        shutil.rmtree(old)
-
-
-def _resolve_output(spec: Spec, output: str | Path | None) -> Path:
-    if output is None:
-        output = spec.output
-    if output is None:
-        raise SpecError("output: no output folder; pass output= (--output DIR) or set output: in the spec")
-    return Path(output).expanduser().absolute()
-
-
 # ---------------------------------------------------------------------------
 # stages
 # ---------------------------------------------------------------------------
@@ -374,22 +319,24 @@ def build(
 
     Raises:
         OutputExistsError: ``output`` exists and ``overwrite`` is false.
+        BuildInterrupted: SIGINT/SIGTERM stopped training (after a checkpoint); resume to go on.
         SpecError, UnknownNameError, PluginError, CheckpointError: As raised by the stages.
     """
     regs = registries if registries is not None else load_registries()
     out = _resolve_output(spec, output)
     main = is_main_process()
-    spec_h = spec_hash(spec)
     if main:
         _recover(out)
         _check_output(out, overwrite)
     if spec.data is None:
         raise SpecError("data: building needs a data section, e.g. data: {name: fashion_mnist}")
-    partial, state = _prepare_partial(out, spec_h, resume, main, console)
+    partial, state = _prepare_partial(out, spec, resume, overwrite, main, console)
     try:
         return _run(spec, regs, out, partial, state, resume, main, console)
     except BaseException:
-        if console is not None and main and partial.exists():
+        if main and partial.exists() and not _holds_work(partial):
+            shutil.rmtree(partial, ignore_errors=True)  # failed before any work worth resuming
+        elif console is not None and main and partial.exists():
             console.print(f"[yellow]build failed; the unfinished build stays in {partial} (rerun with --resume)[/]")
         raise
 
@@ -400,7 +347,7 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     _seed_everything(spec.seed)
-    device = resolve_device(spec.device)
+    device = dist_info().device(resolve_device(spec.device))  # under torchrun: this rank's GPU, cuda:LOCAL_RANK
     loaded: dict[str, Any] = {}
 
     def data_for(anchors) -> tuple[Any, list[str], DatasetSplits]:
@@ -435,8 +382,9 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
     train_result = state.get("train")
     if state["stage"] != "trained":
         t = time.perf_counter()
-        train_result = _plain(_train(snnet, spec, splits, device, partial / "checkpoints", resume, console),
-                              partial, out)
+        result = _train(snnet, spec, splits, device, partial / "checkpoints", resume, console)
+        _stop_if_interrupted(result)
+        train_result = _plain(result, partial, out)
         timings["train"] = time.perf_counter() - t
         state.update(stage="trained", train=train_result)
         if main:
@@ -459,6 +407,17 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
         console.print(f"wrote {out}")
     return BuildResult(output=out, snnet=snnet, evaluation=evaluation, summary=summary, train_result=train_result,
                        data=splits.description)
+
+
+def _stop_if_interrupted(result: Any) -> None:
+    """Training returns early (with a checkpoint) on SIGINT/SIGTERM: the build must stop there too."""
+    stopped = getattr(result, "stopped_early", None)
+    if stopped in ("SIGINT", "SIGTERM"):
+        raise BuildInterrupted(
+            f"Build interrupted by {stopped} during training at step {result.steps} of {result.total_steps}; "
+            f"the checkpoint {str(result.checkpoint)!r} holds it. Rerun with --resume (resume=True) to continue",
+            signal_name=stopped,
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -492,18 +451,42 @@ def load_snnet(output_dir: str | Path, registries: Registries | None = None, *,
             f"{str(out / WEIGHTS)!r} was saved from another spec (hash {header.get('spec_hash')}) than "
             f"{str(out / 'spec.yaml')!r} ({spec_hash(spec)}); was spec.yaml edited? Restore it or rebuild"
         )
-    table = json.loads(header.get("routes", "[]"))
+    table, routes = _route_table(header, out / WEIGHTS)
     # rebuild from the saved route table: spaces that chose routes on data need no data to reload
-    snnet = assemble(spec, regs, routes=[Route.from_dict(r) for r in table] if table else None)
+    snnet = assemble(spec, regs, routes=routes or None)
     load_module_state(snnet, out / WEIGHTS, kind="snnet")
-    _restore_route_meta(snnet, header, out / WEIGHTS)
+    _restore_route_meta(snnet, table, out / WEIGHTS)
     if device is not None:
         snnet.to(device)
     return snnet.eval()
 
 
-def _restore_route_meta(snnet: SNNet, header: dict[str, str], where: Path) -> None:
-    table = json.loads(header.get("routes", "[]"))
+def _route_table(header: dict[str, str], where: Path) -> tuple[list[dict[str, Any]], list[Route]]:
+    """The route table saved in a weights file's header, as records and routes.
+
+    Raises:
+        CheckpointError: The table is not valid JSON or a record is malformed (names the file and the record).
+    """
+    try:
+        table = json.loads(header.get("routes", "[]"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{str(where)!r}: the route table in the header ('routes') is not valid JSON ({exc}); "
+                              "the file is corrupt, rebuild") from None
+    if not isinstance(table, list):
+        raise CheckpointError(f"{str(where)!r}: the header's 'routes' is a {type(table).__name__}, expected a list")
+    routes = []
+    for i, rec in enumerate(table):
+        try:
+            if not isinstance(rec.get("name"), str):
+                raise TypeError("no 'name'")
+            routes.append(Route.from_dict(rec))
+        except Exception as exc:  # noqa: BLE001 - any malformed record is a corrupt file
+            raise CheckpointError(f"{str(where)!r}: record routes[{i}] of the header's route table is malformed "
+                                  f"({type(exc).__name__}: {exc}); the file is corrupt, rebuild") from None
+    return table, routes
+
+
+def _restore_route_meta(snnet: SNNet, table: list[dict[str, Any]], where: Path) -> None:
     if table and len(table) != len(snnet.routes):
         raise CheckpointError(f"{str(where)!r} records {len(table)} routes, the spec gives {len(snnet.routes)}")
     for i, rec in enumerate(table):

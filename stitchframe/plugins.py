@@ -220,6 +220,10 @@ class Registries:
     pm: PluginManager | None = None
     problems: list[PluginProblem] = attrs.field(factory=list)
 
+    def __attrs_post_init__(self) -> None:
+        for attr, _kind in _REGISTER_HOOKS.values():
+            getattr(self, attr).note = self.broken_note  # unknown names mention the broken plugins
+
     def broken_note(self) -> str:
         """A sentence naming broken plugins, to append to lookup errors."""
         if not self.problems:
@@ -241,6 +245,13 @@ class Registries:
                     f"for source {source!r}: {type(exc).__name__}: {exc}"
                 ) from exc
             if result is not None:
+                from .anchors import Anchor
+
+                if not isinstance(result, Anchor):
+                    raise PluginError(
+                        f"Plugin {impl.plugin_name!r} returned {type(result).__name__} from hook "
+                        f"'stitchframe_resolve_anchor' for source {source!r}; it must return a stitchframe.Anchor or None"
+                    )
                 return result
         return None
 
@@ -307,7 +318,12 @@ def load_registries(pm: PluginManager | None = None) -> Registries:
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
             plugin = impl.plugin_name
 
-            def register(name, obj, *, options=None, aliases=(), replace=False, _plugin=plugin, _reg=registry):
+            def register(name, obj, *, options=None, aliases=(), replace=False, _plugin=plugin, _reg=registry,
+                         _attr=attr):
+                expected = _wrong_kind(_attr, obj)
+                if expected is not None:
+                    raise PluginError(f"Plugin {_plugin!r} registered {_reg.kind} {name!r} as {_what(obj)}; "
+                                      f"it must be {expected}")
                 return _reg.register(name, obj, options=options, aliases=aliases, plugin=_plugin, replace=replace)
 
             try:
@@ -323,6 +339,25 @@ def load_registries(pm: PluginManager | None = None) -> Registries:
                     )
                 )
     return regs
+
+
+def _wrong_kind(attr: str, obj: Any) -> str | None:
+    """What registry ``attr`` needs when ``obj`` is not it (``None``: ``obj`` fits)."""
+    from .stitch_layers import StitchLayer
+
+    if attr == "stitch_layers":
+        fits = isinstance(obj, type) and issubclass(obj, StitchLayer)
+        return None if fits else "a subclass of stitchframe.StitchLayer"
+    if attr == "stitch_spaces":
+        fits = isinstance(obj, type) and callable(getattr(obj, "routes", None))
+        return None if fits else "a class with a routes() method (a subclass of stitchframe.StitchSpace)"
+    return None if callable(obj) else "a callable"
+
+
+def _what(obj: Any) -> str:
+    text = repr(obj)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return text if isinstance(obj, type) else f"{type(obj).__name__} {text}"
 
 
 def unknown_source_error(source: str, regs: Registries, where: str = "") -> UnknownNameError:

@@ -10,7 +10,7 @@ Nothing is ever overwritten silently: registering a taken name raises
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 import attrs
@@ -64,11 +64,16 @@ class Registry(Generic[T]):
             error messages.
         name_pattern: Pattern every name must match (default: lowercase
             snake_case; anchor prefixes use :data:`PREFIX_NAME`).
+
+    Attributes:
+        note: Called for a sentence appended to unknown-name errors (the
+            :class:`~stitchframe.Registries` it belongs to names its broken plugins there).
     """
 
     def __init__(self, kind: str, *, name_pattern: re.Pattern[str] = _NAME) -> None:
         self.kind = kind
         self.name_pattern = name_pattern
+        self.note: Callable[[], str] | None = None
         self._entries: dict[str, Entry[T]] = {}
         self._aliases: dict[str, str] = {}
 
@@ -168,7 +173,7 @@ class Registry(Generic[T]):
             known = self.names()
             raise UnknownNameError(
                 f"Unknown {self.kind} {name!r}{at}; {did_you_mean(name, known)}"
-                f"Registered: {', '.join(known) or '(none)'}."
+                f"Registered: {', '.join(known) or '(none)'}.{self.note() if self.note else ''}"
             )
         return entry
 

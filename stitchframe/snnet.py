@@ -335,7 +335,8 @@ class SNNet(nn.Module):
                 lat = r.meta.get("latency_ms")
                 if lat is None:
                     raise StitchframeError(
-                        "max_latency_ms needs measured latencies; run `stitchframe evaluate --latency` first"
+                        f"max_latency_ms needs a measured latency_ms on every route, route {i} has none; build "
+                        "with eval.latency: true, or measure with stitchframe.evaluate_routes(net, data, latency=True)"
                     )
                 if lat > max_latency_ms:
                     continue

@@ -223,8 +223,78 @@ class Spec:
 # ---------------------------------------------------------------------------
 # structuring with paths
 # ---------------------------------------------------------------------------
+def _what(value: Any) -> str:
+    """``"str 'big'"``: a value's type and repr, for messages."""
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+# PyYAML reads ``5e-5`` (no dot) as a string: float fields accept such numerals.
+_FLOAT_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _strict_int(value: Any, _type: type) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise TypeError(f"expected an integer, got {_what(value)}")
+
+
+def _strict_float(value: Any, _type: type) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str) and _FLOAT_TEXT.match(value.strip()):
+        return float(value)
+    raise TypeError(f"expected a number, got {_what(value)}")
+
+
+def _strict_str(value: Any, _type: type) -> str:
+    if isinstance(value, str):
+        return value
+    raise TypeError(f"expected a string, got {_what(value)}")
+
+
+def _strict_bool(value: Any, _type: type) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise TypeError(f"expected true or false, got {_what(value)}")
+
+
+def _guard_containers(conv: cattrs.Converter) -> None:
+    """Lists and mappings must be given as such (cattrs would iterate a string, or call ``.items()`` on a list)."""
+    from cattrs.cols import is_mapping, is_sequence, list_structure_factory, mapping_structure_factory
+
+    def list_factory(type_: Any) -> Any:
+        base = list_structure_factory(type_, conv)
+
+        def hook(value: Any, t: Any) -> Any:
+            if not isinstance(value, (list, tuple)):
+                raise TypeError(f"expected a list, got {_what(value)}")
+            return base(value, t)
+
+        return hook
+
+    def mapping_factory(type_: Any) -> Any:
+        base = mapping_structure_factory(type_, conv)
+
+        def hook(value: Any, t: Any) -> Any:
+            if not isinstance(value, dict):
+                raise TypeError(f"expected a mapping, got {_what(value)}")
+            bad = [k for k in value if not isinstance(k, str)]
+            if bad:
+                raise TypeError(f"keys must be strings, got {_what(bad[0])}")
+            return base(value, t)
+
+        return hook
+
+    conv.register_structure_hook_factory(lambda t: is_sequence(t) and typing.get_origin(t) is list, list_factory)
+    conv.register_structure_hook_factory(lambda t: is_mapping(t) and typing.get_origin(t) is dict, mapping_factory)
+
+
 def _make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=True)
+    for type_, hook in ((int, _strict_int), (float, _strict_float), (str, _strict_str), (bool, _strict_bool)):
+        conv.register_structure_hook(type_, hook)
+    _guard_containers(conv)
 
     def anchor_hook(value: Any, _type: type) -> AnchorSpec:
         if isinstance(value, str):
@@ -235,7 +305,21 @@ def _make_converter() -> cattrs.Converter:
 
     _base_anchor = cattrs.gen.make_dict_structure_fn(AnchorSpec, conv, _cattrs_forbid_extra_keys=True)
     conv.register_structure_hook(AnchorSpec, anchor_hook)
+    for section in (StitchSpec, CalibrationSpec, DataSpec, TrainSpec, EvalSpec):
+        conv.register_structure_hook(section, _mapping_only(section, conv))
     return conv
+
+
+def _mapping_only(cls: type, conv: cattrs.Converter) -> Any:
+    """A structure hook for a spec section that refuses anything but a mapping (cattrs would fail obscurely)."""
+    base = cattrs.gen.make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True)
+
+    def hook(value: Any, _type: type) -> Any:
+        if not isinstance(value, dict):
+            raise TypeError(f"expected a mapping of {cls.__name__} fields, got {_what(value)}")
+        return base(value, cls)
+
+    return hook
 
 
 _CONVERTER = _make_converter()

@@ -29,6 +29,7 @@ Built-ins (this module is also the plugin that registers them):
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from itertools import combinations
 from typing import Any
@@ -218,13 +219,25 @@ class SNNetOptions:
     include_anchors: bool = attrs.field(default=True, metadata={"help": "Include each anchor alone."})
     same_grid: bool = attrs.field(
         default=True,
-        metadata={"help": "Stitch spatial activations only where the two grids are equal (within a stage)."},
+        metadata={"help": "Stitch activations that have a grid (maps, patch tokens) only where the two grids are "
+                          "equal; false lets a resizing layer bridge them."},
     )
 
 
 def _grids_match(front, p: int, end, q: int) -> bool:
     g1, g2 = front.graph.spec_at(p).grid, end.graph.spec_at(q).grid
     return g1 is None or g2 is None or g1 == g2
+
+
+def _warn_no_stitch(front, end) -> None:
+    """Warn that ``same_grid`` left no stitch from ``front`` into ``end`` (their grids never match)."""
+    warnings.warn(
+        f"No stitch from anchor {front.name!r} into {end.name!r}: their activation grids never match at the "
+        "paired blocks (space_options.same_grid: true). Use anchors with equal grids (e.g. the same patch size "
+        "and input size), or set stitch.space_options.same_grid: false to stitch across grids with a resizing "
+        "layer",
+        stacklevel=4,
+    )
 
 
 class SNNetSpace(StitchSpace):
@@ -236,17 +249,22 @@ class SNNetSpace(StitchSpace):
         """``(src_pos, dst_pos, key)`` for every stitch from ``front`` into ``end``."""
         o = self.options
         out = []
+        grid_skips = grid_ok = 0
         for window, pairs in paired_windows(front.depth, o.kernel, o.stride):
             group = []
             for j, k in pairs:
                 p, q = j + 1, depth_map(front.depth, end.depth, k)
                 if o.same_grid and not _grids_match(front, p, end, q):
+                    grid_skips += 1
                     continue
+                grid_ok += 1
                 if can_stitch(front.name, p, end.name, q):
                     group.append((p, q))
             specs = {(front.graph.spec_at(p), end.graph.spec_at(q)) for p, q in group}
             key = f"{front.name}->{end.name}#w{window}" if o.share and len(specs) == 1 else None
             out += [(p, q, key) for p, q in group]
+        if grid_skips and not grid_ok:
+            _warn_no_stitch(front, end)
         return out
 
     def routes(self, anchors, can_stitch):
@@ -300,7 +318,8 @@ class SNNet2Options:
     include_anchors: bool = attrs.field(default=True, metadata={"help": "Include each anchor alone."})
     same_grid: bool = attrs.field(
         default=True,
-        metadata={"help": "Stitch spatial activations only where the two grids are equal (within a stage)."},
+        metadata={"help": "Stitch activations that have a grid (maps, patch tokens) only where the two grids are "
+                          "equal; false lets a resizing layer bridge them."},
     )
 
 
@@ -311,12 +330,19 @@ class SNNet2Space(StitchSpace):
 
     def _links(self, front, end, can_stitch) -> list[tuple[int, int]]:
         out = []
+        grid_skips = grid_ok = 0
         for p in range(self.options.stride, front.depth, self.options.stride):
             q = depth_map(front.depth, end.depth, p - 1) + 1
-            if q >= end.depth or (self.options.same_grid and not _grids_match(front, p, end, q)):
+            if q >= end.depth:
                 continue
+            if self.options.same_grid and not _grids_match(front, p, end, q):
+                grid_skips += 1
+                continue
+            grid_ok += 1
             if can_stitch(front.name, p, end.name, q) and (p, q) not in out:
                 out.append((p, q))
+        if grid_skips and not grid_ok:
+            _warn_no_stitch(front, end)
         return out
 
     def routes(self, anchors, can_stitch):

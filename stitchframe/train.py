@@ -43,10 +43,13 @@ from .sampling import EpochOrder, SeededDataset, _hash_ints, make_sampler
 from .snnet import SNNet
 from .spec import TrainSpec, unstructure_options
 
-__all__ = ["TrainResult", "train", "total_steps"]
+__all__ = ["TrainResult", "train", "total_steps", "RESUME_ADJUSTABLE"]
 
-#: TrainSpec fields that may change between a run and its resumption.
+#: TrainSpec fields that may change between a run and its resumption without changing its result.
 _RESUMABLE_CHANGES = frozenset({"checkpoint_every", "log_every", "keep_checkpoints"})
+#: TrainSpec fields that may change on resume to rescue a run (after a non-finite loss, say); the
+#: steps after the resume then differ from those of an uninterrupted run, and a note says so.
+RESUME_ADJUSTABLE = frozenset({"lr", "stitch_lr", "grad_clip", "amp"})
 
 
 @attrs.define
@@ -106,7 +109,12 @@ def _split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
 
 
 def _spec_dict(cfg: TrainSpec) -> dict[str, Any]:
-    return {k: v for k, v in unstructure_options(cfg).items() if k not in _RESUMABLE_CHANGES}
+    skip = _RESUMABLE_CHANGES | RESUME_ADJUSTABLE
+    return {k: v for k, v in unstructure_options(cfg).items() if k not in skip}
+
+
+def _adjustable(cfg: TrainSpec) -> dict[str, Any]:
+    return {k: v for k, v in unstructure_options(cfg).items() if k in RESUME_ADJUSTABLE}
 
 
 def _train_hash(cfg: TrainSpec) -> str:
@@ -223,8 +231,10 @@ class _Trainer:
                 self._say(f"No checkpoint in {self.checkpoint_dir}; starting from step 0")
             self._seed_rngs(0)
             return
+        base_lrs = [g["base_lr"] for g in self.optimizer.param_groups]
         ck = load_checkpoint(path, model=self.snnet, optimizer=self.optimizer)
         self._check_compatible(ck.state, path)
+        self._adjust(ck.state, base_lrs)
         self.step = int(ck.state["step"])
         self.losses = [float(x) for x in ck.state["losses"]]
         self.routes = [int(x) for x in ck.state["routes"]]
@@ -240,6 +250,16 @@ class _Trainer:
         torch.manual_seed(s)
         random.seed(s)
         np.random.seed(s % 2**32)
+
+    def _adjust(self, state: dict[str, Any], base_lrs: list[float]) -> None:
+        """Apply the settings of RESUME_ADJUSTABLE that changed since the checkpoint, with a note."""
+        for group, lr in zip(self.optimizer.param_groups, base_lrs):
+            group["base_lr"] = lr  # the checkpoint's groups carry the rates of the run that wrote it
+        old = state.get("adjustable") or {}
+        changed = [f"train.{k}: {old[k]!r} -> {v!r}" for k, v in _adjustable(self.cfg).items() if k in old and old[k] != v]
+        if changed:
+            self._say(f"Resuming with changed settings ({'; '.join(changed)}); "
+                      "the result will differ from an uninterrupted run")
 
     def _check_compatible(self, state: dict[str, Any], path: Path) -> None:
         if state.get("spec_hash") != _train_hash(self.cfg):
@@ -319,8 +339,10 @@ class _Trainer:
                 group["lr"] = group["base_lr"] * factor
             if self.cfg.grad_clip is not None:
                 norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip))
-                if not math.isfinite(norm):
-                    self._fail(f"the gradient norm is {norm}", route)
+            else:  # a finite loss can still give non-finite gradients; never step them into the weights
+                norm = float(torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None]))
+            if not math.isfinite(norm):
+                self._fail(f"the gradient norm is {norm}", route)
             self.optimizer.step()
         self.losses.append(value)
         self.routes.append(route)
@@ -355,6 +377,7 @@ class _Trainer:
                 "losses": self.losses,
                 "routes": self.routes,
                 "train_spec": _spec_dict(self.cfg),
+                "adjustable": _adjustable(self.cfg),
                 "spec_hash": _train_hash(self.cfg),
                 "seed": self.seed,
                 "num_samples": len(self.dataset),

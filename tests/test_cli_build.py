@@ -154,3 +154,16 @@ def test_build_overwrite_through_the_cli(built, tmp_path):
     assert cli.main([*PLUGIN, "build", str(spec), "-o", str(out)]) == 0
     assert cli.main([*PLUGIN, "build", str(spec), "-o", str(out), "--overwrite"]) == 0
     assert (out / "build.json").is_file()
+
+
+def test_warnings_are_one_line_like_the_other_messages(monkeypatch, capsys):
+    import warnings
+
+    def warn(args):
+        warnings.warn("No stitch from anchor 'a' into 'b':\n  their grids never match", stacklevel=1)
+        return 0
+
+    monkeypatch.setitem(cli.COMMANDS, "plugins", warn)
+    assert cli.main(["plugins"]) == 0
+    assert capsys.readouterr().err == "warning: No stitch from anchor 'a' into 'b': their grids never match\n"
+    assert warnings.showwarning is not cli._show_warning  # restored for the caller

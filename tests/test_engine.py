@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 import stitchframe
-from stitchframe import SpecError, UnknownNameError, assemble, load_anchor, parse_spec, validate_spec
+from stitchframe import ShapeMismatchError, SpecError, UnknownNameError, assemble, load_anchor, parse_spec, validate_spec
 from stitchframe.spec import AnchorSpec
 
 
@@ -47,9 +47,11 @@ def test_unknown_space_and_layer(regs, vit_family):
         stitchframe.build_snnet(vit_family, space_options={"kernel": 0}, registries=regs)
 
 
-def test_layer_that_bridges_nothing_gives_anchors_only(regs, vit_family):
-    net = stitchframe.build_snnet(vit_family, layer="conv1x1", registries=regs)
-    assert all(r.is_anchor for r in net.routes)
+def test_layer_that_bridges_nothing_is_refused_with_both_blocks(regs, vit_family):
+    # an explicit layer that fits no stitch of the space would silently leave only the anchors
+    with pytest.raises(ShapeMismatchError, match=r"vit32\.blocks\[\d\] \(B,17,32\) -> vit48\.blocks\[\d\] \(B,17,48\) "
+                       r"cannot use stitching layer 'conv1x1'.*only its anchors"):
+        stitchframe.build_snnet(vit_family, layer="conv1x1", registries=regs)
 
 
 def test_validate_spec_checks_without_loading(regs):

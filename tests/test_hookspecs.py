@@ -17,6 +17,7 @@ from torch import nn
 import stitchframe
 from stitchframe.spec import AnchorSpec
 from stitchframe.testing import check_anchor, check_stitch_layer, check_stitch_space
+from tests import tiny
 
 
 # --8<-- [start:register_anchor_adapters]
@@ -158,8 +159,27 @@ def test_hook_stitchframe_register_stitch_spaces(pm, vit_family):
 class NoiseOptions:
     """Options of the ``noise`` dataset."""
 
-    size: int = attrs.field(default=256, validator=attrs.validators.ge(1), metadata={"help": "Examples per split."})
+    size: int = attrs.field(default=256, validator=attrs.validators.ge(1), metadata={"help": "Training examples."})
     classes: int = attrs.field(default=10, validator=attrs.validators.ge(2), metadata={"help": "Number of classes."})
+    seed: int = attrs.field(default=0, metadata={"help": "Seed of the images and labels."})
+
+
+def load_noise(options: NoiseOptions, preprocess: stitchframe.Preprocess) -> stitchframe.DatasetSplits:
+    """Random images of the size the anchors agree on, with random labels."""
+    g = torch.Generator().manual_seed(options.seed)
+
+    def split(n: int) -> torch.utils.data.Dataset:
+        images = torch.randn(n, *preprocess.input_size, generator=g)  # (C, H, W), data.img_size applied
+        labels = torch.randint(options.classes, (n,), generator=g)
+        return torch.utils.data.TensorDataset(images, labels)  # items are (inputs, target) pairs
+
+    return stitchframe.DatasetSplits(
+        train=split(options.size),
+        val=split(max(1, options.size // 4)),
+        num_classes=options.classes,  # the anchors' heads must output this many logits
+        classes=[f"class_{i}" for i in range(options.classes)],
+        description=f"noise: {options.size} train images of {preprocess.input_size}",
+    )
 
 
 class NoisePlugin:
@@ -170,18 +190,10 @@ class NoisePlugin:
 # --8<-- [end:register_datasets]
 
 
-def load_noise(options: NoiseOptions, preprocess: stitchframe.Preprocess):
-    """Random images and labels.  The core validates dataset options today; it does not load data yet."""
-    # TODO(datasets): return the splits type of stitchframe.datasets once it exists, and test loading here.
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(options.size, *preprocess.input_size, generator=g)
-    y = torch.randint(options.classes, (options.size,), generator=g)
-    return torch.utils.data.TensorDataset(x, y)
-
-
-def test_hook_stitchframe_register_datasets(pm):
+def test_hook_stitchframe_register_datasets(pm, tmp_path):
     pm.register_plugin(NoisePlugin, name="noise_plugin")
     pm.register_plugin(MLPPlugin, name="mlp_plugin")
+    pm.register_plugin(tiny.TinyPlugin, name="tiny")
     regs = stitchframe.load_registries(pm)
     assert regs.datasets.origin("noise") == "noise_plugin"
     spec = {"anchors": ["mlp:8"], "data": {"name": "noise", "options": {"size": 32}}}
@@ -190,6 +202,12 @@ def test_hook_stitchframe_register_datasets(pm):
     message = r"data\.options: unknown key\(s\) 'clases'; did you mean 'classes'"
     with pytest.raises(stitchframe.SpecError, match=message):
         stitchframe.validate_spec(stitchframe.parse_spec(spec), regs)
+    # the build loads it through the registry, calibrates on its training split and evaluates on its val split
+    spec = {"anchors": ["tiny:vit32", "tiny:vit48"], "calibration": {"batches": 1},
+            "data": {"name": "noise", "options": {"size": 32}}, "train": {"epochs": 0}, "eval": {"batch_size": 4}}
+    result = stitchframe.build(stitchframe.parse_spec(spec), output=tmp_path / "out", registries=regs)
+    assert result.data.startswith("noise: 32 train images of (3, ")
+    assert {r.samples for r in result.evaluation.routes} == {8}
 
 
 # --8<-- [start:resolve_anchor]

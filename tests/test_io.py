@@ -46,7 +46,8 @@ def test_shared_tensors_are_stored_once():
         assert torch.equal(fresh.b.weight, m.a.weight) and fresh.b.weight is fresh.a.weight
         return json.loads(read_metadata(path)["aliases"])
 
-    import tempfile, pathlib
+    import pathlib
+    import tempfile
 
     with tempfile.TemporaryDirectory() as d:
         assert roundtrip(pathlib.Path(d)) == {"b.weight": "a.weight"}
@@ -114,7 +115,8 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
 def test_atomic_write_gives_normal_permissions(tmp_path):
     umask = os.umask(0o022)
     try:
-        path = write_json(tmp_path / "p.json", {})
+        paths = [write_json(tmp_path / "p.json", {}),
+                 save_module(nn.Linear(2, 2), tmp_path / "m.safetensors", kind="test")]  # safetensors writes 0600
     finally:
         os.umask(umask)
-    assert path.stat().st_mode & 0o777 == 0o644
+    assert [p.stat().st_mode & 0o777 for p in paths] == [0o644, 0o644]

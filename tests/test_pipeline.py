@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import stitchframe.pipeline as pipeline
-from stitchframe import CheckpointError, OutputExistsError, SpecError, build, load_snnet, parse_spec
+from stitchframe import BuildInterrupted, CheckpointError, OutputExistsError, SpecError, build, load_snnet, parse_spec
 from stitchframe.io import read_metadata
 from stitchframe.spec import dump_spec, load_spec, spec_hash
 from tests import tiny
@@ -127,7 +127,7 @@ def _load_state(regs, spec_dict, weights: bytes, tmp_path):
     return net
 
 
-def test_an_unfinished_build_is_discarded_without_resume(regs, tmp_path, monkeypatch):
+def test_an_unfinished_build_is_discarded_only_with_overwrite(regs, tmp_path, monkeypatch):
     out = tmp_path / "out"
     monkeypatch.setattr(pipeline, "_evaluate", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError):
@@ -136,7 +136,10 @@ def test_an_unfinished_build_is_discarded_without_resume(regs, tmp_path, monkeyp
     monkeypatch.undo()
     calls = []
     monkeypatch.setattr(pipeline, "calibrate", lambda *a, **k: calls.append(1))
-    _build(regs, out)
+    with pytest.raises(OutputExistsError, match="holds an unfinished build.*--resume.*--overwrite"):
+        _build(regs, out)  # never thrown away by a build that merely forgot --resume
+    assert calls == [] and pipeline.partial_dir(out).exists()
+    _build(regs, out, overwrite=True)
     assert calls == [1] and out.is_dir()
 
 
@@ -185,6 +188,29 @@ def test_interrupted_training_resumes_from_its_checkpoint(regs, tmp_path, monkey
     assert [r.accuracy for r in res.evaluation.routes] == [r.accuracy for r in straight.evaluation.routes]
 
 
+def test_a_signal_during_training_keeps_the_build_unfinished_for_resume(regs, tmp_path, monkeypatch):
+    import signal
+
+    import stitchframe.train
+    from tests._training import SignalAt
+
+    spec = tiny_spec(train={"epochs": 2, "max_steps": 6, "batch_size": 16, "lr": 1e-3})
+    straight = _build(regs, tmp_path / "straight", spec=spec)
+    real_train = stitchframe.train.train
+
+    def sigterm_in_step_three(snnet, dataset, *args, **kwargs):
+        return real_train(snnet, SignalAt(dataset, at=16 * 2 + 5, sig=signal.SIGTERM), *args, **kwargs)
+
+    monkeypatch.setattr(stitchframe.train, "train", sigterm_in_step_three)
+    with pytest.raises(BuildInterrupted, match="SIGTERM during training at step 3"):
+        _build(regs, tmp_path / "out", spec=spec)
+    assert not (tmp_path / "out").exists()  # not finished as if training had run to the end
+    monkeypatch.undo()
+    res = _build(regs, tmp_path / "out", spec=spec, resume=True)
+    assert res.train_result["steps"] == 6 and res.train_result["stopped_early"] is None
+    assert pipeline.state_fingerprint(res.snnet) == pipeline.state_fingerprint(straight.snnet)
+
+
 def test_spec_mistakes_are_reported_before_any_work(regs, tmp_path):
     with pytest.raises(SpecError, match=r"outputs 10 classes but dataset 'synthetic' has 5.*anchors\[0\]\.options"):
         _build(regs, tmp_path / "a", spec=tiny_spec(data={"name": "synthetic", "options": {"num_classes": 5}}))
@@ -223,3 +249,17 @@ def test_cnn_build_with_fitted_heads_and_frozen_batchnorm(regs, tmp_path):
     assert not torch.equal(trained["anchors.cnn8.blocks.0.conv"].weight, init["anchors.cnn8.blocks.0.conv"].weight)
     heads = [r.accuracy for r in res.evaluation.routes if r.name in ("cnn8[0:3]", "cnn16[0:3]")]
     assert min(heads) > 20  # fitted classifiers: above the 10 % the random heads get on these data
+
+
+def test_progress_in_a_log_is_a_line_per_tenth(tmp_path):
+    from io import StringIO
+
+    from rich.console import Console
+
+    buf = StringIO()
+    with pipeline._progress(Console(file=buf, width=100), "evaluating 3 routes", 20) as tick:
+        for done in range(1, 21):
+            tick(done, 20)
+    lines = buf.getvalue().splitlines()
+    assert [line.split("  ")[0] for line in lines[:-1]] == [f"evaluating 3 routes: {i}/20" for i in range(2, 20, 2)]
+    assert lines[-1].startswith("evaluating 3 routes: done in ")

@@ -6,6 +6,7 @@ from typing import ClassVar
 import pytest
 
 import torch
+from torch import nn
 
 import stitchframe
 from stitchframe import Route, Segment, build_snnet, load_registries, stitch_spaces
@@ -110,6 +111,20 @@ def test_snnet_cnn_family_stitches_only_equal_grids(cnn_family, builtin):
         assert all(link.layer == "conv1x1" for link in r.links)
     loose = build_snnet(cnn_family, space="snnet", space_options={"same_grid": False}, registries=builtin)
     assert len(loose.routes) > len(net.routes)
+
+
+@pytest.mark.parametrize("space", ["snnet", "snnet2"])
+def test_anchors_whose_grids_never_match_get_a_warning_not_silence(space, builtin):
+    coarse = tiny.tiny_cnn(8, seed=0)
+    fine = tiny.tiny_cnn(16, seed=1)
+    fine.stem[0] = nn.Conv2d(3, 16, 3, 1, 1)  # stride 1: every grid of `fine` is twice that of `coarse`
+    anchors = [tiny.cnn_anchor(coarse, "coarse"), tiny.cnn_anchor(fine, "fine")]
+    with pytest.warns(UserWarning, match=r"No stitch from anchor '(coarse|fine)' into.*same_grid: false") as seen:
+        net = build_snnet(anchors, space=space, registries=builtin)
+    assert len(seen) == (2 if space == "snnet2" else 1)  # snnet2 stitches both ways
+    assert all(r.is_anchor for r in net.routes)
+    loose = build_snnet(anchors, space=space, space_options={"same_grid": False}, registries=builtin)
+    assert not all(r.is_anchor for r in loose.routes)
 
 
 def test_snnet2_two_way_route_kinds(vit_family, builtin):
@@ -230,7 +245,8 @@ def test_make_stitch_refuses_what_the_layer_cannot_bridge(pm, vit_family, cnn_fa
     context = _ContextSpace.seen[-1]
     assert isinstance(context.make_stitch("cnn8", 1, "cnn16", 1), stitchframe.Conv1x1Stitch)
     _ContextSpace.seen.clear()
-    stitchframe.build_snnet(vit_family[:2], space="ctx_space", layer="conv1x1", registries=regs)
+    with pytest.raises(stitchframe.ShapeMismatchError, match="only its anchors"):  # conv1x1 fits no token stitch
+        stitchframe.build_snnet(vit_family[:2], space="ctx_space", layer="conv1x1", registries=regs)
     assert _ContextSpace.seen[-1].make_stitch("vit32", 2, "vit48", 2) is None
 
 

@@ -178,8 +178,8 @@ def test_resume_after_a_crash_continues_from_the_last_checkpoint(uninterrupted, 
 def test_resume_refuses_a_changed_spec(uninterrupted, tmp_path):
     data = prototype_data(80)
     run(vit_snnet(), data, RESUME_SPEC, tmp_path, stop_after=4)
-    changed = attrs.evolve(RESUME_SPEC, lr=2e-3, checkpoint_every=2)
-    with pytest.raises(CheckpointError, match=r"different train spec \(changed: lr\)"):
+    changed = attrs.evolve(RESUME_SPEC, weight_decay=0.5, checkpoint_every=2)  # lr may change: RESUME_ADJUSTABLE
+    with pytest.raises(CheckpointError, match=r"different train spec \(changed: weight_decay\)"):
         run(vit_snnet(), data, changed, tmp_path, resume=True)
     with pytest.raises(CheckpointError, match="seed=0.*this run has 1"):
         run(vit_snnet(), data, RESUME_SPEC, tmp_path, resume=True, seed=1)
@@ -333,6 +333,18 @@ def test_non_finite_loss_stops_with_the_last_good_checkpoint_intact(tmp_path):
     assert good.name == "step-00000004"
     state = load_checkpoint(good, model=vit_snnet()).state
     assert len(state["losses"]) == 4 and all(math.isfinite(v) for v in state["losses"])
+    assert all(torch.isfinite(v).all() for v in state_of(net).values() if v.is_floating_point())
+
+
+def test_non_finite_gradients_of_a_finite_loss_stop_before_the_step(tmp_path):
+    net = vit_snnet()
+    forwards = []
+    net.register_forward_pre_hook(lambda *_: forwards.append(1))
+    for p in net.parameters():  # from the 4th step on, every gradient is NaN although the loss stays finite
+        p.register_hook(lambda g: g * float("nan") if len(forwards) > 3 else g)
+    cfg = TrainSpec(epochs=1, batch_size=8, lr=1e-3, checkpoint_every=2)
+    with pytest.raises(TrainingError, match=r"at step 3 .*the gradient norm is nan.*step-00000002"):
+        run(net, prototype_data(64), cfg, tmp_path)
     assert all(torch.isfinite(v).all() for v in state_of(net).values() if v.is_floating_point())
 
 

@@ -6,6 +6,8 @@ timm or transformers models.  Every model is built from a fixed seed.
 
 from __future__ import annotations
 
+import re
+
 import attrs
 import torch
 import torch.nn.functional as F
@@ -177,11 +179,13 @@ class TinyOptions:
 def load_tiny(identifier: str, options: TinyOptions) -> Anchor:
     """``tiny:vit<dim>`` or ``tiny:cnn<width>``."""
     name = identifier.replace("-", "_")
-    if identifier.startswith("vit"):
-        return vit_anchor(tiny_vit(int(identifier[3:]), options.depth, seed=options.seed, classes=options.classes), name)
-    if identifier.startswith("cnn"):
-        return cnn_anchor(tiny_cnn(int(identifier[3:]), seed=options.seed, classes=options.classes), name)
-    raise stitchframe.SpecError(f"tiny adapter: unknown model {identifier!r}; use vit<dim> or cnn<width>")
+    match = re.fullmatch(r"(vit|cnn)([1-9][0-9]{0,2})", identifier)
+    if match is None or int(match.group(2)) % 2:
+        raise stitchframe.SpecError(f"tiny adapter: unknown model {identifier!r}; use vit<dim> or cnn<width> (even)")
+    width = int(match.group(2))
+    if match.group(1) == "vit":
+        return vit_anchor(tiny_vit(width, options.depth, seed=options.seed, classes=options.classes), name)
+    return cnn_anchor(tiny_cnn(width, seed=options.seed, classes=options.classes), name)
 
 
 class TinyPlugin:

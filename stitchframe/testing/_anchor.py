@@ -181,7 +181,11 @@ def _check_model_costs(anchor: Anchor, model: nn.Module, flops_rtol: float) -> N
         )
     model_params = sum(p.numel() for p in _unique_params(model).values())
     if graph.params != model_params:
+        held = _unique_params(anchor)
+        missing = [name for name, p in model.named_parameters() if id(p) not in held]
+        listed = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         _fail(
             f"Anchor {anchor.name!r}: stem, blocks and head hold {graph.params} parameters but the model holds "
             f"{model_params}; a module of the model is missing from the anchor"
+            + (f" (model parameters not in the anchor: {listed})" if missing else "")
         )

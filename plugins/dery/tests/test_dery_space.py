@@ -12,7 +12,7 @@ from stitchframe_dery import Budget, DeryOptions, DerySpace
 from stitchframe_dery.search import effective_budgets
 
 import stitchframe
-from stitchframe import SpecError, build_snnet
+from stitchframe import ShapeMismatchError, SpecError, build_snnet
 from stitchframe.testing import check_plugin, check_stitch_space
 from tests import tiny
 
@@ -111,12 +111,12 @@ def test_synthetic_probe_needs_one_input_shape(dery_regs):
         _build([big, small], dery_regs)
 
 
-def test_refused_stitches_leave_only_the_anchors(mixed_zoo, dery_regs, probe):
-    # conv1x1 bridges feature maps only, and the zoo has one CNN: no assembly can be stitched.
-    with pytest.warns(UserWarning, match="no two anchors could be stitched"):
-        net = build_snnet(mixed_zoo, space="dery", space_options=FAST, layer="conv1x1", registries=dery_regs,
-                          probe=probe)
-    assert [r.meta["kind"] for r in net.routes] == ["anchor"] * 3
+def test_refused_stitches_are_an_error_naming_the_blocks(mixed_zoo, dery_regs, probe):
+    # conv1x1 bridges feature maps only, and the zoo has one CNN: no assembly can be stitched. The space warns,
+    # and the core refuses an SN-Net of anchors only, naming a refused stitch's blocks and shapes.
+    with pytest.warns(UserWarning, match="no two anchors could be stitched"), \
+            pytest.raises(ShapeMismatchError, match=r"Stitch \S+ \(B,.*\) -> \S+ \(B,.*\) cannot use .*'conv1x1'"):
+        build_snnet(mixed_zoo, space="dery", space_options=FAST, layer="conv1x1", registries=dery_regs, probe=probe)
 
 
 def test_an_impossible_budget_warns_with_the_cheapest(mixed_zoo, dery_regs, probe):

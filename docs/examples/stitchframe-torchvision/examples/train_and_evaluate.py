@@ -35,3 +35,20 @@ with torch.no_grad():
 for route in sorted(net.routes, key=lambda r: r.flops):
     print(f"{route.flops / 1e6:7.1f} MFLOPs  {route.meta['accuracy']:.3f}  {route}")
 # --8<-- [end:evaluate]
+
+# --8<-- [start:train_api]
+from stitchframe.spec import TrainSpec
+from stitchframe.train import train
+
+data = torch.utils.data.TensorDataset(images, labels)  # (inputs, target) pairs
+cfg = TrainSpec(epochs=1, batch_size=8, lr=1e-4, sampling="flops_grouped", flops_groups=4, checkpoint_every=2)
+result = train(net, data, cfg, device="cpu", checkpoint_dir="checkpoints", seed=0)
+print(f"{result.steps} steps, routes {result.routes}, last loss {result.final_loss:.3f}")
+# --8<-- [end:train_api]
+
+# --8<-- [start:evaluate_api]
+evaluation = stitchframe.evaluate_routes(net, data, batch_size=16, partial_path="evaluation.jsonl")
+print(f"{evaluation.block_forwards} block forwards instead of {evaluation.naive_block_forwards}")
+for r in evaluation.routes[:3]:
+    print(r.id, r.name, f"{r.accuracy:.1f}%", f"loss {r.loss:.3f}")
+# --8<-- [end:evaluate_api]

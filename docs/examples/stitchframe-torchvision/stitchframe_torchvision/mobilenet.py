@@ -9,8 +9,10 @@ from torch import nn
 
 import stitchframe
 
+# --8<-- [start:models]
 #: Models this adapter cuts; the source is ``torchvision:<name>``.
 MODELS = ("mobilenet_v3_small", "mobilenet_v3_large")
+# --8<-- [end:models]
 
 
 # --8<-- [start:options]

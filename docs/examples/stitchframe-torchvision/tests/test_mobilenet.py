@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+# --8<-- [start:check_anchor_setup]
 import pytest
 import torch
 from stitchframe_torchvision import MODELS, MobileNetOptions, build_model, mobilenet, mobilenet_anchor
@@ -10,6 +11,7 @@ import stitchframe
 from stitchframe.testing import check_anchor
 
 SMALL = MobileNetOptions(img_size=64)  # MobileNetV3 works at any size from 32 up; small is fast
+# --8<-- [end:check_anchor_setup]
 
 
 # --8<-- [start:check_anchor]

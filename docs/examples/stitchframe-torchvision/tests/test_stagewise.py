@@ -7,6 +7,7 @@ import stitchframe_torchvision
 from stitchframe_torchvision import StagewiseOptions, StagewiseSpace
 from stitchframe_torchvision.stagewise import inner_positions_by_stage, same_place
 
+import stitchframe
 from stitchframe.testing import check_plugin, check_stitch_space
 
 
@@ -16,6 +17,15 @@ def test_stagewise_conforms(family, options):
     registries = check_plugin(stitchframe_torchvision)  # to build with the plugin's dwconv layer
     check_stitch_space(StagewiseSpace, family, options, layer="dwconv", registries=registries)
 # --8<-- [end:check_stitch_space]
+
+
+# --8<-- [start:check_builtin_space]
+def test_builtin_snnet_space_on_mobilenets(family):
+    registries = stitchframe.load_registries()  # built-ins and installed plugins
+    snnet = registries.stitch_spaces.get("snnet").obj  # the registered class
+    routes = check_stitch_space(snnet, family, snnet.Options(kernel=2, stride=2), registries=registries)
+    assert any(not route.is_anchor for route in routes)
+# --8<-- [end:check_builtin_space]
 
 
 def test_stitches_stay_inside_a_stage(family):

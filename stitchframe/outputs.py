@@ -1,0 +1,169 @@
+"""Build output folders: the hidden partial folder, its resume state, and the final swap.
+
+A build of ``out/`` is written into ``.out.partial/`` next to it and renamed
+into place only when everything succeeded (:func:`_swap`); the previous
+output is removed only after the rename, and a crash between the two renames
+is finished by :func:`_recover`.  The partial folder's ``build-state.json``
+records how far the build got, so ``--resume`` can continue it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .errors import CheckpointError, OutputExistsError, SpecError
+from .io import read_json, write_json
+from .spec import EvalSpec, Spec, TrainSpec, spec_hash
+
+__all__ = ["MANIFEST", "partial_dir", "resume_key"]
+
+#: The manifest that marks a folder as a stitchframe build output.
+MANIFEST = "build.json"
+_STATE = "build-state.json"
+_STAGES = ("started", "calibrated", "trained")
+
+
+def partial_dir(output: Path) -> Path:
+    """The hidden sibling folder a build of ``output`` is written into."""
+    return output.parent / f".{output.name}.partial"
+
+
+def _old_dir(output: Path) -> Path:
+    return output.parent / f".{output.name}.old"
+
+
+def _recover(output: Path) -> None:
+    """Finish a swap a crash interrupted (between the two renames)."""
+    old = _old_dir(output)
+    if old.exists():
+        if output.exists():
+            shutil.rmtree(old)
+        else:
+            old.rename(output)
+
+
+def _check_output(output: Path, overwrite: bool) -> None:
+    if not output.exists():
+        return
+    if not output.is_dir():
+        raise OutputExistsError(f"Output {str(output)!r} exists and is not a folder; choose another --output")
+    if not any(output.iterdir()):
+        return
+    if not (output / MANIFEST).is_file():
+        raise OutputExistsError(
+            f"Output folder {str(output)!r} is not empty and is not a stitchframe build (no {MANIFEST}); "
+            "choose another --output"
+        )
+    if not overwrite:
+        raise OutputExistsError(
+            f"Output {str(output)!r} already holds a build; pass --overwrite (overwrite=True) to replace it "
+            "or choose another --output"
+        )
+
+
+def resume_key(spec: Spec) -> str:
+    """A hash of what an unfinished build's spec must share with the spec that resumes it.
+
+    Everything counts except evaluation settings, training bookkeeping
+    (``checkpoint_every``, ``log_every``, ``keep_checkpoints``) and the
+    settings that may change to rescue a run (``train.lr``, ``stitch_lr``,
+    ``grad_clip``, ``amp``: :data:`stitchframe.train.RESUME_ADJUSTABLE`).
+    """
+    from .train import _RESUMABLE_CHANGES, RESUME_ADJUSTABLE
+
+    defaults = TrainSpec()
+    neutral = {k: getattr(defaults, k) for k in _RESUMABLE_CHANGES | RESUME_ADJUSTABLE}
+    return spec_hash(attrs.evolve(spec, train=attrs.evolve(spec.train, **neutral), eval=EvalSpec()))
+
+
+def _read_state(partial: Path) -> dict[str, Any]:
+    """The partial build's state file, checked field by field."""
+    path = partial / _STATE
+    found = read_json(path) if path.is_file() else {}
+    if not isinstance(found, dict):
+        raise CheckpointError(f"{str(path)!r} holds a {type(found).__name__}, expected a JSON object; "
+                              "rerun with --overwrite instead of --resume to start over")
+    checks = {"stage": lambda v: v in _STAGES, "train": lambda v: v is None or isinstance(v, dict),
+              "spec_hash": lambda v: isinstance(v, str), "resume_key": lambda v: isinstance(v, str)}
+    for field, ok in checks.items():
+        if field in found and not ok(found[field]):
+            raise CheckpointError(f"{str(path)!r}: field {field!r} is {found[field]!r}, which is not valid; "
+                                  "the file is corrupt, rerun with --overwrite instead of --resume to start over")
+    return found
+
+
+def _holds_work(partial: Path) -> bool:
+    """Whether an unfinished build has calibrated weights or checkpoints worth keeping (a corrupt state counts)."""
+    try:
+        stage = _read_state(partial).get("stage", "started")
+    except CheckpointError:
+        return True
+    ckpt = partial / "checkpoints"
+    return stage != "started" or (ckpt / "latest").exists() or any(ckpt.glob("step-*"))
+
+
+def _prepare_partial(output: Path, spec: Spec, resume: bool, overwrite: bool, main: bool,
+                     console) -> tuple[Path, dict[str, Any]]:
+    """Create (or reuse, when resuming) the partial folder; returns it and its state (``stage``, ``train``).
+
+    An unfinished build that holds work is discarded only with ``overwrite``.
+    """
+    partial = partial_dir(output)
+    key = resume_key(spec)
+    state: dict[str, Any] = {"spec_hash": spec_hash(spec), "resume_key": key, "stage": "started"}
+    if partial.exists() and resume:
+        found = _read_state(partial)
+        if found.get("resume_key", key) != key:
+            raise CheckpointError(
+                f"The unfinished build in {str(partial)!r} was made from another spec; only eval, train.lr, "
+                "train.stitch_lr, train.grad_clip, train.amp and the checkpoint/log settings may change on resume. "
+                "Restore the spec, or rerun with --overwrite instead of --resume to start over"
+            )
+        state.update(found, spec_hash=spec_hash(spec), resume_key=key)
+        if console is not None:
+            console.print(f"resuming the unfinished build in {partial} (stage: {state['stage']})")
+    elif partial.exists() and main:
+        if _holds_work(partial):
+            if not overwrite:
+                raise OutputExistsError(
+                    f"{str(partial)!r} holds an unfinished build of {str(output)!r}; pass --resume (resume=True) "
+                    "to continue it, or --overwrite (overwrite=True) to discard it and start over"
+                )
+            if console is not None:
+                console.print(f"discarding the unfinished build in {partial} (--overwrite)")
+        shutil.rmtree(partial)
+    if main:
+        (partial / "checkpoints").mkdir(parents=True, exist_ok=True)
+        write_json(partial / _STATE, state)
+    return partial, state
+
+
+def _swap(partial: Path, output: Path) -> None:
+    """Move the finished build into place; the previous output is removed only after."""
+    (partial / _STATE).unlink(missing_ok=True)
+    for stale in [*partial.glob(".*.tmp"), *(partial / "checkpoints").glob(".*.tmp")]:  # writes a crash cut short
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        else:
+            stale.unlink()
+    old = _old_dir(output)
+    if output.exists():
+        output.rename(old)
+    partial.rename(output)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _resolve_output(spec: Spec, output: str | Path | None) -> Path:
+    if output is None:
+        output = spec.output
+    if output is None:
+        raise SpecError("output: no output folder; pass output= (--output DIR) or set output: in the spec")
+    return Path(output).expanduser().absolute()
+
+
+# ---------------------------------------------------------------------------
