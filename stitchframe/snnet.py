@@ -111,9 +111,12 @@ class RouteModule(nn.Module):
         super().__init__()
         self.route = route
         self.segments = nn.ModuleList(segments)
+        # Precomputed like SNNet's plans (rebuilding it per call cost ~10 µs): plain
+        # references to the segment modules, which deepcopy maps onto the copies.
+        self._plan = tuple(s.plan() for s in self.segments)
 
     def forward(self, inputs: Any) -> Any:
-        return _execute(inputs, [s.plan() for s in self.segments])
+        return _execute(inputs, self._plan)
 
     def merge(self) -> RouteModule:
         """Merge training-time structure of the stitching layers (``lowrank``) in place."""
@@ -281,10 +284,12 @@ class SNNet(nn.Module):
 
     def select(self, route: int | str | Route) -> Route:
         """Switch to another route (by id, printed name, or :class:`Route`); O(1)."""
+        # object.__setattr__: nn.Module.__setattr__ allocates a closure on every call,
+        # and an int is never a parameter, buffer or submodule.
         if isinstance(route, int) and 0 <= route < len(self._plans):
-            self._selected = route
+            object.__setattr__(self, "_selected", route)
         else:
-            self._selected = self.routes.index_of(route)
+            object.__setattr__(self, "_selected", self.routes.index_of(route))
         return self.routes[self._selected]
 
     def forward(self, inputs: Any) -> Any:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -125,6 +127,11 @@ def test_export_holds_only_the_route_and_matches_bit_for_bit(vit_net):
     with torch.no_grad():
         vit_net.anchors["vit48"].head.fc.weight.add_(1.0)
     assert not torch.equal(module(x), vit_net(x))
+    # the precomputed plan follows copies: a copy of the export runs its own modules
+    clone, before = copy.deepcopy(module), module(x)
+    with torch.no_grad():
+        clone.segments[1].head.fc.weight.add_(1.0)
+    assert torch.equal(module(x), before) and not torch.equal(clone(x), before)
 
 
 def test_export_passes_torch_export(vit_net):

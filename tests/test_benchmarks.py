@@ -1,0 +1,146 @@
+"""Smoke test of the benchmarks (``benchmarks/``): each runs in a tiny configuration and writes its JSON.
+
+Only the structure of the results is checked; no timing is asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import benchmarks
+from benchmarks import BENCHMARKS, calibration, elastic, evaluation, forward, memory, switching, training, zeroshot
+from benchmarks.cli import main, run_benchmark, write_summary
+from benchmarks.harness import Context, interleave, python_allocations, ratios
+
+VITS = ({"source": "tiny:vit32"}, {"source": "tiny:vit48", "options": {"seed": 1}},
+        {"source": "tiny:vit64", "options": {"seed": 2}})
+
+TINY = {
+    "forward": forward.Params(configs=(forward.Config(label="tiny", anchors=VITS, batch=2, rounds=2),),
+                              dispatch_calls=50, dispatch_repeats=2),
+    "switching": switching.Params(anchors=VITS, calls=200, repeats=1, alloc_calls=200, rounds=2),
+    "evaluation": evaluation.Params(anchors=VITS[:2], spaces=(evaluation.Space(space="snnet", images=4, rounds=1),),
+                                    batch=2),
+    "training": training.Params(anchors=VITS[:2], batch=4, routes=2, steps_per_route=1,
+                                cpu_variants=("fp32", "bf16")),
+    "calibration": calibration.Params(anchors=VITS[:2], images=(4, 8), batch=4, repeats=1, repeats_large=1),
+    "memory": memory.Params(anchors=VITS[:2], batch=2, stitched_pairs=1),
+    "elastic": elastic.Params(anchors=({"source": "tiny:vit32", "name": "vit32"},
+                                       {"source": "tiny:vit48", "name": "vit48", "options": {"seed": 1}}),
+                              data="synthetic", data_options={"train_size": 32, "val_size": 16}, img_size=None,
+                              space_options={}, calibration_batches=1, calibration_heads=False, freeze=(),
+                              max_steps=2, batch_size=8, warmup_steps=0, eval_batch_size=16),
+    "zeroshot": zeroshot.Params(anchors=VITS[:2], eval_views=1, calib_views=1, crop_calib_views=1,
+                                eval_photos=("chelsea", "coffee"), calibration_photos=("camera", "coins")),
+}
+
+
+def _finite(obj) -> bool:
+    if isinstance(obj, float):
+        return math.isfinite(obj)
+    if isinstance(obj, dict):
+        return all(_finite(v) for v in obj.values())
+    if isinstance(obj, list):
+        return all(_finite(v) for v in obj)
+    return True
+
+
+@pytest.fixture
+def ctx(regs, tmp_path):
+    return Context(device=torch.device("cpu"), preset="smoke", registries=regs, log=lambda s: None,
+                   work_dir=tmp_path / "work")
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_benchmark_writes_its_json(name, ctx, tmp_path):
+    out = tmp_path / "results"
+    result = run_benchmark(name, TINY[name], ctx, out)
+    data = json.loads((out / f"{name}.json").read_text())
+    assert data == json.loads(json.dumps(result, default=str))
+    assert data["name"] == name and data["preset"] == "smoke"
+    assert data["environment"]["torch"] == torch.__version__
+    assert data["goals"], "every benchmark states its goals"
+    for goal in data["goals"]:
+        assert set(goal) >= {"name", "target", "measured", "met"} and goal["met"] in (True, False, None)
+    assert _finite(data)
+    md = (out / f"{name}.md").read_text()
+    assert md.startswith(f"## {data['title']}") and "| goal |" in md
+    summary = write_summary(out).read_text()
+    assert data["title"] in summary
+
+
+def test_forward_outputs_are_bit_identical(ctx, tmp_path):
+    result = run_benchmark("forward", TINY["forward"], ctx, tmp_path)
+    routes = result["configs"][0]["routes"]
+    assert len(routes) == 3 + 2  # every anchor and a stitched route of each anchor pair
+    assert all(r["bit_identical"] for r in routes)
+
+
+def test_switching_builds_nothing(ctx, tmp_path):
+    result = run_benchmark("switching", TINY["switching"], ctx, tmp_path)
+    assert result["plans_unchanged"]
+    assert all(c["module_inits"] == 0 for c in result["select"].values())
+
+
+def test_evaluation_reads_every_image_once(ctx, tmp_path):
+    pytest.importorskip("stitchframe.evaluate")
+    result = run_benchmark("evaluation", TINY["evaluation"], ctx, tmp_path)
+    space = result["spaces"][0]
+    assert space["getitem_calls"] == {"shared": 4, "per_route": 4 * space["routes"]}
+    assert space["same_accuracy"] and space["bound"] > 1
+    assert space["shared_block_forwards"] < space["naive_block_forwards"]
+
+
+def test_calibration_matches_the_pinv_reference(ctx, tmp_path):
+    result = run_benchmark("calibration", TINY["calibration"], ctx, tmp_path)
+    assert all(r["relative_weight_difference"] < 1e-3 for r in result["rows"])
+
+
+def test_exported_route_holds_its_own_parameters(ctx, tmp_path):
+    result = run_benchmark("memory", TINY["memory"], ctx, tmp_path)
+    assert all(r["params"] < result["snnet"]["params"] for r in result["routes"])
+    assert result["goals"][0]["met"]
+
+
+def test_elastic_compares_every_run(ctx, tmp_path):
+    result = run_benchmark("elastic", TINY["elastic"], ctx, tmp_path)
+    runs = result["runs"]
+    assert set(runs) == {"alone", "uniform", "flops_grouped", "lowrank"}
+    assert set(runs["alone"]) == {"vit32", "vit48"}
+    for name in ("uniform", "flops_grouped", "lowrank"):
+        assert set(runs[name]["anchor_gap_points"]) == {"vit32", "vit48"}
+        assert all(0 <= r["accuracy"] <= 100 for r in runs[name]["routes"])
+
+
+def test_training_skips_cuda_only_variants_on_cpu(ctx, tmp_path):
+    result = run_benchmark("training", TINY["training"], ctx, tmp_path)
+    assert [v["variant"] for v in result["variants"]] == ["fp32", "bf16"]
+    assert result["skipped"] == ["compile"]
+
+
+def test_every_benchmark_has_presets():
+    for name in BENCHMARKS:
+        mod = benchmarks.load(name)
+        assert set(mod.presets()) == {"quick", "full"}
+        assert callable(mod.run) and callable(mod.markdown) and mod.NAME == name
+
+
+def test_harness_pieces():
+    calls = []
+    times = interleave({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3, warmup=1)
+    assert calls.count("a") == calls.count("b") == 4 and all(len(v) == 3 for v in times.values())
+    assert ratios({"a": [2.0, 4.0], "b": [1.0, 2.0]}, "a", "b")["median"] == 2.0
+    assert python_allocations(lambda: None, 100) == {"calls": 100, "net_bytes": 0, "peak_bytes": 0}
+    held = []
+    assert python_allocations(lambda: held.append(object()), 100)["net_bytes"] > 0
+
+
+def test_cli_lists_and_rejects_unknown_names(capsys):
+    assert main(["list"]) == 0
+    assert "forward" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["run", "--only", "nope"])
