@@ -33,7 +33,7 @@ class _Seg(NamedTuple):
     uses_context: bool
     prepare: Any
     stem: Any
-    blocks: tuple
+    blocks: Sequence[nn.Module]
     stitch: Any
     norm: Any
     head: Any
@@ -67,8 +67,17 @@ def _execute(inputs: Any, plan: Sequence[_Seg]) -> Any:
     return x
 
 
+#: Bumped whenever a module of an exported route's segment is reassigned (``seg.head = ...``, as
+#: eager quantization does), so every :class:`RouteModule` rebuilds its precomputed plan.
+_segment_edits = [0]
+
+
 class _SegmentModule(nn.Module):
     """The modules of one segment of an exported route."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        _segment_edits[0] += 1
 
     def __init__(self, anchor: Anchor, start: int, end: int, *, first: bool, last: bool, stitch, norm: bool):
         super().__init__()
@@ -92,7 +101,7 @@ class _SegmentModule(nn.Module):
             self.uses_context,
             self.prepare,
             self.stem,
-            tuple(self.blocks),
+            self.blocks,  # the ModuleList itself: a block replaced in it is seen
             self.stitch,
             self.norm,
             self.head,
@@ -112,10 +121,15 @@ class RouteModule(nn.Module):
         self.route = route
         self.segments = nn.ModuleList(segments)
         # Precomputed like SNNet's plans (rebuilding it per call cost ~10 µs): plain
-        # references to the segment modules, which deepcopy maps onto the copies.
+        # references to the segment modules, which deepcopy maps onto the copies;
+        # rebuilt after a segment's module is reassigned (see _segment_edits).
         self._plan = tuple(s.plan() for s in self.segments)
+        self._plan_edits = _segment_edits[0]
 
     def forward(self, inputs: Any) -> Any:
+        if self._plan_edits != _segment_edits[0]:
+            self._plan = tuple(s.plan() for s in self.segments)
+            self._plan_edits = _segment_edits[0]
         return _execute(inputs, self._plan)
 
     def merge(self) -> RouteModule:

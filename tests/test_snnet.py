@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 
+import stitchframe.snnet as snnet_module
 from stitchframe import Route, RouteModule, StitchframeError, UnknownNameError, build_snnet, load_registries
 from tests import tiny
 
@@ -132,6 +133,23 @@ def test_export_holds_only_the_route_and_matches_bit_for_bit(vit_net):
     with torch.no_grad():
         clone.segments[1].head.fc.weight.add_(1.0)
     assert torch.equal(module(x), before) and not torch.equal(clone(x), before)
+
+
+def test_export_sees_modules_reassigned_after_export(vit_net):
+    module = vit_net.export(3).eval()
+    x = tiny.images(2)
+    before = module(x)
+    last = module.segments[-1]
+    last.head = copy.deepcopy(last.head)  # as eager quantization swaps a module for another
+    last.blocks[0] = copy.deepcopy(last.blocks[0])
+    with torch.no_grad():
+        last.head.fc.weight.add_(1.0)
+        next(last.blocks[0].parameters()).add_(0.5)
+    after = module(x)
+    assert not torch.equal(after, before)
+    with torch.no_grad():  # a plan built from scratch from the segments as they are now
+        expected = snnet_module._execute(x, [s.plan() for s in module.segments])
+    assert torch.equal(after, expected)
 
 
 def test_export_passes_torch_export(vit_net):
