@@ -54,7 +54,7 @@ from .distributed import dist_info, is_main_process
 from .engine import assemble
 from .errors import BuildInterrupted, CheckpointError, SpecError
 from .evaluate import Evaluation, evaluate_routes, logits_of, state_fingerprint
-from .io import atomic_write, load_module_state, read_metadata, save_module, write_json
+from .io import atomic_write, load_module_state, read_json, read_metadata, save_module, write_json
 from .outputs import (
     _STAGES,
     _STATE,
@@ -424,7 +424,7 @@ def _stop_if_interrupted(result: Any) -> None:
 # loading a build
 # ---------------------------------------------------------------------------
 def load_snnet(output_dir: str | Path, registries: Registries | None = None, *,
-               device: str | torch.device | None = None) -> SNNet:
+               device: str | torch.device | None = None, metrics: str | Path | None = None) -> SNNet:
     """Rebuild the SN-Net of a build output from its ``spec.yaml`` and weights.
 
     Per-route metrics recorded at build time (accuracy, loss, latency) are
@@ -435,9 +435,13 @@ def load_snnet(output_dir: str | Path, registries: Registries | None = None, *,
         registries: The registries (default: all installed plugins); they
             must provide the adapters the spec names.
         device: Where to put it (default: CPU).
+        metrics: A ``routes.json`` report whose metrics replace the build's,
+            e.g. ``OUT/evaluation/routes.json`` written by ``stitchframe
+            evaluate OUT --latency`` on the machine the model will run on.
 
     Raises:
-        CheckpointError: Not a build output, or weights that do not match the spec.
+        CheckpointError: Not a build output, weights that do not match the
+            spec, or a ``metrics`` file of other routes.
     """
     out = Path(output_dir)
     for name in ("spec.yaml", WEIGHTS):
@@ -456,9 +460,28 @@ def load_snnet(output_dir: str | Path, registries: Registries | None = None, *,
     snnet = assemble(spec, regs, routes=routes or None)
     load_module_state(snnet, out / WEIGHTS, kind="snnet")
     _restore_route_meta(snnet, table, out / WEIGHTS)
+    if metrics is not None:
+        _apply_report_metrics(snnet, Path(metrics))
     if device is not None:
         snnet.to(device)
     return snnet.eval()
+
+
+def _apply_report_metrics(snnet: SNNet, path: Path) -> None:
+    """Set each route's accuracy, loss and latency from a ``routes.json`` report of the same routes."""
+    report = read_json(path)
+    records = report.get("routes") if isinstance(report, dict) else None
+    if not isinstance(records, list) or len(records) != len(snnet.routes):
+        raise CheckpointError(f"{str(path)!r} is not a route report of this SN-Net's {len(snnet.routes)} routes; "
+                              "pass the routes.json that stitchframe build or evaluate wrote for this output")
+    for rec in records:
+        ok = isinstance(rec, dict) and isinstance(rec.get("id"), int) and 0 <= rec["id"] < len(snnet.routes)
+        if not ok or rec.get("route") != snnet.routes[rec["id"]].describe():
+            raise CheckpointError(f"{str(path)!r}: record {rec!r:.120} does not match a route of this SN-Net; "
+                                  "pass the routes.json that stitchframe build or evaluate wrote for this output")
+        found = {k: rec[k] for k in ("accuracy", "loss", "latency_ms") if isinstance(rec.get(k), (int, float))}
+        if found:
+            snnet.set_route_meta(rec["id"], **found)
 
 
 def _route_table(header: dict[str, str], where: Path) -> tuple[list[dict[str, Any]], list[Route]]:

@@ -350,7 +350,9 @@ class SNNet(nn.Module):
                 if lat is None:
                     raise StitchframeError(
                         f"max_latency_ms needs a measured latency_ms on every route, route {i} has none; build "
-                        "with eval.latency: true, or measure with stitchframe.evaluate_routes(net, data, latency=True)"
+                        "with eval.latency: true, or run stitchframe evaluate OUT --latency and load the build with "
+                        "load_snnet(OUT, metrics='OUT/evaluation/routes.json'), or measure with "
+                        "stitchframe.evaluate_routes(net, data, latency=True)"
                     )
                 if lat > max_latency_ms:
                     continue

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from stitchframe import cli, get_plugin_manager, load_registries, load_route, load_snnet
+from stitchframe import CheckpointError, StitchframeError, cli, get_plugin_manager, load_registries, load_route, load_snnet
 from stitchframe.io import read_metadata
 from tests import tiny
 
@@ -167,3 +167,25 @@ def test_warnings_are_one_line_like_the_other_messages(monkeypatch, capsys):
     assert cli.main(["plugins"]) == 0
     assert capsys.readouterr().err == "warning: No stitch from anchor 'a' into 'b': their grids never match\n"
     assert warnings.showwarning is not cli._show_warning  # restored for the caller
+
+
+def test_latencies_measured_after_the_build_feed_select_for(built, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(built[1], out)
+    assert cli.main([*PLUGIN, "evaluate", str(out), "--latency", "--max-batches", "1"]) == 0
+    capsys.readouterr()
+    with pytest.raises(StitchframeError, match="latency_ms"):
+        load_snnet(out, _regs()).select_for(max_latency_ms=1e9)  # the build recorded none
+    report = out / "evaluation" / "routes.json"
+    net = load_snnet(out, _regs(), metrics=report)
+    records = json.loads(report.read_text())["routes"]
+    assert [r.meta["latency_ms"] for r in net.routes] == [rec["latency_ms"] for rec in records]
+    assert [r.meta["accuracy"] for r in net.routes] == [rec["accuracy"] for rec in records]
+    fastest = min(records, key=lambda rec: rec["latency_ms"])
+    assert net.select_for(max_latency_ms=fastest["latency_ms"]).describe() == fastest["route"]
+    records[0]["route"] = "someone[0:1]"
+    report.write_text(json.dumps({"routes": records}))
+    with pytest.raises(CheckpointError, match=r"routes\.json.*does not match a route of this SN-Net"):
+        load_snnet(out, _regs(), metrics=report)
