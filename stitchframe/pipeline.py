@@ -312,7 +312,7 @@ def build(
         resume: Continue the unfinished build of ``output`` if there is one.
         registries: The registries (default: all installed plugins).
         console: A :class:`rich.console.Console` for progress and the route
-            table (``None``: silent).
+            table (``None``: silent); used on rank 0 only under ``torchrun``.
 
     Returns:
         The output folder, the SN-Net, the evaluation and the report summary.
@@ -325,6 +325,8 @@ def build(
     regs = registries if registries is not None else load_registries()
     out = _resolve_output(spec, output)
     main = is_main_process()
+    if not main:
+        console = None  # under torchrun only rank 0 reports
     if main:
         _recover(out)
         _check_output(out, overwrite)
