@@ -17,7 +17,6 @@ Three steps, each usable alone:
 from __future__ import annotations
 
 import importlib.util
-import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -98,12 +97,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             data = torch.load(str(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"Weights file {str(path)!r} does not exist") from None
-    except pickle.UnpicklingError:
-        raise CheckpointError(
-            f"Weights file {str(path)!r} cannot be read safely: it pickles Python objects besides tensors, and "
-            "weights are read with torch.load(weights_only=True); re-save it as a plain state dict or as safetensors"
-        ) from None
     except Exception as exc:  # noqa: BLE001 - any read failure is a bad file
+        if type(exc).__name__ == "UnpicklingError":  # what torch.load(weights_only=True) raises for objects
+            raise CheckpointError(
+                f"Weights file {str(path)!r} cannot be read safely: it pickles Python objects besides tensors, "
+                "and weights are read with torch.load(weights_only=True); re-save it as a plain state dict or as "
+                "safetensors"
+            ) from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
             f"Weights file {str(path)!r} cannot be read as {path.suffix or 'a'} weights ({first}); "
