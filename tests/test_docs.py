@@ -157,3 +157,12 @@ def test_mkdocs_build_strict(tmp_path):
     assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     assert (tmp_path / "site" / "reference" / "hooks" / "index.html").is_file()
 
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("<!-- ci:test -->")[1].split("<!-- /ci:test -->")[0]
+    command = "\n".join(line for line in block.strip().splitlines() if not line.startswith("```"))
+    run = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert command.startswith("python3 -m venv") and command.endswith("python -m pytest -q")
+    assert f"ci_cmd='{command}'" in run and f"\n{command}\n" in run
