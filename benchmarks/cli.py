@@ -22,11 +22,13 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 
 def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available; use --device cpu")
-    return torch.device(name)
+    from stitchframe import SpecError
+    from stitchframe.pipeline import resolve_device
+
+    try:
+        return resolve_device(name)
+    except SpecError:
+        raise SystemExit("--device cuda: no CUDA device is available; use --device cpu") from None
 
 
 def run_benchmark(name: str, params: Any, ctx: Context, out_dir: Path) -> dict[str, Any]:

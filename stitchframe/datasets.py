@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from .anchors import Anchor, Preprocess
-from .errors import PluginError, SpecError, StitchframeError, _prefixed
+from .errors import PluginError, SpecError, StitchframeError, _plugin_call
 from .hookspecs import hookimpl
 from .spec import Spec, structure_options
 
@@ -539,15 +539,9 @@ def load_data(spec: Spec, registries: Registries, preprocess: Preprocess) -> Dat
         raise SpecError("data: building needs a data section, e.g. data: {name: fashion_mnist}")
     entry = registries.datasets.get(spec.data.name, where="data.name")
     options = structure_options(entry.options, spec.data.options, "data.options")
-    try:
+    with _plugin_call(f"data ({spec.data.name!r})", ("data.", "data:"),
+                      f"Plugin {entry.plugin!r} failed to load dataset {spec.data.name!r} (data.name)"):
         splits = entry.obj(options, preprocess)
-    except StitchframeError as exc:
-        raise _prefixed(exc, f"data ({spec.data.name!r})", ("data.", "data:"))
-    except Exception as exc:
-        raise PluginError(
-            f"Plugin {entry.plugin!r} failed to load dataset {spec.data.name!r} (data.name): "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
     if not isinstance(splits, DatasetSplits):
         raise PluginError(
             f"Dataset {spec.data.name!r} from plugin {entry.plugin!r} returned {type(splits).__name__}; "

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .anchors import Anchor, anchor_name
-from .errors import PluginError, ShapeMismatchError, SpecError, StitchframeError, UnknownNameError, _prefixed
+from .errors import PluginError, ShapeMismatchError, SpecError, StitchframeError, UnknownNameError, _plugin_call
 from .graph import ActivationSpec
 from .plugins import Registries, load_registries, unknown_source_error
 from .registry import Entry
@@ -72,15 +72,9 @@ def load_anchor(
     entry, ident = _adapter_for(spec.source, regs)
     if entry is not None:
         options = structure_options(entry.options, spec.options, f"{where}.options")
-        try:
+        with _plugin_call(f"{where} ({spec.source!r})", (where,),
+                          f"Plugin {entry.plugin!r} failed to load anchor {spec.source!r} at {where}"):
             anchor = _call_loader(entry.obj, ident, options, regs)
-        except StitchframeError as exc:
-            raise _prefixed(exc, f"{where} ({spec.source!r})", (where,))
-        except Exception as exc:
-            raise PluginError(
-                f"Plugin {entry.plugin!r} failed to load anchor {spec.source!r} at {where}: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
         origin = f"plugin {entry.plugin!r} (adapter {entry.name!r})"
     else:
         anchor = regs.resolve_anchor(spec.source, dict(spec.options))
@@ -152,15 +146,10 @@ class _Layers:
         )
 
     def build(self, entry: Entry, s: ActivationSpec, d: ActivationSpec) -> StitchLayer:
-        try:
+        with _plugin_call(f"{self.where}.layer ({entry.name!r})", (f"{self.where}.",),
+                          f"Plugin {entry.plugin!r} failed to build stitching layer {entry.name!r} for "
+                          f"{s.describe()} -> {d.describe()}"):
             return entry.obj(s, d, self.options_for(entry))
-        except StitchframeError as exc:
-            raise _prefixed(exc, f"{self.where}.layer ({entry.name!r})", (f"{self.where}.",))
-        except Exception as exc:
-            raise PluginError(
-                f"Plugin {entry.plugin!r} failed to build stitching layer {entry.name!r} for "
-                f"{s.describe()} -> {d.describe()}: {type(exc).__name__}: {exc}"
-            ) from exc
 
     def make_stitch(self, src: str, p: int, dst: str, q: int) -> StitchLayer | None:
         """A fresh, anchor-initialised layer for a stitch (``None`` when the layer type cannot bridge it).
@@ -229,18 +218,12 @@ def build_snnet(
     context = SpaceContext(
         probe=probe, make_stitch=layers.make_stitch, seed=seed, final_norm=final_norm, anchors=list(anchors)
     )
-    try:
+    with _plugin_call(f"{where}.space ({space!r})", (f"{where}.",),
+                      f"Plugin {space_entry.plugin!r} raised in stitch space {space!r} (StitchSpace.routes)"):
         if routes is not None:
             generated = list(routes)
         else:
             generated = space_routes(space_entry.obj(space_options), list(anchors), layers.can_stitch, context)
-    except StitchframeError as exc:
-        raise _prefixed(exc, f"{where}.space ({space!r})", (f"{where}.",))
-    except Exception as exc:
-        raise PluginError(
-            f"Plugin {space_entry.plugin!r} raised in stitch space {space!r} (StitchSpace.routes): "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
     stitches: dict[str, StitchLayer] = {}
     joins: dict[str, list[StitchJoin]] = {}
     key_specs: dict[str, tuple[ActivationSpec, ActivationSpec, str]] = {}

@@ -8,8 +8,9 @@ received, where (spec path, plugin and hook, block names) and how to fix it.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 __all__ = [
     "StitchframeError",
@@ -78,6 +79,18 @@ class BuildInterrupted(StitchframeError):
         import signal
 
         return 128 + int(getattr(signal, self.signal_name, signal.SIGINT))
+
+
+@contextlib.contextmanager
+def _plugin_call(where: str, markers: tuple[str, ...], failed: str) -> Iterator[None]:
+    """Run plugin code: its own errors get ``where: `` in front (see :func:`_prefixed`), and any other
+    exception becomes a :class:`PluginError` reading ``"{failed}: {type}: {message}"``."""
+    try:
+        yield
+    except StitchframeError as exc:
+        raise _prefixed(exc, where, markers)
+    except Exception as exc:
+        raise PluginError(f"{failed}: {type(exc).__name__}: {exc}") from exc
 
 
 def _prefixed(exc: StitchframeError, where: str, markers: tuple[str, ...] = ()) -> StitchframeError:
