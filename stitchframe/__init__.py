@@ -32,6 +32,7 @@ from .pipeline import BuildResult, build, evaluate_build, load_snnet
 from .plugins import DEFAULT_PLUGINS, PluginManager, Registries, get_plugin_manager, load_registries
 from .registry import Entry, NoOptions, Registry
 from .report import pareto_front, write_report
+from .route_bn import recalibrate_route_bn
 from .routes import Link, Route, RouteTable, Segment
 from .snnet import SNNet, RouteModule
 from .spec import Spec, dump_spec, load_spec, parse_spec
@@ -48,6 +49,7 @@ from .stitch_layers import (
 from .stitch_spaces import SpaceContext, StitchSpace
 
 __all__ = [
+    "recalibrate_route_bn",
     "__version__",
     "ActivationSpec",
     "Anchor",

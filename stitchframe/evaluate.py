@@ -105,12 +105,13 @@ class _Op(NamedTuple):
 
 
 class _Node:
-    __slots__ = ("op", "children", "routes")
+    __slots__ = ("op", "children", "routes", "first")
 
-    def __init__(self, op: _Op | None) -> None:
+    def __init__(self, op: _Op | None, first: int = 0) -> None:
         self.op = op
         self.children: dict[tuple, _Node] = {}
         self.routes: list[int] = []
+        self.first = first  # a route through this node: per-route BatchNorm rows are equal for all of them
 
 
 def _ops(plan) -> Iterator[_Op]:
@@ -159,11 +160,14 @@ class RouteTrie:
         self.root = _Node(None)
         self.route_ids = list(range(len(snnet.routes))) if routes is None else list(routes)
         self.naive_blocks = 0
+        self.bn_state = snnet.route_bn
         for rid in self.route_ids:
             node = self.root
             for op in _ops(snnet._plans[rid]):
                 self.naive_blocks += op.kind == "block"
-                node = node.children.setdefault(op.key, _Node(op))
+                if op.key not in node.children:
+                    node.children[op.key] = _Node(op, rid)
+                node = node.children[op.key]
             node.routes.append(rid)
 
     @property
@@ -187,15 +191,23 @@ class RouteTrie:
         ctxs: dict[str, Any] = {}
         counter = [0]
 
+        bn = self.bn_state
+
         def walk(node: _Node, x: Any) -> None:
             for child in node.children.values():
+                if bn is not None:
+                    bn.route = child.first
                 y = _apply(child.op, x, inputs, ctxs)
                 counter[0] += child.op.kind == "block"
                 for rid in child.routes:
                     on_output(rid, y)
                 walk(child, y)
 
-        walk(self.root, None)
+        try:
+            walk(self.root, None)
+        finally:
+            if bn is not None:
+                bn.route = None
         return counter[0]
 
 

@@ -69,6 +69,7 @@ from .outputs import (
 )
 from .plugins import Registries, load_registries
 from .report import summary_sentence, write_report
+from .route_bn import recalibrate_route_bn
 from .routes import Route
 from .snnet import SNNet
 from .spec import Spec, dump_spec, load_spec, spec_hash
@@ -226,6 +227,25 @@ def _train(snnet: SNNet, spec: Spec, splits: DatasetSplits, device: torch.device
                  seed=spec.seed, num_workers=spec.data.num_workers, collate_fn=splits.collate_fn, console=console)
 
 
+def _recalibrate_bn(snnet: SNNet, spec: Spec, splits: DatasetSplits, device: torch.device, console, *,
+                    anchors_only: bool = False) -> None:
+    """BatchNorm statistics from ``train.route_bn_batches`` training batches (streamed): of the anchors
+    before calibration (``anchors_only``), of every route after training."""
+    n = spec.train.route_bn_batches
+    loader = DataLoader(
+        splits.train,
+        batch_size=spec.train.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(spec.seed + 1),
+        collate_fn=splits.collate_fn,
+        num_workers=spec.data.num_workers,
+    )
+    what = f"{len(snnet.anchors)} anchors" if anchors_only else f"{len(snnet.routes)} routes"
+    with _progress(console, f"BatchNorm statistics of {what}", n) as tick:
+        recalibrate_route_bn(snnet, islice(loader, n), device=device, anchors_only=anchors_only,
+                             on_batch=lambda b: tick(b + 1, n))
+
+
 def _evaluate(snnet: SNNet, spec: Spec, splits: DatasetSplits, partial_path: Path, console, *,
               max_batches: int | None = None, latency: bool | None = None) -> Evaluation:
     max_batches = max_batches if max_batches is not None else spec.eval.max_batches
@@ -363,6 +383,8 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
         return _calibration_batches(spec, data_for(anchors)[2], inputs_only=True)
 
     snnet = assemble(spec, regs, probe=probe).to(device)
+    if spec.train.route_bn_batches:
+        snnet.enable_route_bn()
     preprocess, notes, splits = data_for(snnet.anchors.values())
     if console is not None:
         for note in notes:
@@ -375,6 +397,8 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
         load_module_state(snnet, weights, kind="snnet")
     else:
         t = time.perf_counter()
+        if spec.train.route_bn_batches:
+            _recalibrate_bn(snnet, spec, splits, device, console, anchors_only=True)
         _calibrate(snnet, spec, splits, device, console)
         timings["calibrate"] = time.perf_counter() - t
         state["stage"] = "calibrated"
@@ -388,6 +412,10 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
         _stop_if_interrupted(result)
         train_result = _plain(result, partial, out)
         timings["train"] = time.perf_counter() - t
+        if spec.train.route_bn_batches:
+            t = time.perf_counter()
+            _recalibrate_bn(snnet, spec, splits, device, console)
+            timings["route_bn"] = time.perf_counter() - t
         state.update(stage="trained", train=train_result)
         if main:
             save_module(snnet, weights, kind="snnet", metadata={"spec_hash": spec_h, "stage": "trained"})
@@ -460,6 +488,8 @@ def load_snnet(output_dir: str | Path, registries: Registries | None = None, *,
     table, routes = _route_table(header, out / WEIGHTS)
     # rebuild from the saved route table: spaces that chose routes on data need no data to reload
     snnet = assemble(spec, regs, routes=routes or None)
+    if spec.train.route_bn_batches:
+        snnet.enable_route_bn()
     load_module_state(snnet, out / WEIGHTS, kind="snnet")
     _restore_route_meta(snnet, table, out / WEIGHTS)
     if metrics is not None:

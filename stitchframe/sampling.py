@@ -38,10 +38,10 @@ from .errors import SpecError
 from .routes import Route
 
 __all__ = [
-    "SAMPLERS",
     "RouteSampler",
     "UniformSampler",
     "FlopsGroupedSampler",
+    "AnchorShareSampler",
     "make_sampler",
     "flops_groups",
     "EpochOrder",
@@ -140,21 +140,69 @@ class FlopsGroupedSampler(RouteSampler):
         return {**super().state(), "flops_groups": self.requested_groups, "groups": self.groups}
 
 
-#: Route samplers by ``TrainSpec.sampling`` name.
-SAMPLERS = {"uniform": UniformSampler, "flops_grouped": FlopsGroupedSampler}
+class AnchorShareSampler(RouteSampler):
+    """A fixed share of the steps trains an anchor; the others sample the stitched routes.
+
+    An anchor route is shared by every route that starts or ends in it, but
+    uniform sampling trains it directly once in ``len(routes)`` steps, so the
+    anchors fall behind the same models fine-tuned alone.  Here a step is an
+    anchor step with probability ``share`` (the anchor drawn uniformly);
+    the other steps pick a stitched route with ``base`` (built on the
+    stitched routes only).  Like every sampler, a pure function of
+    ``(seed, step)``.
+
+    Args:
+        routes: The routes (anchors among them).
+        seed: The run's seed.
+        share: Fraction of steps that train an anchor, in ``[0, 1]``.
+        base: Builds the sampler of the stitched routes from ``(routes, seed)``.
+    """
+
+    name = "anchor_share"
+
+    def __init__(self, routes: Sequence[Route], *, seed: int, share: float, base) -> None:
+        super().__init__(routes, seed=seed)
+        self.anchors = [i for i, r in enumerate(routes) if r.is_anchor]
+        self.stitched = [i for i, r in enumerate(routes) if not r.is_anchor]
+        if not self.anchors or not self.stitched:  # nothing to mix: the base sampler over everything
+            share = 1.0 if not self.stitched else 0.0
+            self.stitched = self.stitched or self.anchors
+        self.share = float(share)
+        self.base = base([routes[i] for i in self.stitched], seed)
+
+    def route_at(self, step: int) -> int:
+        a, b = _hash_ints(self.seed, step, 0xA7C0)
+        if self.anchors and a / 2.0**64 < self.share:
+            return self.anchors[b % len(self.anchors)]
+        return self.stitched[self.base.route_at(step)]
+
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "share": self.share, "base": self.base.state()}
 
 
-def make_sampler(kind: str, routes: Sequence[Route], *, seed: int, groups: int = 8) -> RouteSampler:
+def make_sampler(
+    kind: str, routes: Sequence[Route], *, seed: int, groups: int = 8, anchor_share: float = 0.0
+) -> RouteSampler:
     """The route sampler named ``kind`` (``uniform`` or ``flops_grouped``).
+
+    With ``anchor_share > 0`` that share of the steps trains an anchor and
+    ``kind`` samples the other steps among the stitched routes
+    (:class:`AnchorShareSampler`).
 
     Raises:
         SpecError: Unknown ``kind`` (names ``train.sampling`` and the choices).
     """
     if kind == "uniform":
-        return UniformSampler(routes, seed=seed)
-    if kind == "flops_grouped":
-        return FlopsGroupedSampler(routes, seed=seed, groups=groups)
-    raise SpecError(f"train.sampling: unknown sampler {kind!r}; choose one of {', '.join(SAMPLERS)}")
+        def base(rs, s):
+            return UniformSampler(rs, seed=s)
+    elif kind == "flops_grouped":
+        def base(rs, s):
+            return FlopsGroupedSampler(rs, seed=s, groups=groups)
+    else:
+        raise SpecError(f"train.sampling: unknown sampler {kind!r}; choose one of uniform, flops_grouped")
+    if anchor_share > 0:
+        return AnchorShareSampler(routes, seed=seed, share=anchor_share, base=base)
+    return base(routes, seed)
 
 
 class EpochOrder:

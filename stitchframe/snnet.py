@@ -11,6 +11,7 @@ from torch import nn
 
 from .anchors import Anchor, count_flops
 from .errors import StitchframeError
+from .route_bn import RouteBNState, enable_route_bn, plain_batchnorm
 from .routes import Route, RouteTable
 from .stitch_layers import StitchLayer
 
@@ -181,6 +182,7 @@ class SNNet(nn.Module):
         self.__dict__.pop("_module_params_cache", None)  # ids are only stable while building
         self._plans = [self._make_plan(r) for r in self.routes]
         self._selected = 0
+        self._route_bn_state: RouteBNState | None = None
 
     # -- routes --------------------------------------------------------
     def link_key(self, src: str, src_pos: int, dst: str, dst_pos: int, link) -> str:
@@ -211,22 +213,31 @@ class SNNet(nn.Module):
     def _uses_norm(self, route: Route) -> bool:
         return self.final_norm == "keep" or route.is_anchor
 
-    def _route_modules(self, route: Route) -> list[nn.Module]:
-        mods: list[nn.Module] = []
+    def segment_modules(self, route: Route) -> list[list[nn.Module]]:
+        """The anchor modules each segment of ``route`` runs, in order (stitching layers left out).
+
+        The first segment includes its anchor's stem, every segment its
+        anchor's context module (if any), the last one the final norm (when
+        the route uses it) and the head.
+        """
+        out: list[list[nn.Module]] = []
+        n = len(route.segments)
         for i, seg in enumerate(route.segments):
             a: Anchor = self.anchors[seg.anchor]
-            if i == 0:
-                mods += [a.stem]
+            mods: list[nn.Module] = [a.stem] if i == 0 else []
             if a.context is not None:
                 mods.append(a.context)
             mods += list(a.blocks[seg.start : seg.end])
-        for i in range(len(route.links)):
-            mods.append(self.stitch_for(route, i))
-        last: Anchor = self.anchors[route.segments[-1].anchor]
-        if self._uses_norm(route) and last.norm is not None:
-            mods.append(last.norm)
-        mods.append(last.head)
-        return mods
+            if i == n - 1:
+                if self._uses_norm(route) and a.norm is not None:
+                    mods.append(a.norm)
+                mods.append(a.head)
+            out.append(mods)
+        return out
+
+    def _route_modules(self, route: Route) -> list[nn.Module]:
+        mods = [m for seg in self.segment_modules(route) for m in seg]
+        return mods + [self.stitch_for(route, i) for i in range(len(route.links))]
 
     def _with_costs(self, route: Route) -> Route:
         if route.flops is not None and route.params is not None:
@@ -308,11 +319,39 @@ class SNNet(nn.Module):
 
     def forward(self, inputs: Any) -> Any:
         """Run the selected route."""
-        return _execute(inputs, self._plans[self._selected])
+        state = self._route_bn_state
+        if state is None:
+            return _execute(inputs, self._plans[self._selected])
+        state.route = self._selected
+        try:
+            return _execute(inputs, self._plans[self._selected])
+        finally:
+            state.route = None
 
     def forward_route(self, inputs: Any, route: int | str | Route) -> Any:
         """Run one route without changing the selection."""
-        return _execute(inputs, self._plans[self.routes.index_of(route)])
+        rid = route if isinstance(route, int) and 0 <= route < len(self._plans) else self.routes.index_of(route)
+        state = self._route_bn_state
+        if state is None:
+            return _execute(inputs, self._plans[rid])
+        state.route = rid
+        try:
+            return _execute(inputs, self._plans[rid])
+        finally:
+            state.route = None
+
+    @property
+    def route_bn(self) -> RouteBNState | None:
+        """The per-route BatchNorm state (``None`` until :meth:`enable_route_bn`)."""
+        return self._route_bn_state
+
+    def enable_route_bn(self) -> RouteBNState:
+        """Give every BatchNorm layer of the anchors one set of statistics per route (idempotent).
+
+        Outputs do not change until :func:`stitchframe.recalibrate_route_bn`
+        fills the statistics; see :mod:`stitchframe.route_bn`.
+        """
+        return enable_route_bn(self)
 
     def set_route_meta(self, route: int | str | Route, **meta: Any) -> Route:
         """Record metadata (``accuracy=...``, ``latency_ms=...``) on a route."""
@@ -399,6 +438,7 @@ class SNNet(nn.Module):
                 )
             )
         module = copy.deepcopy(RouteModule(r, segs))
+        plain_batchnorm(module, self.routes.index_of(r))  # the route's own BatchNorm statistics, if any
         module.train(self.training)
         return module.merge() if merge else module
 

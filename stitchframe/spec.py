@@ -154,6 +154,19 @@ class TrainSpec:
         metadata=_help("Route sampling per step: uniform over routes, or SN-Netv2's FLOPs-grouped sampling."),
     )
     flops_groups: int = attrs.field(default=8, validator=_v.ge(1), metadata=_help("Number of FLOPs groups for flops_grouped."))
+    anchor_share: float = attrs.field(
+        default=0.0, validator=[_v.ge(0.0), _v.le(1.0)],
+        metadata=_help("Share of the steps that train an anchor route (drawn uniformly among the anchors); the "
+                       "other steps sample the stitched routes by `sampling`. 0: anchors are sampled like any "
+                       "route, once in len(routes) steps, and end below the same models fine-tuned alone."),
+    )
+    route_bn_batches: int = attrs.field(
+        default=0, validator=[_v.instance_of(int), _v.ge(0)],
+        metadata=_help("Per-route BatchNorm statistics from this many training batches: before calibration the "
+                       "anchors' statistics are re-estimated on the data, after training every route's; they are "
+                       "saved with the build and used by select, export and evaluation (0: every route keeps the "
+                       "pretrained statistics of the anchors). For CNN anchors."),
+    )
     loss: Literal["ce", "distill"] = attrs.field(
         default="ce", validator=_v.in_(("ce", "distill")), metadata=_help("Cross-entropy, or distillation from a teacher anchor.")
     )

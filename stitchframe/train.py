@@ -174,7 +174,8 @@ class _Trainer:
             len(dataset), batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
             world_size=self.dist.world_size, rank=self.dist.rank, seed=self.seed,
         )
-        self.sampler = make_sampler(cfg.sampling, list(snnet.routes), seed=self.seed, groups=cfg.flops_groups)
+        self.sampler = make_sampler(cfg.sampling, list(snnet.routes), seed=self.seed, groups=cfg.flops_groups,
+                                    anchor_share=cfg.anchor_share)
         self.teacher = teacher_name(snnet, cfg) if cfg.loss == "distill" else None
         self.total = total_steps(cfg, self.order.steps_per_epoch)
         self.amp = _amp_dtype(cfg.amp, self.device)

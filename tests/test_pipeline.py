@@ -269,3 +269,27 @@ def test_progress_in_a_log_is_a_line_per_tenth(tmp_path):
     lines = buf.getvalue().splitlines()
     assert [line.split("  ")[0] for line in lines[:-1]] == [f"evaluating 3 routes: {i}/20" for i in range(2, 20, 2)]
     assert lines[-1].startswith("evaluating 3 routes: done in ")
+
+
+def test_cnn_build_with_anchor_share_and_per_route_batchnorm(regs, tmp_path):
+    spec = tiny_spec(
+        anchors=["tiny:cnn8", {"source": "tiny:cnn16", "options": {"seed": 1}}],
+        calibration={"batches": 4, "heads": True},
+        train={"epochs": 2, "max_steps": 6, "batch_size": 16, "lr": 1e-3, "anchor_share": 0.5,
+               "route_bn_batches": 2},
+    )
+    out = tmp_path / "out"
+    res = _build(regs, out, spec=spec)
+    routes = res.train_result["routes"]
+    anchors = {i for i, r in enumerate(res.snnet.routes) if r.is_anchor}
+    assert any(r in anchors for r in routes) and any(r not in anchors for r in routes)
+    bns = [m for m in res.snnet.modules() if hasattr(m, "route_mean")]
+    assert bns and any(not torch.equal(m.route_mean[0], m.route_mean[-1]) for m in bns if len(m.route_mean) > 1)
+    manifest = json.loads((out / "build.json").read_text())
+    assert "route_bn" in manifest["seconds"]
+    net = load_snnet(out, regs)  # the per-route statistics come back with the weights
+    x = tiny.images(4)
+    with torch.no_grad():
+        for i in range(len(net.routes)):
+            assert torch.equal(net.forward_route(x, i), res.snnet.eval().forward_route(x, i))
+            assert net.routes[i].meta["accuracy"] == res.snnet.routes[i].meta["accuracy"]

@@ -110,3 +110,32 @@ def test_seeded_dataset_makes_augmentation_depend_on_the_sample_seed_only(worker
     assert torch.equal(batches[0][0], batches[1][1])  # same (index, seed), same augmentation
     assert not torch.equal(batches[0][0][1:], batches[0][1][1:])
     assert torch.equal(ds[(0, 11)], batches[0][0])
+
+
+def _family_routes():
+    anchors = [Route.chain((f"a{i}", 0, 4), flops=10 * (i + 1), params=1) for i in range(3)]
+    stitched = [Route.chain(("a0", 0, k), ("a1", k, 4), flops=10 + k, params=1) for k in range(1, 4)]
+    stitched += [Route.chain(("a1", 0, k), ("a2", k, 4), flops=20 + k, params=1) for k in range(1, 4)]
+    return anchors + stitched
+
+
+@pytest.mark.parametrize("kind", ["uniform", "flops_grouped"])
+def test_anchor_share_trains_the_anchors_that_share_of_the_steps(kind):
+    routes = _family_routes()
+    s = make_sampler(kind, routes, seed=3, groups=4, anchor_share=0.6)
+    picks = [s.route_at(step) for step in range(6000)]
+    counts = Counter(picks)
+    anchor_steps = sum(counts[i] for i in range(3))
+    assert abs(anchor_steps / 6000 - 0.6) < 0.03
+    assert all(abs(counts[i] - 1200) < 150 for i in range(3)), counts  # anchors drawn evenly
+    assert set(counts) == set(range(len(routes)))  # every stitched route still trained
+    assert picks == [make_sampler(kind, routes, seed=3, groups=4, anchor_share=0.6).route_at(t) for t in range(6000)]
+    assert s.state()["share"] == 0.6 and s.state()["base"]["kind"] == kind
+
+
+def test_anchor_share_one_trains_only_anchors_and_zero_is_the_plain_sampler():
+    routes = _family_routes()
+    only = make_sampler("uniform", routes, seed=0, anchor_share=1.0)
+    assert {only.route_at(t) for t in range(500)} == {0, 1, 2}
+    plain = make_sampler("uniform", routes, seed=0, anchor_share=0.0)
+    assert isinstance(plain, UniformSampler)
