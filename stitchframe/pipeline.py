@@ -243,7 +243,7 @@ def _recalibrate_bn(snnet: SNNet, spec: Spec, splits: DatasetSplits, device: tor
     what = f"{len(snnet.anchors)} anchors" if anchors_only else f"{len(snnet.routes)} routes"
     with _progress(console, f"BatchNorm statistics of {what}", n) as tick:
         recalibrate_route_bn(snnet, islice(loader, n), device=device, anchors_only=anchors_only,
-                             on_batch=lambda b: tick(b + 1, n))
+                             anchor_rows="batchnorm" not in spec.train.freeze, on_batch=lambda b: tick(b + 1, n))
 
 
 def _evaluate(snnet: SNNet, spec: Spec, splits: DatasetSplits, partial_path: Path, console, *,
@@ -397,7 +397,7 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
         load_module_state(snnet, weights, kind="snnet")
     else:
         t = time.perf_counter()
-        if spec.train.route_bn_batches:
+        if spec.train.route_bn_batches and "batchnorm" not in spec.train.freeze:
             _recalibrate_bn(snnet, spec, splits, device, console, anchors_only=True)
         _calibrate(snnet, spec, splits, device, console)
         timings["calibrate"] = time.perf_counter() - t

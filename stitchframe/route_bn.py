@@ -80,10 +80,11 @@ class _RouteBNMixin:
         return super().forward(x)
 
     def _collect(self, x: torch.Tensor, route: int) -> torch.Tensor:
-        if self._owner[self._rows[route]] == route:
+        row = self._rows[route]
+        if self._owner[row] == route and not (row == 0 and self._skip_row0):
             dims = [d for d in range(x.dim()) if d != 1]
             xd = x.detach().double()
-            acc = self._sums.setdefault(self._rows[route], [0, 0.0, 0.0])
+            acc = self._sums.setdefault(row, [0, 0.0, 0.0])
             acc[0] += x.numel() // x.shape[1]
             acc[1] = acc[1] + xd.sum(dims)
             acc[2] = acc[2] + (xd * xd).sum(dims)
@@ -174,6 +175,7 @@ def enable_route_bn(snnet: Any) -> RouteBNState:
         bn._owner = owners[key]
         bn._sums = {}
         bn._loaded_row = -1
+        bn._skip_row0 = False
     object.__setattr__(snnet, "_route_bn_state", state)
     return state
 
@@ -185,6 +187,7 @@ def recalibrate_route_bn(
     *,
     device: torch.device | str | None = None,
     anchors_only: bool = False,
+    anchor_rows: bool = True,
     on_batch: Callable[[int], None] | None = None,
 ) -> int:
     """Re-estimate the BatchNorm statistics of every route on the same ``batches``.
@@ -202,6 +205,10 @@ def recalibrate_route_bn(
             layer its anchor's new statistics (adapting the anchors to the
             data before the stitching layers are fitted: the routes'
             own statistics need trained stitches).
+        anchor_rows: Also re-estimate row 0 of every layer (its anchor's
+            statistics); ``False`` keeps them (anchors trained with frozen
+            BatchNorm) and re-estimates only the rows of layers that run
+            after a stitch.
         on_batch: Called with the 0-based index of each batch when it is done.
 
     Returns:
@@ -214,6 +221,8 @@ def recalibrate_route_bn(
     modes = [(m, m.training) for m in snnet.modules()]
     snnet.eval()
     state.collecting = True
+    for bn in route_bn_layers(snnet):
+        bn._skip_row0 = not anchor_rows
     routes = [i for i, r in enumerate(snnet.routes) if r.is_anchor or not anchors_only]
     n = 0
     try:
@@ -244,6 +253,6 @@ def plain_batchnorm(module: nn.Module, route: int) -> None:
             bn.running_var.copy_(bn.route_var[row])
         for name in ("route_rows", "route_mean", "route_var"):
             del bn._buffers[name]
-        for name in ("_route_bn_state", "_rows", "_owner", "_sums", "_loaded_row"):
+        for name in ("_route_bn_state", "_rows", "_owner", "_sums", "_loaded_row", "_skip_row0"):
             bn.__dict__.pop(name, None)
         bn.__class__ = next(c for c in type(bn).__mro__[1:] if not issubclass(c, _RouteBNMixin))

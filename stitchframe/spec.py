@@ -165,7 +165,8 @@ class TrainSpec:
         metadata=_help("Per-route BatchNorm statistics from this many training batches: before calibration the "
                        "anchors' statistics are re-estimated on the data, after training every route's; they are "
                        "saved with the build and used by select, export and evaluation (0: every route keeps the "
-                       "pretrained statistics of the anchors). For CNN anchors."),
+                       "pretrained statistics of the anchors). With `batchnorm` in `freeze` the anchors keep their "
+                       "pretrained statistics and only layers that run after a stitch get new ones. For CNN anchors."),
     )
     loss: Literal["ce", "distill"] = attrs.field(
         default="ce", validator=_v.in_(("ce", "distill")), metadata=_help("Cross-entropy, or distillation from a teacher anchor.")

@@ -29,11 +29,14 @@ TINY = {
                                 cpu_variants=("fp32", "bf16")),
     "calibration": calibration.Params(anchors=VITS[:2], images=(4, 8), batch=4, repeats=1, repeats_large=1),
     "memory": memory.Params(anchors=VITS[:2], batch=2, stitched_pairs=1),
-    "elastic": elastic.Params(anchors=({"source": "tiny:vit32", "name": "vit32"},
-                                       {"source": "tiny:vit48", "name": "vit48", "options": {"seed": 1}}),
-                              data="synthetic", data_options={"train_size": 32, "val_size": 16}, img_size=None,
-                              space_options={}, calibration_batches=1, calibration_heads=False, freeze=(),
-                              max_steps=2, batch_size=8, warmup_steps=0, eval_batch_size=16),
+    "elastic": elastic.Params(
+        anchors=({"source": "tiny:cnn8", "name": "cnn8"}, {"source": "tiny:cnn16", "name": "cnn16", "options": {"seed": 1}}),
+        configs=(elastic.Config(label="synthetic", data="synthetic", data_options={"train_size": 32, "val_size": 16},
+                                img_size=None, steps_per_anchor=2, batch_size=8, calibration_batches=1),),
+        seeds=(0, 1), workers=1,
+        recipe={"stitch": {"space": "snnet"}, "calibration": {"batches": 1},
+                "train": {"lr": 1e-3, "anchor_share": 0.5, "route_bn_batches": 1, "warmup_steps": 0}},
+        eval_batch_size=16),
     "zeroshot": zeroshot.Params(anchors=VITS[:2], eval_views=1, calib_views=1, crop_calib_views=1,
                                 eval_photos=("chelsea", "coffee"), calibration_photos=("camera", "coins")),
 }
@@ -106,14 +109,29 @@ def test_exported_route_holds_its_own_parameters(ctx, tmp_path):
     assert result["goals"][0]["met"]
 
 
-def test_elastic_compares_every_run(ctx, tmp_path):
+def test_elastic_compares_every_run_at_equal_compute(ctx, tmp_path):
     result = run_benchmark("elastic", TINY["elastic"], ctx, tmp_path)
     runs = result["runs"]
-    assert set(runs) == {"alone", "uniform", "flops_grouped", "lowrank"}
-    assert set(runs["alone"]) == {"vit32", "vit48"}
-    for name in ("uniform", "flops_grouped", "lowrank"):
-        assert set(runs[name]["anchor_gap_points"]) == {"vit32", "vit48"}
+    assert set(runs) == {"alone", "default", "uniform"}
+    assert set(runs["alone"]) == {"cnn8", "cnn16"}
+    assert all(v["steps"] == 2 for v in runs["alone"].values())
+    for name in ("default", "uniform"):
+        assert runs[name]["steps"] == 4  # two anchors x two steps each
+        assert set(runs[name]["anchor_gap_points"]) == {"cnn8", "cnn16"}
         assert all(0 <= r["accuracy"] <= 100 for r in runs[name]["routes"])
+        assert {"summary", "routes"} <= set(runs[name])
+    assert set(result["configs"]["synthetic"]["per_seed"]) == {"0", "1"}
+    assert {g["name"].split(": ", 1)[1] for g in result["goals"]} == {
+        "anchors vs fine-tuned alone (mean over seeds)", "stitched routes on or above the anchors' line",
+        "anchors in order of cost"}
+    md = (tmp_path / "elastic.md").read_text()
+    assert "Over the seeds" in md and "Equal compute" in md
+
+
+def test_elastic_default_recipe_is_the_default_spec():
+    recipe = elastic.default_recipe()
+    spec = __import__("yaml").safe_load(elastic.DEFAULT_SPEC.read_text())
+    assert recipe == {k: spec[k] for k in ("stitch", "calibration", "train")}
 
 
 def test_training_skips_cuda_only_variants_on_cpu(ctx, tmp_path):
