@@ -10,7 +10,12 @@
   column included) in the activations' dtype.
 
 Both see the same images (random, generated batch by batch so the data
-itself takes no memory).  Reported per number of images: time ratio
+itself takes no memory).  A third measurement runs the real ``stitchframe
+build`` path (:func:`stitchframe.build` on a ``synthetic`` dataset, whose
+images are generated on access; no training, one evaluation batch) with
+``calibration.batches`` set to cover 100, 1,000 and 10,000 images: its peak
+memory above the resident process must stay flat, since the build streams the
+calibration batches from the loader instead of collecting them in a list.  Reported per number of images: time ratio
 (reference / ours, interleaved repeats), peak memory above the resident
 model (CPU: peak RSS; CUDA: ``max_memory_allocated``), and how close the two
 solutions are.  The reference is skipped where its stored activations would
@@ -47,6 +52,8 @@ class Params:
     repeats: int = 3
     repeats_large: int = 1  # repeats at the largest size
     max_reference_bytes: int = 8 * 2**30
+    build_images: tuple[int, ...] = (100, 1000, 10000)  # through stitchframe.build; () skips it
+    build_batch: int = 100  # calibration.batch_size of those builds
     threads: int | None = 1  # CPU; a shared machine slows multi-threaded runs several-fold
 
 
@@ -54,7 +61,7 @@ def presets() -> dict[str, Params]:
     """The ``quick`` and ``full`` parameters."""
     anchors = tuple(families.deit(32, ("tiny", "small")))
     return {
-        "quick": Params(anchors=anchors, images=(100, 1000), repeats=2, repeats_large=2),
+        "quick": Params(anchors=anchors, images=(100, 1000), repeats=2, repeats_large=2, build_images=(100, 1000)),
         "full": Params(anchors=anchors),
     }
 
@@ -165,6 +172,50 @@ def _run_size(net: Any, n: int, params: Params, ctx: Context) -> dict[str, Any]:
     return row
 
 
+def _num_classes(net: Any) -> int:
+    from stitchframe.evaluate import logits_of
+
+    a = next(iter(net.anchors.values()))
+    with torch.no_grad():
+        return int(logits_of(a(a.example_inputs.to(next(net.parameters()).device)), a.name).shape[-1])
+
+
+def _build_spec(params: Params, n: int, classes: int, img_size: int, seed: int) -> Any:
+    from stitchframe import parse_spec
+
+    return parse_spec({
+        "anchors": [dict(a) for a in params.anchors],
+        "calibration": {"batches": -(-n // params.build_batch), "batch_size": params.build_batch},
+        "data": {"name": "synthetic", "img_size": img_size,
+                 "options": {"train_size": n, "val_size": 8, "num_classes": classes}},
+        "train": {"epochs": 0, "batch_size": params.build_batch},
+        "eval": {"batch_size": 8, "max_batches": 1},
+        "seed": seed,
+        "device": "cpu",
+    })
+
+
+def _run_builds(net: Any, params: Params, ctx: Context) -> list[dict[str, Any]]:
+    """Peak memory of ``stitchframe.build`` calibrating on each number of images (CPU)."""
+    from stitchframe import build
+
+    classes, img_size = _num_classes(net), families.input_size(net)[1]
+    image_bytes = 4 * int(torch.tensor(families.input_size(net)).prod())
+    rows = []
+    for i, n in enumerate((params.build_images[0], *params.build_images)):  # the first one warms up, not reported
+        spec = _build_spec(params, n, classes, img_size, ctx.seed)
+        ctx.log(f"  [{NAME}] stitchframe build, calibration on {n} images" + (" (warm-up)" if i == 0 else ""))
+        with peak_memory(torch.device("cpu")) as mem:
+            t0 = time.perf_counter()
+            build(spec, output=ctx.work_dir / f"calibration-build-{n}", overwrite=True, registries=ctx.regs())
+            seconds = time.perf_counter() - t0
+        if i:
+            rows.append({"images": n, "batches": spec.calibration.batches, "batch_size": params.build_batch,
+                         "peak_bytes": mem["peak_bytes"], "method": mem["method"], "seconds": seconds,
+                         "list_of_batches_bytes": n * image_bytes})
+    return rows
+
+
 def run(params: Params, ctx: Context) -> dict[str, Any]:
     """Run the benchmark; returns the JSON-ready result."""
     net = families.build(params.anchors, ctx.regs(), device=ctx.device, seed=ctx.seed)
@@ -172,6 +223,7 @@ def run(params: Params, ctx: Context) -> dict[str, Any]:
         for which in ("ours", "reference"):  # one-time library and allocator set-up, not measured
             _measure(net, which, params.batch, params, ctx)
         rows = [_run_size(net, n, params, ctx) for n in params.images]
+        builds = _run_builds(net, params, ctx) if params.build_images and not ctx.cuda else []
     first, last = rows[0], rows[-1]
     ours_growth = last["ours"]["peak_bytes"] - first["ours"]["peak_bytes"]
     # the reference's growth: measured, or (where it was skipped) at least its stored activations
@@ -184,6 +236,16 @@ def run(params: Params, ctx: Context) -> dict[str, Any]:
                       f"(reference +{ref_growth / 2**20:.0f} MiB)",
              met=ours_growth < 0.05 * ref_growth),
     ]
+    if builds:
+        lo, hi = min(b["peak_bytes"] for b in builds), max(b["peak_bytes"] for b in builds)
+        goals.append(Goal(
+            name="stitchframe build: calibration memory flat in the number of images",
+            target=f"peak within 10% from {builds[0]['images']} to {builds[-1]['images']} images",
+            measured=", ".join(f"{b['images']}: {b['peak_bytes'] / 2**20:.0f} MiB" for b in builds)
+                     + f" (spread {(hi - lo) / max(lo, 1):.1%})",
+            met=hi <= 1.1 * lo,
+            note=f"a list of all batches would hold {builds[-1]['list_of_batches_bytes'] / 2**20:.0f} MiB of inputs "
+                 f"at {builds[-1]['images']} images"))
     compared = [r for r in rows if r.get("reference")]
     if compared:
         worst = max(r["relative_weight_difference"] for r in compared)
@@ -196,6 +258,7 @@ def run(params: Params, ctx: Context) -> dict[str, Any]:
         "stitch_points": sum(len(v) for v in pairs.values()),
         "routes": len(net.routes),
         "rows": rows,
+        "builds": builds,
         "goals": [g.to_dict() for g in goals],
     }
 
@@ -220,6 +283,14 @@ def markdown(result: dict[str, Any]) -> str:
                       "weight difference"], rows)
     skipped = [f"{r['images']} images: {r['reference_skipped']}" for r in result["rows"] if r.get("reference_skipped")]
     note = ("\n\nReference skipped: " + "; ".join(skipped)) if skipped else ""
+    builds = ""
+    if result.get("builds"):
+        brows = [[b["images"], b["batches"], b["batch_size"], _mib(b["peak_bytes"]), _mib(b["list_of_batches_bytes"]),
+                  f"{b['seconds']:.1f}"] for b in result["builds"]]
+        builds = ("\n\nThrough `stitchframe build` (synthetic images generated on access, no training, one "
+                  "evaluation batch); peak memory above the resident process over the whole build:\n\n"
+                  + md_table(["images", "calibration batches", "batch size", "build: peak MiB",
+                              "a list of all batches would hold (MiB)", "seconds"], brows))
     return (f"Anchors: {anchors}; {result['stitching_layers']} stitching layers on {result['stitch_points']} "
             f"stitch points ({result['routes']} routes); batches of {result['params']['batch']} random images. "
-            f"Peak memory is above the resident model.\n\n{table}{note}")
+            f"Peak memory is above the resident model.\n\n{table}{note}{builds}")

@@ -4,24 +4,41 @@ For each batch every anchor runs once, as far as its deepest needed cut
 point, and each stitching layer accumulates its normal equations from the
 paired activations; ``XᵀX`` is computed once per source cut point and design
 transform and shared by all layers that read it.  Memory is one batch of
-cut-point activations plus ``O(C²)`` per layer, whatever the number of
-batches.
+cut-point activations plus ``O(C²)`` per layer (and per fold, and per cut
+pair with ``share_fit="mean"``), whatever the number of batches.
+
+Options beyond the plain solve: ``share_fit`` (how a layer shared by several
+cut pairs is fitted), ``ridge="auto"`` (ridge chosen per layer by
+cross-validation over folds of batches) and ``augment`` (random resized
+crops and flips of every image batch).
 """
 
 from __future__ import annotations
 
+import copy
+import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from .anchors import Anchor, _to_device
 from .errors import StitchframeError
 from .snnet import SNNet
-from .stitch_layers import LeastSquaresStitch, NormalEquations
+from .stitch_layers import RIDGE_GRID, LeastSquaresStitch, NormalEquations, StitchLayer
 
-__all__ = ["calibrate", "calibrate_heads", "classifier_of", "stitch_pairs", "batch_inputs"]
+__all__ = ["calibrate", "calibrate_heads", "classifier_of", "stitch_pairs", "batch_inputs", "augment_images",
+           "SHARE_FITS", "AUGMENT_SCALE"]
+
+#: How a stitching layer shared by several cut pairs is fitted.
+SHARE_FITS = ("pooled", "mean")
+
+#: Area fraction range of the random resized crops of ``augment``.
+AUGMENT_SCALE = (0.35, 1.0)
+
+Pair = tuple[str, int, str, int]
 
 
 def batch_inputs(batch: Any) -> Any:
@@ -31,9 +48,9 @@ def batch_inputs(batch: Any) -> Any:
     return batch
 
 
-def stitch_pairs(snnet: SNNet) -> dict[str, set[tuple[str, int, str, int]]]:
+def stitch_pairs(snnet: SNNet) -> dict[str, set[Pair]]:
     """For every stitching layer key, the cut-point pairs it joins across all routes."""
-    pairs: dict[str, set[tuple[str, int, str, int]]] = defaultdict(set)
+    pairs: dict[str, set[Pair]] = defaultdict(set)
     for route in snnet.routes:
         for src, p, dst, q, link in route.stitch_points():
             pairs[snnet.link_key(src, p, dst, q, link)].add((src, p, dst, q))
@@ -46,12 +63,87 @@ def _mask_of(inputs: Any) -> torch.Tensor | None:
     return None
 
 
+def augment_images(x: torch.Tensor, generator: torch.Generator, *,
+                   scale: tuple[float, float] = AUGMENT_SCALE) -> torch.Tensor:
+    """A random resized crop (area fraction in ``scale``, aspect 3/4..4/3) and a random flip of every image.
+
+    Each image of ``x [B, C, H, W]`` gets its own crop, resampled bilinearly
+    back to ``H x W``; the random numbers come from ``generator`` (CPU).
+    """
+    if not (isinstance(x, torch.Tensor) and x.dim() == 4 and x.is_floating_point()):
+        what = f"a tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise StitchframeError(f"calibration.augment: needs image batches [B, C, H, W]; got {what}. "
+                               "Set calibration.augment: 0 for these inputs")
+    n = x.shape[0]
+    u = torch.rand(n, 5, generator=generator, dtype=torch.float64)
+    area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
+    ratio = torch.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * u[:, 1])
+    w = (area * ratio).sqrt().clamp(max=1.0)
+    h = (area / ratio).sqrt().clamp(max=1.0)
+    tx, ty = (1 - w) * (2 * u[:, 2] - 1), (1 - h) * (2 * u[:, 3] - 1)
+    flip = torch.where(u[:, 4] < 0.5, -1.0, 1.0).to(torch.float64)
+    theta = torch.zeros(n, 2, 3, dtype=torch.float64)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w * flip, tx, h, ty
+    grid = F.affine_grid(theta.to(x.dtype).to(x.device), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def _views(inputs: Any, augment: int, generator: torch.Generator) -> Iterator[Any]:
+    yield inputs
+    for _ in range(augment):
+        yield augment_images(inputs, generator)
+
+
+def _ridge_arg(ridge: Any) -> float | tuple[float, ...]:
+    """``ridge`` as a number, or as the grid to choose from (``"auto"``: :data:`RIDGE_GRID`)."""
+    if isinstance(ridge, str):
+        if ridge != "auto":
+            raise StitchframeError(f"calibration.ridge: {ridge!r} is not a number or 'auto'; "
+                                   "use a relative ridge >= 0 (e.g. 1e-3) or auto")
+        return RIDGE_GRID
+    if isinstance(ridge, (int, float)) and not isinstance(ridge, bool):
+        if not math.isfinite(ridge) or ridge < 0:
+            raise StitchframeError(f"calibration.ridge: {ridge!r} must be a finite number >= 0, or auto")
+        return float(ridge)
+    grid = tuple(float(r) for r in ridge)
+    if not grid or any(not math.isfinite(r) or r < 0 for r in grid):
+        raise StitchframeError(f"calibration.ridge: grid {list(grid)!r} must hold finite numbers >= 0")
+    return grid
+
+
+def _fitters(snnet: SNNet, pairs: dict[str, set[Pair]], share_fit: str) -> dict[str, list[tuple[StitchLayer, list[Pair]]]]:
+    """What accumulates each layer's equations: the layer itself, or (``mean``) one copy per cut pair."""
+    out = {}
+    for key, pts in pairs.items():
+        layer, pts = snnet.stitches[key], sorted(pts)
+        if share_fit == "mean" and len(pts) > 1:
+            out[key] = [(copy.deepcopy(layer), [pt]) for pt in pts]
+        else:
+            out[key] = [(layer, pts)]
+    return out
+
+
+def _mean_into(layer: StitchLayer, copies: Sequence[StitchLayer]) -> None:
+    """Load the mean of the copies' floating-point state (their per-pair solutions) into ``layer``."""
+    states = [c.state_dict() for c in copies]
+    mean = {k: torch.stack([s[k] for s in states]).mean(0) if v.is_floating_point() else v
+            for k, v in states[0].items()}
+    layer.load_state_dict(mean)
+    ridges = [getattr(c, "fitted_ridge", None) for c in copies]
+    if all(r is not None for r in ridges):
+        layer.fitted_ridge = {k: [r[k] for r in ridges] for k in ridges[0]}
+
+
 @torch.no_grad()
 def calibrate(
     snnet: SNNet,
     batches: Iterable[Any],
     *,
-    ridge: float = 0.0,
+    ridge: float | str | Sequence[float] = 0.0,
+    share_fit: str = "pooled",
+    folds: int = 4,
+    augment: int = 0,
+    seed: int = 0,
     keys: Iterable[str] | None = None,
     device: torch.device | str | None = None,
     on_batch: Callable[[int], None] | None = None,
@@ -61,14 +153,31 @@ def calibrate(
     Args:
         snnet: The SN-Net (run in eval mode; every module's mode is restored afterwards).
         batches: Model inputs, or ``(inputs, target)`` pairs.
-        ridge: Relative ridge regularisation (see :func:`~stitchframe.solve_least_squares`).
+        ridge: Relative ridge regularisation (see :func:`~stitchframe.solve_least_squares`); ``"auto"``
+            (or a sequence of ridges) chooses, per layer and sub-problem, the ridge of the grid
+            (:data:`~stitchframe.stitch_layers.RIDGE_GRID`) with the smallest cross-validated error,
+            batch ``b`` belonging to fold ``b % folds``.
+        share_fit: A layer shared by several cut pairs (``snnet``'s windows): ``pooled`` solves one
+            least squares over the rows of all its pairs; ``mean`` solves one per pair and averages
+            the solutions (weights and bias), as the SN-Net reference code does.
+        folds: Cross-validation folds of ``ridge="auto"`` (ignored for a fixed ridge).
+        augment: Extra views of every batch, each a random resized crop and flip of every image
+            (:func:`augment_images`); ``0``: the batches as given.
+        seed: Seed of the augmentation.
         keys: Only these stitching layers (default: all).
         device: Where to run (default: where the SN-Net's parameters are).
         on_batch: Called with the batch index after each batch (progress).
 
     Returns:
-        Number of rows each layer was fitted on, by key.
+        Number of rows each layer was fitted on, by key (views included).
     """
+    grid = _ridge_arg(ridge)
+    if share_fit not in SHARE_FITS:
+        raise StitchframeError(f"calibration.share_fit: {share_fit!r} is not one of {', '.join(SHARE_FITS)}")
+    if not isinstance(folds, int) or folds < 2:
+        raise StitchframeError(f"calibration: folds must be an integer >= 2, got {folds!r}")
+    if not isinstance(augment, int) or augment < 0:
+        raise StitchframeError(f"calibration.augment: {augment!r} must be an integer >= 0")
     pairs = stitch_pairs(snnet)
     if keys is not None:
         wanted = set(keys)
@@ -85,41 +194,60 @@ def calibrate(
         device = param.device if param is not None else torch.device("cpu")
     modes = [(m, m.training) for m in snnet.modules()]  # restored one by one afterwards
     snnet.eval()
-    layers = {k: snnet.stitches[k] for k in pairs}
-    for layer in layers.values():
-        layer.fit_start()
+    fitters = _fitters(snnet, pairs, share_fit)
+    for items in fitters.values():
+        for fitter, _ in items:
+            fitter.fit_start()
+    gen = torch.Generator().manual_seed(seed)
     try:
         for b, batch in enumerate(batches):
-            inputs = _to_device(batch_inputs(batch), device)
-            mask = _mask_of(inputs)
-            acts = {name: snnet.anchors[name].activations(inputs, sorted(pos)) for name, pos in needed.items()}
-            shared: dict[tuple, tuple[dict, dict]] = {}
-            for key, layer in layers.items():
-                for src, p, dst, q in sorted(pairs[key]):
-                    x, y = acts[src][p].float(), acts[dst][q].float()
-                    if isinstance(layer, LeastSquaresStitch):
-                        sig = (src, p, layer.ls_signature(), mask is not None)
-                        if sig not in shared:
-                            rows = layer.ls_rows(x, mask)
-                            grams = {}
-                            for k, r in rows.items():
-                                aug = NormalEquations.augment(r)
-                                grams[k] = aug.T @ aug
-                            shared[sig] = (rows, grams)
-                        rows, grams = shared[sig]
-                        layer.fit_update(x, y, mask, rows=rows, grams=grams)
-                    else:
-                        layer.fit_update(x, y, mask)
-            del acts, shared
+            fold = b % folds if isinstance(grid, tuple) else 0
+            for inputs in _views(_to_device(batch_inputs(batch), device), augment, gen):
+                _accumulate(snnet, inputs, needed, fitters, fold)
             if on_batch is not None:
                 on_batch(b)
-        counts = {k: sum(eq.rows for eq in getattr(layer, "_normal", {}).values()) for k, layer in layers.items()}
-        for layer in layers.values():
-            layer.fit_end(ridge)
+        counts = {k: sum(_rows(f) for f, _ in items) for k, items in fitters.items()}
+        for key, items in fitters.items():
+            for fitter, _ in items:
+                if isinstance(fitter, LeastSquaresStitch):
+                    fitter.fit_end(grid)
+                else:  # plugin layers take a number: the smallest ridge of a grid
+                    fitter.fit_end(min(grid) if isinstance(grid, tuple) else grid)
+            if len(items) > 1:
+                _mean_into(snnet.stitches[key], [f for f, _ in items])
     finally:
         for m, mode in modes:
             m.training = mode
     return counts
+
+
+def _rows(fitter: StitchLayer) -> int:
+    return fitter.fit_rows() if isinstance(fitter, LeastSquaresStitch) else 0
+
+
+def _accumulate(snnet: SNNet, inputs: Any, needed: dict[str, set[int]],
+                fitters: dict[str, list[tuple[StitchLayer, list[Pair]]]], fold: int) -> None:
+    """Run the anchors once on ``inputs`` and add the paired activations to every fitter's equations."""
+    mask = _mask_of(inputs)
+    acts = {name: snnet.anchors[name].activations(inputs, sorted(pos)) for name, pos in needed.items()}
+    shared: dict[tuple, tuple[dict, dict]] = {}
+    for items in fitters.values():
+        for fitter, pts in items:
+            for src, p, dst, q in pts:
+                x, y = acts[src][p].float(), acts[dst][q].float()
+                if not isinstance(fitter, LeastSquaresStitch):
+                    fitter.fit_update(x, y, mask)
+                    continue
+                sig = (src, p, fitter.ls_signature(), mask is not None)
+                if sig not in shared:
+                    rows = fitter.ls_rows(x, mask)
+                    grams = {}
+                    for k, r in rows.items():
+                        aug = NormalEquations.augment(r)
+                        grams[k] = aug.T @ aug
+                    shared[sig] = (rows, grams)
+                rows, grams = shared[sig]
+                fitter.fit_update(x, y, mask, rows=rows, grams=grams, fold=fold)
 
 
 def classifier_of(anchor: Anchor, num_classes: int) -> torch.nn.Linear:

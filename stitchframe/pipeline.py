@@ -184,31 +184,47 @@ def _check_classes(snnet: SNNet, num_classes: int, data_name: str) -> None:
 # ---------------------------------------------------------------------------
 # stages
 # ---------------------------------------------------------------------------
-def _calibration_batches(spec: Spec, splits: DatasetSplits, *, inputs_only: bool = False) -> list[Any]:
-    """The first ``calibration.batches`` training batches in a seeded order (the same list every call)."""
-    loader = DataLoader(
-        splits.train,
-        batch_size=spec.train.batch_size,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(spec.seed),
-        collate_fn=splits.collate_fn,
-        num_workers=spec.data.num_workers,
-    )
-    batches = list(islice(loader, max(spec.calibration.batches, 1)))
-    return [b[0] if isinstance(b, (tuple, list)) else b for b in batches] if inputs_only else batches
+class _CalibrationBatches:
+    """The first ``calibration.batches`` training batches in a seeded order, read from the loader on every pass.
+
+    Each iteration makes a fresh loader with the same seeded generator, so
+    every pass (stitch fit, head fit, probe) sees the same batches while
+    memory holds one batch at a time, never the list of all of them.
+    """
+
+    def __init__(self, spec: Spec, splits: DatasetSplits, *, inputs_only: bool = False) -> None:
+        self.spec, self.splits, self.inputs_only = spec, splits, inputs_only
+        self.batch_size = spec.calibration.batch_size or spec.train.batch_size
+        self.count = max(spec.calibration.batches, 1)
+
+    def __len__(self) -> int:
+        return min(self.count, -(-len(self.splits.train) // self.batch_size))
+
+    def __iter__(self) -> Iterator[Any]:
+        loader = DataLoader(
+            self.splits.train,
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(self.spec.seed),
+            collate_fn=self.splits.collate_fn,
+            num_workers=self.spec.data.num_workers,
+        )
+        for batch in islice(loader, self.count):
+            yield batch[0] if self.inputs_only and isinstance(batch, (tuple, list)) else batch
 
 
 def _calibrate(snnet: SNNet, spec: Spec, splits: DatasetSplits, device: torch.device, console) -> None:
-    """Least squares for the stitching layers (and, with ``calibration.heads``, the classifiers)."""
+    """Least squares for the stitching layers (and, with ``calibration.heads``, the classifiers), streaming."""
     cal = spec.calibration
     if cal.batches == 0 or (len(snnet.stitches) == 0 and not cal.heads):
         return
-    batches = _calibration_batches(spec, splits)
+    batches = _CalibrationBatches(spec, splits)
     n = len(batches)
     if len(snnet.stitches):
         what = f"{len(snnet.stitches)} stitching layer{'s' if len(snnet.stitches) > 1 else ''}"
         with _progress(console, f"calibrating {what}", n) as tick:
-            calibrate(snnet, batches, ridge=cal.ridge, device=device, on_batch=lambda b: tick(b + 1, n))
+            calibrate(snnet, batches, ridge=cal.ridge, share_fit=cal.share_fit, augment=cal.augment, seed=spec.seed,
+                      device=device, on_batch=lambda b: tick(b + 1, n))
     if cal.heads:
         with _progress(console, f"fitting the classifiers of {len(snnet.anchors)} anchors", n) as tick:
             calibrate_heads(snnet, batches, num_classes=splits.num_classes, ridge=cal.head_ridge, device=device,
@@ -378,9 +394,9 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
             loaded.update(preprocess=pre, notes=notes, splits=load_data(spec, regs, pre))
         return loaded["preprocess"], loaded["notes"], loaded["splits"]
 
-    def probe(anchors) -> list[Any]:
-        # spaces that choose routes on data (e.g. dery) get the first calibration batches, a fixed list
-        return _calibration_batches(spec, data_for(anchors)[2], inputs_only=True)
+    def probe(anchors) -> _CalibrationBatches:
+        # spaces that choose routes on data (e.g. dery) get the calibration batches' inputs, re-read on every pass
+        return _CalibrationBatches(spec, data_for(anchors)[2], inputs_only=True)
 
     snnet = assemble(spec, regs, probe=probe).to(device)
     if spec.train.route_bn_batches:

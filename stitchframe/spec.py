@@ -96,6 +96,13 @@ class StitchSpec:
     )
 
 
+def _ridge_value(_inst: Any, attr: attrs.Attribute, value: Any) -> None:
+    if value == "auto":
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        raise ValueError(f"'{attr.name}' must be a finite number >= 0 or 'auto', got {value!r}")
+
+
 @attrs.frozen(kw_only=True)
 class CalibrationSpec:
     """Least-squares initialisation of the stitching layers."""
@@ -104,8 +111,28 @@ class CalibrationSpec:
         default=8, validator=[_v.instance_of(int), _v.ge(0)],
         metadata=_help("Training batches used for least squares (0: keep the random initialisation)."),
     )
-    ridge: float = attrs.field(
-        default=0.0, validator=_v.ge(0.0), metadata=_help("Relative ridge regularisation of the least-squares solve.")
+    batch_size: int | None = attrs.field(
+        default=None, validator=_v.optional([_v.instance_of(int), _v.ge(1)]),
+        metadata=_help("Images per calibration batch (default: train.batch_size). Calibration streams: memory "
+                       "holds one batch, whatever calibration.batches is."),
+    )
+    ridge: float | Literal["auto"] = attrs.field(
+        default="auto", validator=_ridge_value,
+        metadata=_help("Relative ridge regularisation of the least-squares solve, or auto: per stitching layer, "
+                       "the ridge of a grid (0, 1e-5 ... 1) with the smallest error on held-out calibration "
+                       "batches (cross-validation over 4 folds of batches), then solved on all batches."),
+    )
+    share_fit: Literal["pooled", "mean"] = attrs.field(
+        default="pooled", validator=_v.in_(("pooled", "mean")),
+        metadata=_help("A stitching layer shared by several cut pairs (the snnet space's windows): pooled: one "
+                       "least squares over the rows of all its pairs; mean: one solve per pair, solutions "
+                       "averaged (the SN-Net reference code)."),
+    )
+    augment: int = attrs.field(
+        default=0, validator=[_v.instance_of(int), _v.ge(0)],
+        metadata=_help("Extra views of every calibration batch, each a random resized crop (35-100% of the "
+                       "area) and random flip of every image, seeded by seed (0: the batches as loaded; "
+                       "images only)."),
     )
     heads: bool = attrs.field(
         default=False, validator=_v.instance_of(bool),
@@ -309,6 +336,16 @@ def _make_converter() -> cattrs.Converter:
     for type_, hook in ((int, _strict_int), (float, _strict_float), (str, _strict_str), (bool, _strict_bool)):
         conv.register_structure_hook(type_, hook)
     _guard_containers(conv)
+
+    def float_or_auto(value: Any, _type: Any) -> float | str:
+        if value == "auto":
+            return "auto"
+        try:
+            return _strict_float(value, float)
+        except TypeError:
+            raise TypeError(f"expected a number or 'auto', got {_what(value)}") from None
+
+    conv.register_structure_hook(float | Literal["auto"], float_or_auto)
 
     def anchor_hook(value: Any, _type: type) -> AnchorSpec:
         if isinstance(value, str):

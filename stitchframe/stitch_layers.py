@@ -47,6 +47,8 @@ __all__ = [
     "LowRankOptions",
     "LowRankStitch",
     "solve_least_squares",
+    "choose_ridge",
+    "RIDGE_GRID",
 ]
 
 
@@ -167,6 +169,23 @@ class NormalEquations:
         self.xty += (xa.T @ y.detach().to(torch.float64)).cpu()
         self.rows += x.shape[0]
 
+    @staticmethod
+    def total(parts: Sequence[NormalEquations]) -> NormalEquations:
+        """The sum of several accumulators of the same shape (one is returned as is)."""
+        if len(parts) == 1:
+            return parts[0]
+        out = NormalEquations(parts[0].xtx.shape[0] - 1, parts[0].xty.shape[1])
+        for p in parts:
+            out.xtx += p.xtx
+            out.xty += p.xty
+            out.rows += p.rows
+        return out
+
+    def error(self, w: torch.Tensor) -> float:
+        """``|XW - Y|² - |Y|²`` of a solution ``W`` on the accumulated rows (``|Y|²`` is the same for every ``W``)."""
+        w = w.to(torch.float64)
+        return float((w * (self.xtx @ w)).sum() - 2 * (w * self.xty).sum())
+
     def solve(self, ridge: float = 0.0, *, intercept: bool = True) -> torch.Tensor:
         """Return ``W [d_in+1, d_out]`` (last row: bias) minimising ``|XW - Y|² + ridge·|W|²``.
 
@@ -191,10 +210,48 @@ def solve_least_squares(
     if ridge > 0:
         scale = torch.diagonal(a)[:d].mean().clamp_min(1e-12)
         a[:d, :d] += ridge * scale * torch.eye(d, dtype=torch.float64)
-    if intercept:
-        return torch.linalg.lstsq(a, b, driver="gelsd").solution
-    w = torch.linalg.lstsq(a[:d, :d], b[:d], driver="gelsd").solution
-    return torch.cat([w, w.new_zeros(1, w.shape[1])], dim=0)
+    if not intercept:
+        a, b = a[:d, :d], b[:d]
+    w = None
+    if ridge > 0:  # positive definite: a Cholesky solve is much faster than the SVD
+        chol, info = torch.linalg.cholesky_ex(a)
+        if int(info) == 0:
+            w = torch.cholesky_solve(b, chol)
+    if w is None:
+        w = torch.linalg.lstsq(a, b, driver="gelsd").solution
+    return w if intercept else torch.cat([w, w.new_zeros(1, w.shape[1])], dim=0)
+
+
+#: The relative ridges ``ridge: auto`` chooses from.
+RIDGE_GRID: tuple[float, ...] = (0.0, 1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
+
+
+def choose_ridge(folds: Sequence[NormalEquations], grid: Sequence[float] = RIDGE_GRID, *,
+                 intercept: bool = True) -> float:
+    """The ridge of ``grid`` with the smallest cross-validated squared error.
+
+    Each fold is held out in turn: the solution on the other folds' normal
+    equations is scored on the held-out fold's (``XᵀX``, ``XᵀY`` are all a
+    squared error needs, up to a constant), and the errors are summed.
+    With a single fold there is nothing to hold out: the smallest ridge of
+    the grid is returned.
+    """
+    grid = sorted(float(r) for r in grid)
+    if not grid or grid[0] < 0:
+        raise StitchframeError(f"ridge grid must hold non-negative numbers, got {list(grid)!r}")
+    folds = [f for f in folds if f.rows]
+    if len(folds) < 2:
+        return grid[0]
+    total = NormalEquations.total(folds)
+    errors = []
+    for lam in grid:
+        err = 0.0
+        for f in folds:
+            rest = NormalEquations(f.xtx.shape[0] - 1, f.xty.shape[1])
+            rest.xtx, rest.xty = total.xtx - f.xtx, total.xty - f.xty
+            err += f.error(rest.solve(lam, intercept=intercept))
+        errors.append(err)
+    return grid[min(range(len(grid)), key=errors.__getitem__)]
 
 
 # ---------------------------------------------------------------------------
@@ -295,30 +352,58 @@ class LeastSquaresStitch(StitchLayer):
         return True
 
     def fit_start(self) -> None:
-        self._normal: dict[str, NormalEquations] = {}
+        self._folds: dict[int, dict[str, NormalEquations]] = {}
 
-    def fit_update(self, x, y, mask=None, *, rows=None, grams=None) -> None:
-        if not hasattr(self, "_normal"):
+    def fit_update(self, x, y, mask=None, *, rows=None, grams=None, fold: int = 0) -> None:
+        """Accumulate one batch (see :meth:`StitchLayer.fit_update`).
+
+        ``rows`` / ``grams`` pass design rows and ``XᵀX`` the calibrator
+        already computed; ``fold`` is the cross-validation fold of the batch
+        (used when :meth:`fit_end` chooses the ridge from a grid).
+        """
+        if not hasattr(self, "_folds"):
             self.fit_start()
         rows = rows if rows is not None else self.ls_rows(x, mask)
         targets = self.ls_targets(y, mask)
+        folds = self._folds.setdefault(fold, {})
         for key, r in rows.items():
             t = targets[key]
             if r.shape[0] != t.shape[0]:
                 raise ShapeMismatchError(
                     f"{type(self).__name__}: {r.shape[0]} source rows vs {t.shape[0]} target rows for '{key}'"
                 )
-            eq = self._normal.get(key)
+            eq = folds.get(key)
             if eq is None:
-                eq = self._normal[key] = NormalEquations(r.shape[1], t.shape[1])
+                eq = folds[key] = NormalEquations(r.shape[1], t.shape[1])
             eq.add(r, t, gram=None if grams is None else grams.get(key))
 
-    def fit_end(self, ridge: float = 0.0) -> None:
-        normal = getattr(self, "_normal", None)
-        if not normal:
+    def fit_rows(self) -> int:
+        """Rows accumulated since :meth:`fit_start`, over all sub-problems and folds."""
+        return sum(eq.rows for f in getattr(self, "_folds", {}).values() for eq in f.values())
+
+    def fit_end(self, ridge: float | Sequence[float] = 0.0) -> None:
+        """Solve from everything accumulated.
+
+        ``ridge`` is a relative ridge, or a grid of them: then each
+        sub-problem takes the ridge with the smallest cross-validated error
+        (every fold held out in turn, see :func:`choose_ridge`), recorded in
+        ``self.fitted_ridge``, and is solved on all folds with it.
+        """
+        folds = getattr(self, "_folds", None)
+        if not folds:
             raise StitchframeError(f"{type(self).__name__}.fit_end called before any fit_update")
-        self.ls_assign({k: eq.solve(ridge, intercept=self.ls_intercept(k)) for k, eq in normal.items()})
-        del self._normal
+        keys = sorted({k for f in folds.values() for k in f})
+        solutions, chosen = {}, {}
+        for key in keys:
+            parts = [f[key] for _, f in sorted(folds.items()) if key in f]
+            total = NormalEquations.total(parts)
+            intercept = self.ls_intercept(key)
+            lam = choose_ridge(parts, ridge, intercept=intercept) if not isinstance(ridge, (int, float)) else ridge
+            chosen[key] = float(lam)
+            solutions[key] = total.solve(lam, intercept=intercept)
+        self.ls_assign(solutions)
+        self.fitted_ridge = chosen
+        del self._folds
 
 
 class ProjectionStitch(LeastSquaresStitch):

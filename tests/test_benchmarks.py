@@ -27,7 +27,8 @@ TINY = {
                                     batch=2),
     "training": training.Params(anchors=VITS[:2], batch=4, routes=2, steps_per_route=1,
                                 cpu_variants=("fp32", "bf16")),
-    "calibration": calibration.Params(anchors=VITS[:2], images=(4, 8), batch=4, repeats=1, repeats_large=1),
+    "calibration": calibration.Params(anchors=VITS[:2], images=(4, 8), batch=4, repeats=1, repeats_large=1,
+                                      build_images=(8, 16), build_batch=4),
     "memory": memory.Params(anchors=VITS[:2], batch=2, stitched_pairs=1),
     "elastic": elastic.Params(
         anchors=({"source": "tiny:cnn8", "name": "cnn8"}, {"source": "tiny:cnn16", "name": "cnn16", "options": {"seed": 1}}),
@@ -101,6 +102,9 @@ def test_evaluation_reads_every_image_once(ctx, tmp_path):
 def test_calibration_matches_the_pinv_reference(ctx, tmp_path):
     result = run_benchmark("calibration", TINY["calibration"], ctx, tmp_path)
     assert all(r["relative_weight_difference"] < 1e-3 for r in result["rows"])
+    # the build path calibrated on each number of images, batch by batch
+    assert [(b["images"], b["batches"]) for b in result["builds"]] == [(8, 2), (16, 4)]
+    assert all(b["peak_bytes"] is None or b["peak_bytes"] >= 0 for b in result["builds"])
 
 
 def test_exported_route_holds_its_own_parameters(ctx, tmp_path):

@@ -293,3 +293,60 @@ def test_cnn_build_with_anchor_share_and_per_route_batchnorm(regs, tmp_path):
         for i in range(len(net.routes)):
             assert torch.equal(net.forward_route(x, i), res.snnet.eval().forward_route(x, i))
             assert net.routes[i].meta["accuracy"] == res.snnet.routes[i].meta["accuracy"]
+
+
+def _tracking(fn, live: list[int], refs: list):
+    """Wrap a calibration function: record, at every batch it reads, how many batches read so far are alive."""
+    import gc
+    import weakref
+
+    def wrapper(snnet, batches, **kw):
+        def tracked():
+            for batch in batches:
+                refs.append(weakref.ref(batch[0]))
+                gc.collect()
+                live.append(sum(r() is not None for r in refs))
+                yield batch
+
+        return fn(snnet, tracked(), **kw)
+
+    return wrapper
+
+
+def test_build_streams_calibration_batches_instead_of_holding_them(regs, tmp_path, monkeypatch):
+    live, refs = [], []
+    monkeypatch.setattr(pipeline, "calibrate", _tracking(pipeline.calibrate, live, refs))
+    monkeypatch.setattr(pipeline, "calibrate_heads", _tracking(pipeline.calibrate_heads, live, refs))
+    spec = tiny_spec(anchors=["tiny:cnn8", {"source": "tiny:cnn16", "options": {"seed": 1}}],
+                     calibration={"batches": 6, "batch_size": 8, "heads": True})
+    _build(regs, tmp_path / "out", spec=spec)
+    assert len(refs) == 12  # two passes (stitches, heads) of 6 batches of calibration.batch_size
+    assert [r().shape[0] if r() is not None else 8 for r in refs] == [8] * 12
+    assert max(live) <= 2  # the batch being read and at most the one before it; a list would hold all 6
+
+
+def test_streamed_calibration_equals_the_list_of_batches(regs, tmp_path):
+    from itertools import islice
+
+    from torch.utils.data import DataLoader
+
+    from stitchframe import assemble, calibrate, calibrate_heads
+    from stitchframe.datasets import agreed_preprocess, load_data
+
+    raw = tiny_spec(anchors=["tiny:cnn8", {"source": "tiny:cnn16", "options": {"seed": 1}}],
+                    calibration={"batches": 3, "heads": True, "ridge": "auto", "augment": 1})
+    spec = parse_spec(raw)
+    res = _build(regs, tmp_path / "out", spec=raw)
+    # the old path: the first calibration.batches batches of a seeded loader, collected in a list
+    torch.manual_seed(spec.seed)
+    net = assemble(spec, regs)
+    pre, _ = agreed_preprocess(list(net.anchors.values()), spec.data.img_size)
+    splits = load_data(spec, regs, pre)
+    loader = DataLoader(splits.train, batch_size=spec.train.batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(spec.seed), collate_fn=splits.collate_fn)
+    batches = list(islice(loader, spec.calibration.batches))
+    calibrate(net, batches, ridge="auto", augment=1, seed=spec.seed)
+    calibrate_heads(net, batches, num_classes=splits.num_classes, ridge=spec.calibration.head_ridge)
+    built = res.snnet.state_dict()
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, built[key]), key
