@@ -84,6 +84,10 @@ class DatasetSplits:
         modality: ``"image"``, ``"text"`` or ``"other"``.
         collate_fn: Batch collation for the DataLoader (``None``: PyTorch's default).
         description: One line describing what was loaded (printed by ``build``).
+        name: The registered name of the dataset actually loaded when a loader
+            substituted another one (``fashion_mnist`` with ``fallback: digits``
+            sets ``"digits"``); ``None``: the spec's ``data.name``.  Reports,
+            plot titles and ``build.json`` name this dataset.
     """
 
     train: Any
@@ -93,6 +97,7 @@ class DatasetSplits:
     modality: str = "image"
     collate_fn: Callable[[list], Any] | None = None
     description: str = ""
+    name: str | None = None
 
     def __attrs_post_init__(self) -> None:
         if len(self.classes) != self.num_classes:
@@ -264,9 +269,15 @@ def load_fashion_mnist(options: FashionMNISTOptions, preprocess: Preprocess) -> 
             "holding them, or use data.name: digits"
         )
         if options.fallback == "digits":
-            warnings.warn(f"{message}; falling back to digits (data.options.fallback)", stacklevel=2)
+            warnings.warn(
+                f"Fashion-MNIST not found in {str(root)!r}; falling back to scikit-learn digits "
+                "(data.options.fallback), so this build trains and reports on digits. For Fashion-MNIST: "
+                "apt install dataset-fashion-mnist, or point data.options.root at its four idx files",
+                stacklevel=2,
+            )
             splits = load_digits(DigitsOptions(), preprocess)
-            return attrs.evolve(splits, description=f"{splits.description} (fallback: Fashion-MNIST files missing)")
+            return attrs.evolve(splits, name="digits",
+                                description=f"{splits.description} (fallback: Fashion-MNIST files missing)")
         raise SpecError(message + " (or set data.options.fallback: digits)")
     splits = {}
     for split, (img, lab) in files.items():

@@ -189,3 +189,36 @@ def test_latencies_measured_after_the_build_feed_select_for(built, tmp_path, cap
     report.write_text(json.dumps({"routes": records}))
     with pytest.raises(CheckpointError, match=r"routes\.json.*does not match a route of this SN-Net"):
         load_snnet(out, _regs(), metrics=report)
+
+
+def test_a_fallback_dataset_is_named_everywhere(tmp_path, monkeypatch, capsys):
+    """fashion_mnist with fallback: digits and no idx files: every report names digits, and a note says why."""
+    import stitchframe.report as report
+
+    titles = []
+    plot = report.plot_pareto
+    monkeypatch.setattr(report, "plot_pareto", lambda records, path, *, title="": titles.append(title) or
+                        plot(records, path, title=title))
+    spec = {**SPEC, "anchors": SPEC["anchors"][:2],
+            "data": {"name": "fashion_mnist", "img_size": 16, "options": {"root": str(tmp_path / "none"),
+                                                                         "fallback": "digits"}},
+            "train": {"epochs": 1, "max_steps": 1, "batch_size": 16}, "calibration": {"batches": 1},
+            "eval": {"batch_size": 64, "max_batches": 1}}
+    path = tmp_path / "fallback.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    assert cli.main([*PLUGIN, "build", str(path), "--output", str(out)]) == 0
+    printed = capsys.readouterr()
+    notes = [line for line in printed.err.splitlines() if "falling back to scikit-learn digits" in line]
+    assert len(notes) == 1 and notes[0].startswith("warning: Fashion-MNIST not found in")
+    assert "apt install dataset-fashion-mnist" in notes[0]
+    manifest = json.loads((out / "build.json").read_text())
+    assert manifest["data"]["name"] == "digits" and manifest["data"]["requested"] == "fashion_mnist"
+    assert json.loads((out / "routes.json").read_text())["data"] == "digits"
+    first = (out / "routes.md").read_text().splitlines()[0]
+    assert first == "# vit32 / vit48 on digits (instead of fashion_mnist)"
+    assert titles == ["vit32 / vit48 on digits (instead of fashion_mnist)"]
+    table_title = next(line for line in printed.out.splitlines() if "routes (" in line)
+    assert "scikit-learn digits" in table_title and "fallback" in table_title
+    assert "On digits (instead of fashion_mnist): " in printed.out
+    assert "fashion_mnist" not in printed.out.replace("(instead of fashion_mnist)", "")
