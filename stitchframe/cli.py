@@ -20,9 +20,7 @@ import threading
 import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING
 
 from .errors import (
     BuildInterrupted,
@@ -32,6 +30,10 @@ from .errors import (
     StitchframeError,
     UnknownNameError,
 )
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
@@ -55,7 +57,14 @@ def command(name: str):
 
 
 def _console(err: bool = False) -> Console:
-    return Console(stderr=err, highlight=False, soft_wrap=True)
+    """A console that prints text literally: no markup, no ``:emoji:`` codes, no highlighting.
+
+    User text (sources such as ``hf:package:name``, paths, messages) must reach
+    the terminal as written; styled parts go through ``rich.text.Text``.
+    """
+    from rich.console import Console
+
+    return Console(stderr=err, highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 
 def registries_for(args: argparse.Namespace):
@@ -102,9 +111,11 @@ def _interrupts_stop_the_build() -> Iterator[None]:
 
 def _warn_problems(regs) -> None:
     if regs.problems:
+        from rich.text import Text
+
         con = _console(err=True)
         for p in regs.problems:
-            con.print(f"[yellow]warning:[/] {p.message}", markup=True)
+            con.print(Text.assemble(("warning:", "yellow"), " ", p.message))
 
 
 @command("plugins")
@@ -134,6 +145,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def route_table(routes, *, title: str = "routes") -> Table:
     """A rich table of routes (id, route, GFLOPs, params, and any recorded metrics)."""
+    from rich.table import Table
+
     metrics = sorted({k for r in routes for k, v in r.meta.items() if isinstance(v, (int, float)) and k != "kind"})
     table = Table(title=title)
     for col in ("id", "route", "GFLOPs", "M params", *metrics):

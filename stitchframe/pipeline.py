@@ -345,7 +345,8 @@ def build(
         if main and partial.exists() and not _holds_work(partial):
             shutil.rmtree(partial, ignore_errors=True)  # failed before any work worth resuming
         elif console is not None and main and partial.exists():
-            console.print(f"[yellow]build failed; the unfinished build stays in {partial} (rerun with --resume)[/]")
+            console.print(f"build failed; the unfinished build stays in {partial} (rerun with --resume)",
+                          style="yellow", markup=False, emoji=False)
         raise
 
 
