@@ -222,3 +222,40 @@ def test_a_fallback_dataset_is_named_everywhere(tmp_path, monkeypatch, capsys):
     assert "scikit-learn digits" in table_title and "fallback" in table_title
     assert "On digits (instead of fashion_mnist): " in printed.out
     assert "fashion_mnist" not in printed.out.replace("(instead of fashion_mnist)", "")
+
+
+def _files(folder):
+    return sorted(p.name for p in folder.rglob("*")) if folder.exists() else []
+
+
+def test_export_onnx_without_the_extra_writes_nothing(built, tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    _, out = built
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else
+                        find_spec(name, *a))
+    before = _files(out)
+    assert cli.main([*PLUGIN, "export", str(out), "--route", "3", "--onnx"]) == 1
+    err = capsys.readouterr().err
+    assert "pip install 'stitchframe[onnx]'" in err and "nothing was written" in err and err.count("\n") == 1
+    assert _files(out) == before
+    assert cli.main([*PLUGIN, "export", str(out), "--route", "3", "--onnx", "-o", str(tmp_path / "x" / "r")]) == 1
+    assert _files(tmp_path) == []
+
+
+def test_a_failing_export_leaves_no_file_behind(built, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("exporter exploded")
+
+    monkeypatch.setattr(torch.onnx, "export", fail)
+    _, out = built
+    dest = tmp_path / "e" / "r.safetensors"
+    assert cli.main([*PLUGIN, "export", str(out), "--route", "3", "--onnx", "-o", str(dest)]) == 1
+    assert "exporter exploded" in capsys.readouterr().err
+    assert _files(dest.parent) == []
+    assert cli.main([*PLUGIN, "export", str(out), "--route", "3", "-o", str(dest)]) == 0
+    assert _files(dest.parent) == ["r.json", "r.safetensors"]
