@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # for type checkers and the docs (griffe); at run time names 
     from .export import ExportResult, export_route, load_route
     from .graph import LAYOUTS, ActivationSpec, BlockGraph, BlockInfo
     from .hookspecs import hookimpl, hookspec
+    from .hub import hub_offline_mode, hub_reachable
     from .io import load_module_state, save_module
     from .pipeline import BuildResult, build, evaluate_build, load_snnet
     from .plugins import DEFAULT_PLUGINS, PluginManager, Registries, get_plugin_manager, load_registries
@@ -89,6 +90,8 @@ _LAZY: dict[str, str] = {
     "BlockInfo": "graph",
     "hookimpl": "hookspecs",
     "hookspec": "hookspecs",
+    "hub_offline_mode": "hub",
+    "hub_reachable": "hub",
     "load_module_state": "io",
     "save_module": "io",
     "BuildResult": "pipeline",
@@ -186,6 +189,8 @@ __all__ = [
     "get_plugin_manager",
     "hookimpl",
     "hookspec",
+    "hub_offline_mode",
+    "hub_reachable",
     "load_anchor",
     "load_module_state",
     "load_registries",
