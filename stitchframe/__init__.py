@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # for type checkers and the docs (griffe); at run time names 
     from .anchors import Anchor, Preprocess, anchor_name, count_flops
     from .calibration import calibrate, calibrate_heads
     from .datasets import DatasetSplits
-    from .engine import assemble, build_snnet, choose_layer, load_anchor, validate_spec
+    from .engine import assemble, build_snnet, choose_layer, load_anchor
     from .errors import (
         BuildInterrupted,
         CheckpointError,
@@ -54,6 +54,7 @@ if TYPE_CHECKING:  # for type checkers and the docs (griffe); at run time names 
         solve_least_squares,
     )
     from .stitch_spaces import SpaceContext, StitchSpace
+    from .validation import validate_spec
 
 #: Public name -> the module (under stitchframe) that defines it.
 _LAZY: dict[str, str] = {
@@ -68,7 +69,7 @@ _LAZY: dict[str, str] = {
     "build_snnet": "engine",
     "choose_layer": "engine",
     "load_anchor": "engine",
-    "validate_spec": "engine",
+    "validate_spec": "validation",
     "BuildInterrupted": "errors",
     "CheckpointError": "errors",
     "OutputExistsError": "errors",

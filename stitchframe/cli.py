@@ -129,8 +129,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 @command("validate")
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check a spec (schema, names, plugin options) without loading any model."""
-    from .engine import validate_spec
     from .spec import load_spec
+    from .validation import validate_spec
 
     with about_spec(args.spec):
         spec = load_spec(args.spec)
