@@ -12,7 +12,18 @@ import pytest
 import torch
 
 import benchmarks
-from benchmarks import BENCHMARKS, calibration, elastic, evaluation, forward, memory, switching, training, zeroshot
+from benchmarks import (
+    BENCHMARKS,
+    calibration,
+    elastic,
+    evaluation,
+    forward,
+    memory,
+    startup,
+    switching,
+    training,
+    zeroshot,
+)
 from benchmarks.cli import main, run_benchmark, write_summary
 from benchmarks.harness import Context, interleave, python_allocations, ratios
 
@@ -36,6 +47,7 @@ TINY = {
                               max_steps=2, batch_size=8, warmup_steps=0, eval_batch_size=16),
     "zeroshot": zeroshot.Params(anchors=VITS[:2], eval_views=1, calib_views=1, crop_calib_views=1,
                                 eval_photos=("chelsea", "coffee"), calibration_photos=("camera", "coins")),
+    "startup": startup.Params(rounds=1, warmup=0, commands=(("--version", ("--version",), 1.0),)),
 }
 
 

@@ -92,3 +92,18 @@ def test_version_and_help_import_no_heavy_module():
         print([m for m in ("torch", "timm", "transformers", "torchvision") if m in sys.modules])
     """).stdout
     assert out.strip() == "[]"
+
+
+def test_validate_and_plugins_import_no_torch():
+    """Every installed plugin registers lazily: `validate` of the default spec and `plugins` import no torch."""
+    pytest.importorskip("stitchframe_timm")
+    out = _run("""
+        import contextlib, io, os, sys
+        os.environ.pop("STITCHFRAME_LOAD_PLUGINS", None)
+        from stitchframe import cli
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert cli.main(["validate", "examples/default.yaml"]) == 0
+            assert cli.main(["plugins"]) == 0
+        print([m for m in ("torch", "timm", "transformers", "torchvision") if m in sys.modules])
+    """).stdout
+    assert out.strip() == "[]"
