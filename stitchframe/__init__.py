@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # for type checkers and the docs (griffe); at run time names 
         StitchframeError,
         TrainingError,
         UnknownNameError,
+        UsageError,
     )
     from .evaluate import Evaluation, RouteResult, evaluate_routes
     from .export import ExportResult, export_route, load_route
@@ -79,6 +80,7 @@ _LAZY: dict[str, str] = {
     "StitchframeError": "errors",
     "TrainingError": "errors",
     "UnknownNameError": "errors",
+    "UsageError": "errors",
     "Evaluation": "evaluate",
     "RouteResult": "evaluate",
     "evaluate_routes": "evaluate",
@@ -175,6 +177,7 @@ __all__ = [
     "StitchframeError",
     "TrainingError",
     "UnknownNameError",
+    "UsageError",
     "anchor_name",
     "assemble",
     "build",

@@ -28,7 +28,7 @@ from typing import Any
 import attrs
 import torch
 
-from .errors import CheckpointError, StitchframeError
+from .errors import CheckpointError, StitchframeError, UsageError
 from .io import load_module_state, read_json, save_module, write_json
 from .pipeline import MANIFEST, load_snnet
 from .plugins import Registries, load_registries
@@ -62,10 +62,13 @@ class ExportResult:
 
 def _pick(snnet: SNNet, route: int | str | None, max_flops: float | None) -> int:
     if (route is None) == (max_flops is None):
-        raise StitchframeError("Give exactly one of a route (--route ID) or a budget (--max-flops X)")
+        raise UsageError("Give exactly one of a route (--route ID) or a budget (--max-flops X)")
     if route is not None:
         return snnet.routes.index_of(route)
-    chosen = snnet.select_for(max_flops=max_flops)
+    try:
+        chosen = snnet.select_for(max_flops=max_flops)
+    except StitchframeError as exc:  # no route within the budget: the user's to change
+        raise UsageError(f"--max-flops {max_flops:.4g}: {exc}; give a larger budget") from None
     return snnet.routes.index_of(chosen)
 
 
@@ -85,7 +88,7 @@ def _check_onnx_extra() -> None:
 
     missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
     if missing:
-        raise StitchframeError(
+        raise UsageError(
             f"ONNX export needs {' and '.join(missing)}, which are not installed: pip install 'stitchframe[onnx]' "
             "(or export without --onnx); nothing was written"
         )

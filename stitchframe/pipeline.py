@@ -571,6 +571,8 @@ def evaluate_build(
     if console is not None:
         from .cli import route_table
 
-        console.print(route_table(snnet.routes, title=f"{len(snnet.routes)} routes ({splits.description})"))
+        evaluated = min(len(splits.val), evaluation.batches * spec.eval.batch_size)
+        size = "" if evaluated >= len(splits.val) else f"; evaluated on {evaluated} of the {len(splits.val)} val images"
+        console.print(route_table(snnet.routes, title=f"{len(snnet.routes)} routes ({splits.description}{size})"))
         console.print(f"On {label}: {summary_sentence(summary)}")
     return evaluation

@@ -107,3 +107,55 @@ def test_validate_and_plugins_import_no_torch():
         print([m for m in ("torch", "timm", "transformers", "torchvision") if m in sys.modules])
     """).stdout
     assert out.strip() == "[]"
+
+
+def test_every_error_class_has_its_exit_code(monkeypatch, capsys):
+    """2 for every user mistake, 1 for what the user cannot fix, 128 + signal for interrupts."""
+    import inspect
+
+    from stitchframe import errors
+
+    expected = {
+        "StitchframeError": 1, "PluginError": 1, "TrainingError": 1,
+        "SpecError": 2, "UnknownNameError": 2, "ShapeMismatchError": 2, "OutputExistsError": 2,
+        "CheckpointError": 2, "UsageError": 2, "BuildInterrupted": 130,
+    }
+    classes = {n: c for n, c in inspect.getmembers(errors, inspect.isclass) if issubclass(c, errors.StitchframeError)}
+    assert set(classes) == set(expected), "decide the exit code of every new error class here"
+    for name, cls in classes.items():
+        exc = cls("boom", signal_name="SIGINT") if cls is errors.BuildInterrupted else cls("boom")
+
+        def fail(args, exc=exc):
+            raise exc
+
+        monkeypatch.setitem(cli.COMMANDS, "plugins", fail)
+        assert cli.main(["plugins"]) == expected[name], name
+        assert capsys.readouterr().err == "error: boom\n"
+
+    def bug(args):
+        raise ZeroDivisionError("oops")
+
+    monkeypatch.setitem(cli.COMMANDS, "plugins", bug)
+    assert cli.main(["plugins"]) == 1
+    assert "a bug in stitchframe" in capsys.readouterr().err
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`stitchframe plugins | head` closes the pipe early: no BrokenPipeError report, exit 141."""
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from stitchframe.cli import main; sys.exit(main())",
+                             "plugins"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the command writes
+    err = proc.stderr.read().decode()
+    assert proc.wait() == cli.EXIT_BROKEN_PIPE and "BrokenPipe" not in err and "Exception ignored" not in err, err
+
+
+def test_missing_build_folders_and_bad_weights_are_user_mistakes(tmp_path, capsys):
+    assert cli.main(["evaluate", str(tmp_path / "nowhere")]) == 2
+    assert "is not a stitchframe build output" in capsys.readouterr().err
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "spec.yaml").write_text(yaml.safe_dump({"anchors": ["tiny:vit32"]}))
+    (out / "snnet.safetensors").write_bytes(b"\x80\x04not safetensors")  # e.g. a pickle renamed
+    assert cli.main([*PLUGIN, "routes", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1

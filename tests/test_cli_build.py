@@ -140,7 +140,7 @@ def test_cli_errors_are_one_line_with_exit_codes(built, tmp_path, capsys):
     assert cli.main([*PLUGIN, "build", str(spec), "--output", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "--overwrite" in err and "\n" not in err
-    assert cli.main([*PLUGIN, "evaluate", str(tmp_path)]) == 1
+    assert cli.main([*PLUGIN, "evaluate", str(tmp_path)]) == 2
     assert "not a stitchframe build output" in capsys.readouterr().err
     assert cli.main([*PLUGIN, "export", str(out), "--route", "999"]) == 2
     assert "out of range" in capsys.readouterr().err
@@ -236,11 +236,11 @@ def test_export_onnx_without_the_extra_writes_nothing(built, tmp_path, monkeypat
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else
                         find_spec(name, *a))
     before = _files(out)
-    assert cli.main([*PLUGIN, "export", str(out), "--route", "3", "--onnx"]) == 1
+    assert cli.main([*PLUGIN, "export", str(out), "--route", "3", "--onnx"]) == 2
     err = capsys.readouterr().err
     assert "pip install 'stitchframe[onnx]'" in err and "nothing was written" in err and err.count("\n") == 1
     assert _files(out) == before
-    assert cli.main([*PLUGIN, "export", str(out), "--route", "3", "--onnx", "-o", str(tmp_path / "x" / "r")]) == 1
+    assert cli.main([*PLUGIN, "export", str(out), "--route", "3", "--onnx", "-o", str(tmp_path / "x" / "r")]) == 2
     assert _files(tmp_path) == []
 
 
@@ -259,3 +259,21 @@ def test_a_failing_export_leaves_no_file_behind(built, tmp_path, monkeypatch, ca
     assert _files(dest.parent) == []
     assert cli.main([*PLUGIN, "export", str(out), "--route", "3", "-o", str(dest)]) == 0
     assert _files(dest.parent) == ["r.json", "r.safetensors"]
+
+
+def test_evaluate_with_max_batches_says_how_many_images_it_evaluated(built, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(built[1], out)
+    capsys.readouterr()
+    assert cli.main([*PLUGIN, "evaluate", str(out), "--max-batches", "1"]) == 0
+    title = next(line for line in capsys.readouterr().out.splitlines() if "routes (" in line)
+    assert "evaluated on 16 of the 40 val images" in title
+
+
+def test_an_impossible_budget_is_a_usage_error(built, capsys):
+    _, out = built
+    assert cli.main([*PLUGIN, "export", str(out), "--max-flops", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --max-flops 1: No route fits") and "give a larger budget" in err
