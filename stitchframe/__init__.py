@@ -1,52 +1,139 @@
 """stitchframe: heterogeneous model stitching (Stitchable Neural Networks) as a framework.
 
 The curated public API is re-exported here; everything else may change
-without notice.
+without notice.  Names are imported on first access (PEP 562), so
+``import stitchframe`` (and the ``stitchframe`` command's ``--version``,
+``--help`` and ``validate``) does not import torch, timm or transformers.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from .anchors import Anchor, Preprocess, anchor_name, count_flops
-from .calibration import calibrate, calibrate_heads
-from .datasets import DatasetSplits
-from .engine import assemble, build_snnet, choose_layer, load_anchor, validate_spec
-from .errors import (
-    BuildInterrupted,
-    CheckpointError,
-    OutputExistsError,
-    PluginError,
-    ShapeMismatchError,
-    SpecError,
-    StitchframeError,
-    TrainingError,
-    UnknownNameError,
-)
-from .evaluate import Evaluation, RouteResult, evaluate_routes
-from .export import ExportResult, export_route, load_route
-from .graph import LAYOUTS, ActivationSpec, BlockGraph, BlockInfo
-from .hookspecs import hookimpl, hookspec
-from .io import load_module_state, save_module
-from .pipeline import BuildResult, build, evaluate_build, load_snnet
-from .plugins import DEFAULT_PLUGINS, PluginManager, Registries, get_plugin_manager, load_registries
-from .registry import Entry, NoOptions, Registry
-from .report import pareto_front, write_report
-from .route_bn import recalibrate_route_bn
-from .routes import Link, Route, RouteTable, Segment
-from .snnet import SNNet, RouteModule
-from .spec import Spec, dump_spec, load_spec, parse_spec
-from .stitch_layers import (
-    Conv1x1Stitch,
-    LeastSquaresStitch,
-    LinearStitch,
-    LowRankStitch,
-    ProjectionStitch,
-    StitchJoin,
-    StitchLayer,
-    solve_least_squares,
-)
-from .stitch_spaces import SpaceContext, StitchSpace
+if TYPE_CHECKING:  # for type checkers and the docs (griffe); at run time names load on first access
+    from .anchors import Anchor, Preprocess, anchor_name, count_flops
+    from .calibration import calibrate, calibrate_heads
+    from .datasets import DatasetSplits
+    from .engine import assemble, build_snnet, choose_layer, load_anchor
+    from .errors import (
+        BuildInterrupted,
+        CheckpointError,
+        OutputExistsError,
+        PluginError,
+        ShapeMismatchError,
+        SpecError,
+        StitchframeError,
+        TrainingError,
+        UnknownNameError,
+        UsageError,
+    )
+    from .evaluate import Evaluation, RouteResult, evaluate_routes
+    from .export import ExportResult, export_route, load_route
+    from .graph import LAYOUTS, ActivationSpec, BlockGraph, BlockInfo
+    from .hookspecs import hookimpl, hookspec
+    from .hub import hub_offline_mode, hub_reachable
+    from .io import load_module_state, save_module
+    from .pipeline import BuildResult, build, evaluate_build, load_snnet
+    from .plugins import DEFAULT_PLUGINS, PluginManager, Registries, get_plugin_manager, load_registries
+    from .registry import Entry, NoOptions, Registry
+    from .report import pareto_front, write_report
+    from .route_bn import recalibrate_route_bn
+    from .routes import Link, Route, RouteTable, Segment
+    from .snnet import SNNet, RouteModule
+    from .spec import Spec, dump_spec, load_spec, parse_spec
+    from .stitch_layers import (
+        Conv1x1Stitch,
+        LeastSquaresStitch,
+        LinearStitch,
+        LowRankStitch,
+        ProjectionStitch,
+        StitchJoin,
+        StitchLayer,
+        solve_least_squares,
+    )
+    from .stitch_spaces import SpaceContext, StitchSpace
+    from .validation import validate_spec
+
+#: Public name -> the module (under stitchframe) that defines it.
+_LAZY: dict[str, str] = {
+    "Anchor": "anchors",
+    "Preprocess": "anchors",
+    "anchor_name": "anchors",
+    "count_flops": "anchors",
+    "calibrate": "calibration",
+    "calibrate_heads": "calibration",
+    "DatasetSplits": "datasets",
+    "assemble": "engine",
+    "build_snnet": "engine",
+    "choose_layer": "engine",
+    "load_anchor": "engine",
+    "validate_spec": "validation",
+    "BuildInterrupted": "errors",
+    "CheckpointError": "errors",
+    "OutputExistsError": "errors",
+    "PluginError": "errors",
+    "ShapeMismatchError": "errors",
+    "SpecError": "errors",
+    "StitchframeError": "errors",
+    "TrainingError": "errors",
+    "UnknownNameError": "errors",
+    "UsageError": "errors",
+    "Evaluation": "evaluate",
+    "RouteResult": "evaluate",
+    "evaluate_routes": "evaluate",
+    "ExportResult": "export",
+    "export_route": "export",
+    "load_route": "export",
+    "LAYOUTS": "graph",
+    "ActivationSpec": "graph",
+    "BlockGraph": "graph",
+    "BlockInfo": "graph",
+    "hookimpl": "hookspecs",
+    "hookspec": "hookspecs",
+    "hub_offline_mode": "hub",
+    "hub_reachable": "hub",
+    "load_module_state": "io",
+    "save_module": "io",
+    "BuildResult": "pipeline",
+    "build": "pipeline",
+    "evaluate_build": "pipeline",
+    "load_snnet": "pipeline",
+    "DEFAULT_PLUGINS": "plugins",
+    "PluginManager": "plugins",
+    "Registries": "plugins",
+    "get_plugin_manager": "plugins",
+    "load_registries": "plugins",
+    "Entry": "registry",
+    "NoOptions": "registry",
+    "Registry": "registry",
+    "pareto_front": "report",
+    "write_report": "report",
+    "recalibrate_route_bn": "route_bn",
+    "Link": "routes",
+    "Route": "routes",
+    "RouteTable": "routes",
+    "Segment": "routes",
+    "SNNet": "snnet",
+    "RouteModule": "snnet",
+    "Spec": "spec",
+    "dump_spec": "spec",
+    "load_spec": "spec",
+    "parse_spec": "spec",
+    "Conv1x1Stitch": "stitch_layers",
+    "LeastSquaresStitch": "stitch_layers",
+    "LinearStitch": "stitch_layers",
+    "LowRankStitch": "stitch_layers",
+    "ProjectionStitch": "stitch_layers",
+    "StitchJoin": "stitch_layers",
+    "StitchLayer": "stitch_layers",
+    "solve_least_squares": "stitch_layers",
+    "SpaceContext": "stitch_spaces",
+    "StitchSpace": "stitch_spaces",
+}
 
 __all__ = [
     "recalibrate_route_bn",
@@ -93,6 +180,7 @@ __all__ = [
     "StitchframeError",
     "TrainingError",
     "UnknownNameError",
+    "UsageError",
     "anchor_name",
     "assemble",
     "build",
@@ -108,6 +196,8 @@ __all__ = [
     "get_plugin_manager",
     "hookimpl",
     "hookspec",
+    "hub_offline_mode",
+    "hub_reachable",
     "load_anchor",
     "load_module_state",
     "load_registries",
@@ -121,3 +211,19 @@ __all__ = [
     "validate_spec",
     "write_report",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its module on first access and cache it in this module."""
+    module = _LAZY.get(name)
+    if module is None:
+        if not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+            return importlib.import_module(f".{name}", __name__)  # a submodule: stitchframe.pipeline, ...
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

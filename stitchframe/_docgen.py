@@ -242,8 +242,21 @@ def cli_reference() -> str:
         "# Command line\n",
         f"{parser.description}\n",
         f"```text\n{_synopsis('stitchframe', parser._actions)} COMMAND ...\n```\n",
-        f"Exit codes: `0` success, `{cli.EXIT_USAGE}` a bad spec or bad usage, `{cli.EXIT_FAILURE}` a failure "
-        "while running. Errors print one line; `--traceback` shows the full trace.\n",
+        f"Exit codes: `0` success; `{cli.EXIT_USAGE}` every user mistake: a bad spec or bad usage (a number that is "
+        "not finite or out of range, a stride past the depth), an existing output without `--overwrite`, a "
+        "missing, unreadable, corrupt or pickled build folder or weights file, an impossible budget, a missing "
+        f"optional extra; `{cli.EXIT_FAILURE}` a failure that is not the user's to fix (a plugin that breaks, a "
+        "non-finite loss, a bug); `130`/`143` a build stopped by SIGINT/SIGTERM (`--resume` continues it); "
+        f"`{cli.EXIT_BROKEN_PIPE}` the reader of the output went away (`stitchframe plugins | head`). Errors print "
+        "one line; `--traceback` shows the full trace.\n",
+        "Output is printed literally: sources, paths and messages never go through rich's markup or `:emoji:` "
+        "codes (`hf:package:name` prints as written).\n",
+        "Start-up: `--version`, `--help`, `validate` and `plugins` import neither torch nor a model library "
+        "(the public API and the plugins' registrations load lazily), so they answer in well under a second; "
+        "the `startup` benchmark measures them against `python -c pass`.\n",
+        "Offline: with no network, or `HF_HUB_OFFLINE=1`, a load from the Hugging Face Hub (timm "
+        "`pretrained: true`, `hf:` hub ids) uses the local cache only and fails at once with its one-line "
+        "message instead of retrying for a minute.\n",
         "## Global options\n",
         _arguments(parser._actions) + "\n",
     ]

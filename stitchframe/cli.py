@@ -1,10 +1,13 @@
 """The ``stitchframe`` command.
 
 Thin by design: parse arguments, load the spec, call the library, print.
-Exit codes: 0 success, 2 bad spec or usage (including stitches between
-incompatible activations and an existing output without ``--overwrite``),
-1 runtime failure (a plugin, a corrupt file, a non-finite loss), 130/143 a
-build stopped by SIGINT/SIGTERM (``--resume`` continues it).  Errors print
+Exit codes: 0 success; 2 every user mistake: a bad spec or usage (including
+stitches between incompatible activations), an existing output without
+``--overwrite``, a missing, unreadable, corrupt or pickled build or weights
+file, an impossible budget, a missing optional extra; 1 a failure that is not
+the user's to fix (a plugin that breaks, a non-finite loss, a bug); 130/143 a
+build stopped by SIGINT/SIGTERM (``--resume`` continues it); 141 the reader
+of the output went away (``stitchframe plugins | head``).  Errors print
 one line on stderr; messages about a spec name the spec file and the dotted
 field; ``--traceback`` shows the full trace.
 """
@@ -20,27 +23,33 @@ import threading
 import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING
 
 from .errors import (
     BuildInterrupted,
     OutputExistsError,
+    CheckpointError,
     ShapeMismatchError,
     SpecError,
     StitchframeError,
     UnknownNameError,
+    UsageError,
 )
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
-#: Exit code for a bad spec or bad usage.
+#: Exit code for every user mistake (spec, command line, files, folders, budgets, missing extras).
 EXIT_USAGE = 2
-#: Exit code for a failure while running.
+#: Exit code for a failure that is not the user's to fix (a broken plugin, a non-finite loss, a bug).
 EXIT_FAILURE = 1
-#: Errors that are the user's to fix in the spec or the command line (exit code 2).
-USAGE_ERRORS = (SpecError, UnknownNameError, ShapeMismatchError, OutputExistsError)
+#: Exit code when the reader of the output closed the pipe (128 + SIGPIPE, as shells report it).
+EXIT_BROKEN_PIPE = 141
+#: Errors that are the user's to fix in the spec, the command line or the files given (exit code 2).
+USAGE_ERRORS = (SpecError, UnknownNameError, ShapeMismatchError, OutputExistsError, CheckpointError, UsageError)
 _SPEC_ERRORS = (SpecError, UnknownNameError, ShapeMismatchError)
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -55,7 +64,14 @@ def command(name: str):
 
 
 def _console(err: bool = False) -> Console:
-    return Console(stderr=err, highlight=False, soft_wrap=True)
+    """A console that prints text literally: no markup, no ``:emoji:`` codes, no highlighting.
+
+    User text (sources such as ``hf:package:name``, paths, messages) must reach
+    the terminal as written; styled parts go through ``rich.text.Text``.
+    """
+    from rich.console import Console
+
+    return Console(stderr=err, highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 
 def registries_for(args: argparse.Namespace):
@@ -102,9 +118,11 @@ def _interrupts_stop_the_build() -> Iterator[None]:
 
 def _warn_problems(regs) -> None:
     if regs.problems:
+        from rich.text import Text
+
         con = _console(err=True)
         for p in regs.problems:
-            con.print(f"[yellow]warning:[/] {p.message}", markup=True)
+            con.print(Text.assemble(("warning:", "yellow"), " ", p.message))
 
 
 @command("plugins")
@@ -118,8 +136,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 @command("validate")
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check a spec (schema, names, plugin options) without loading any model."""
-    from .engine import validate_spec
     from .spec import load_spec
+    from .validation import validate_spec
 
     with about_spec(args.spec):
         spec = load_spec(args.spec)
@@ -134,6 +152,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def route_table(routes, *, title: str = "routes") -> Table:
     """A rich table of routes (id, route, GFLOPs, params, and any recorded metrics)."""
+    from rich.table import Table
+
     metrics = sorted({k for r in routes for k, v in r.meta.items() if isinstance(v, (int, float)) and k != "kind"})
     table = Table(title=title)
     for col in ("id", "route", "GFLOPs", "M params", *metrics):
@@ -291,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--route", metavar="ID", help="route id (or its printed name)")
     which.add_argument("--max-flops", type=parse_flops, metavar="X",
                        help="the most accurate route with at most X FLOPs per example (e.g. 1.5e9 or 1.5G)")
-    p.add_argument("--onnx", action="store_true", help="also write an ONNX file")
+    p.add_argument("--onnx", action="store_true", help="also write an ONNX file (needs the onnx extra: "
+                   "pip install 'stitchframe[onnx]'; checked before anything is written)")
     p.add_argument("--merge", action="store_true", help="merge low-rank stitching layers for inference")
     p.add_argument("--output", "-o", metavar="FILE", help="the .safetensors file to write "
                    "(default: OUT_DIR/exports/route<ID>.safetensors)")
@@ -324,7 +345,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run_command(args: argparse.Namespace) -> int:
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except BuildInterrupted as exc:
         _report(str(exc), args.traceback)
         return exc.exit_code
@@ -341,6 +367,15 @@ def _run_command(args: argparse.Namespace) -> int:
         _report(f"unexpected {type(exc).__name__}: {exc} (a bug in stitchframe or a plugin; "
                 "rerun with --traceback and report it)", args.traceback)
         return EXIT_FAILURE
+
+
+def _silence_stdout() -> None:
+    """After the reader closed the pipe: send what is left to /dev/null, so exiting does not fail once more."""
+    import os
+
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,8 +1,10 @@
 """Built-in datasets: Fashion-MNIST, scikit-learn digits, ImageNet-style folders, synthetic images.
 
-This module is also the built-in plugin that registers them through the
+The built-in plugin ``stitchframe.datasets`` registers them through the
 ``stitchframe_register_datasets`` hook, exactly as a third-party plugin
-would.  A dataset loader is called as ``load(options, preprocess)`` and
+would; its hook lives in :mod:`stitchframe.builtins` and their options in
+:mod:`stitchframe.dataset_options`, so registering them imports no torch.
+A dataset loader is called as ``load(options, preprocess)`` and
 returns :class:`DatasetSplits`; ``preprocess`` is the
 :class:`~stitchframe.Preprocess` the anchors agree on (input size, mean, std,
 interpolation, crop), with ``data.img_size`` already applied.  Every split
@@ -20,7 +22,7 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import numpy as np
@@ -29,7 +31,13 @@ from torch.utils.data import Dataset, Subset
 
 from .anchors import Anchor, Preprocess
 from .errors import PluginError, SpecError, StitchframeError, _plugin_call
-from .hookspecs import hookimpl
+from .dataset_options import (
+    FASHION_MNIST_ROOT,
+    DigitsOptions,
+    FashionMNISTOptions,
+    ImageFolderOptions,
+    SyntheticOptions,
+)
 from .spec import Spec, structure_options
 
 if TYPE_CHECKING:
@@ -57,8 +65,6 @@ __all__ = [
 
 _v = attrs.validators
 
-#: Where the Debian package ``dataset-fashion-mnist`` installs the idx files.
-FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
@@ -66,10 +72,6 @@ _FASHION_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "val": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 @attrs.frozen(kw_only=True)
@@ -84,6 +86,10 @@ class DatasetSplits:
         modality: ``"image"``, ``"text"`` or ``"other"``.
         collate_fn: Batch collation for the DataLoader (``None``: PyTorch's default).
         description: One line describing what was loaded (printed by ``build``).
+        name: The registered name of the dataset actually loaded when a loader
+            substituted another one (``fashion_mnist`` with ``fallback: digits``
+            sets ``"digits"``); ``None``: the spec's ``data.name``.  Reports,
+            plot titles and ``build.json`` name this dataset.
     """
 
     train: Any
@@ -93,6 +99,7 @@ class DatasetSplits:
     modality: str = "image"
     collate_fn: Callable[[list], Any] | None = None
     description: str = ""
+    name: str | None = None
 
     def __attrs_post_init__(self) -> None:
         if len(self.classes) != self.num_classes:
@@ -215,32 +222,6 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims).copy()
 
 
-@attrs.frozen(kw_only=True)
-class FashionMNISTOptions:
-    """Options of ``fashion_mnist``."""
-
-    root: str = attrs.field(
-        default=FASHION_MNIST_ROOT,
-        metadata=_help("Folder with the four idx .gz files (the Debian package dataset-fashion-mnist installs them "
-                       f"in {FASHION_MNIST_ROOT})."),
-    )
-    train_size: int | None = attrs.field(
-        default=None, validator=_v.optional(_v.ge(1)),
-        metadata=_help("Use a fixed random subset of this many training images (default: all 60000)."),
-    )
-    val_size: int | None = attrs.field(
-        default=None, validator=_v.optional(_v.ge(1)),
-        metadata=_help("Use a fixed random subset of this many test images for validation (default: all 10000)."),
-    )
-    seed: int = attrs.field(default=0, metadata=_help("Seed of the subsets."))
-    augment: bool = attrs.field(default=False, metadata=_help("Random-resized crops and flips while training."))
-    fallback: Literal["digits"] | None = attrs.field(
-        default=None, validator=_v.optional(_v.in_(("digits",))),
-        metadata=_help("When the files are missing, load this dataset instead (with a warning) rather than fail; "
-                       "'digits' uses scikit-learn's digits with default options."),
-    )
-
-
 def _fashion_files(root: Path) -> dict[str, tuple[Path, Path]] | None:
     files = {split: (root / img, root / lab) for split, (img, lab) in _FASHION_FILES.items()}
     if all(p.is_file() for pair in files.values() for p in pair):
@@ -264,9 +245,15 @@ def load_fashion_mnist(options: FashionMNISTOptions, preprocess: Preprocess) -> 
             "holding them, or use data.name: digits"
         )
         if options.fallback == "digits":
-            warnings.warn(f"{message}; falling back to digits (data.options.fallback)", stacklevel=2)
+            warnings.warn(
+                f"Fashion-MNIST not found in {str(root)!r}; falling back to scikit-learn digits "
+                "(data.options.fallback), so this build trains and reports on digits. For Fashion-MNIST: "
+                "apt install dataset-fashion-mnist, or point data.options.root at its four idx files",
+                stacklevel=2,
+            )
             splits = load_digits(DigitsOptions(), preprocess)
-            return attrs.evolve(splits, description=f"{splits.description} (fallback: Fashion-MNIST files missing)")
+            return attrs.evolve(splits, name="digits",
+                                description=f"{splits.description} (fallback: Fashion-MNIST files missing)")
         raise SpecError(message + " (or set data.options.fallback: digits)")
     splits = {}
     for split, (img, lab) in files.items():
@@ -291,17 +278,6 @@ def load_fashion_mnist(options: FashionMNISTOptions, preprocess: Preprocess) -> 
 # ---------------------------------------------------------------------------
 # scikit-learn digits
 # ---------------------------------------------------------------------------
-@attrs.frozen(kw_only=True)
-class DigitsOptions:
-    """Options of ``digits``."""
-
-    val_fraction: float = attrs.field(
-        default=0.2, validator=[_v.gt(0.0), _v.lt(1.0)], metadata=_help("Fraction of the 1797 images held out.")
-    )
-    seed: int = attrs.field(default=0, metadata=_help("Seed of the deterministic train/val split."))
-    augment: bool = attrs.field(default=False, metadata=_help("Random-resized crops and flips while training."))
-
-
 def load_digits(options: DigitsOptions, preprocess: Preprocess) -> DatasetSplits:
     """scikit-learn's 8x8 handwritten digits (1797 images, 10 classes), split deterministically.
 
@@ -339,25 +315,6 @@ def load_digits(options: DigitsOptions, preprocess: Preprocess) -> DatasetSplits
 # ---------------------------------------------------------------------------
 # ImageNet-style folders
 # ---------------------------------------------------------------------------
-@attrs.frozen(kw_only=True)
-class ImageFolderOptions:
-    """Options of ``imagefolder``."""
-
-    root: str = attrs.field(
-        metadata=_help("Dataset root holding one folder per split, each with one folder per class.")
-    )
-    train_dir: str = attrs.field(default="train", metadata=_help("Training split folder under root."))
-    val_dir: str = attrs.field(default="val", metadata=_help("Validation split folder under root."))
-    train_size: int | None = attrs.field(
-        default=None, validator=_v.optional(_v.ge(1)), metadata=_help("Use a fixed random subset of training images.")
-    )
-    val_size: int | None = attrs.field(
-        default=None, validator=_v.optional(_v.ge(1)), metadata=_help("Use a fixed random subset of validation images.")
-    )
-    seed: int = attrs.field(default=0, metadata=_help("Seed of the subsets."))
-    augment: bool = attrs.field(default=True, metadata=_help("Random-resized crops and flips while training."))
-
-
 def load_imagefolder(options: ImageFolderOptions, preprocess: Preprocess) -> DatasetSplits:
     """An ImageNet-layout folder (``root/train/<class>/*.jpg``, ``root/val/<class>/*.jpg``) via torchvision.
 
@@ -396,19 +353,6 @@ def load_imagefolder(options: ImageFolderOptions, preprocess: Preprocess) -> Dat
 # ---------------------------------------------------------------------------
 # synthetic
 # ---------------------------------------------------------------------------
-@attrs.frozen(kw_only=True)
-class SyntheticOptions:
-    """Options of ``synthetic``."""
-
-    num_classes: int = attrs.field(default=10, validator=_v.ge(2), metadata=_help("Number of classes."))
-    train_size: int = attrs.field(default=512, validator=_v.ge(1), metadata=_help("Training images."))
-    val_size: int = attrs.field(default=256, validator=_v.ge(1), metadata=_help("Validation images."))
-    noise: float = attrs.field(
-        default=0.35, validator=_v.ge(0.0), metadata=_help("Std of the per-image noise added to the class pattern.")
-    )
-    seed: int = attrs.field(default=0, metadata=_help("Seed of the class patterns and the noise."))
-
-
 class SyntheticImages(Dataset):
     """Images made of a smooth per-class pattern plus noise: random but learnable.
 
@@ -548,12 +492,3 @@ def load_data(spec: Spec, registries: Registries, preprocess: Preprocess) -> Dat
             "a dataset loader must return stitchframe.DatasetSplits"
         )
     return splits
-
-
-@hookimpl
-def stitchframe_register_datasets(register) -> None:
-    """Register the built-in datasets."""
-    register("fashion_mnist", load_fashion_mnist, options=FashionMNISTOptions)
-    register("digits", load_digits, options=DigitsOptions)
-    register("imagefolder", load_imagefolder, options=ImageFolderOptions)
-    register("synthetic", load_synthetic, options=SyntheticOptions)

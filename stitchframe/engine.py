@@ -16,23 +16,10 @@ from .snnet import SNNet, stitch_key
 from .spec import AnchorSpec, Spec, structure_options
 from .stitch_layers import StitchJoin, StitchLayer
 from .stitch_spaces import SpaceContext, space_routes
+from .validation import AUTO_LAYER, _adapter_for, _registries, validate_spec
 
 __all__ = ["load_anchor", "choose_layer", "build_snnet", "assemble", "validate_spec", "AUTO_LAYER"]
 
-#: The layer name that picks ``conv1x1`` between feature maps and ``linear`` otherwise.
-AUTO_LAYER = "auto"
-
-
-def _registries(registries: Registries | None) -> Registries:
-    return registries if registries is not None else load_registries()
-
-
-def _adapter_for(source: str, regs: Registries) -> tuple[Entry | None, str]:
-    if ":" in source:
-        prefix, ident = source.split(":", 1)
-        if prefix in regs.anchor_adapters:
-            return regs.anchor_adapters.get(prefix), ident
-    return None, source
 
 
 def _call_loader(load: Callable[..., Any], identifier: str, options: Any, regs: Registries) -> Any:
@@ -323,37 +310,3 @@ def assemble(
         seed=spec.seed,
         routes=routes,
     )
-
-
-def validate_spec(spec: Spec, registries: Registries | None = None) -> list[str]:
-    """Check names and plugin options of a spec without loading any model.
-
-    Returns:
-        Notes (warnings) about the spec; errors raise.
-
-    Raises:
-        SpecError, UnknownNameError: The first problem, with its spec path.
-    """
-    regs = _registries(registries)
-    notes: list[str] = []
-    for i, a in enumerate(spec.anchors):
-        entry, _ = _adapter_for(a.source, regs)
-        if entry is None:
-            if regs.pm is None or not regs.pm.hook.stitchframe_resolve_anchor.get_hookimpls():
-                raise unknown_source_error(a.source, regs, f"anchors[{i}].source")
-            notes.append(f"anchors[{i}]: {a.source!r} is left to the stitchframe_resolve_anchor hook")
-        else:
-            structure_options(entry.options, a.options, f"anchors[{i}].options")
-    space = regs.stitch_spaces.get(spec.stitch.space, where="stitch.space")
-    structure_options(space.options, spec.stitch.space_options, "stitch.space_options")
-    if spec.stitch.layer != AUTO_LAYER:
-        entry = regs.stitch_layers.get(spec.stitch.layer, where="stitch.layer")
-        structure_options(entry.options, spec.stitch.layer_options, "stitch.layer_options")
-    else:
-        for name in ("linear", "conv1x1"):
-            if name in regs.stitch_layers:
-                structure_options(regs.stitch_layers.get(name).options, spec.stitch.layer_options, "stitch.layer_options")
-    if spec.data is not None:
-        entry = regs.datasets.get(spec.data.name, where="data.name")
-        structure_options(entry.options, spec.data.options, "data.options")
-    return notes

@@ -19,6 +19,7 @@ __all__ = [
     "PluginError",
     "ShapeMismatchError",
     "CheckpointError",
+    "UsageError",
     "TrainingError",
     "OutputExistsError",
     "BuildInterrupted",
@@ -52,6 +53,10 @@ class ShapeMismatchError(StitchframeError, ValueError):
 
 class CheckpointError(StitchframeError):
     """A weights file or checkpoint is missing, truncated, corrupt or mismatched."""
+
+
+class UsageError(StitchframeError, ValueError):
+    """A request the user must change that is not in a spec: an impossible budget, a missing optional extra."""
 
 
 class TrainingError(StitchframeError):

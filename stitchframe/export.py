@@ -8,18 +8,27 @@
   metrics, the input preprocessing, class names and the spec it was built
   from (so :func:`load_route` can rebuild the module without the build
   folder);
-* ``<name>.onnx`` - on request, through :func:`torch.onnx.export`.
+* ``<name>.onnx`` - on request, through :func:`torch.onnx.export` (needs the
+  ``onnx`` extra: ``pip install 'stitchframe[onnx]'``).
+
+The export is all or nothing: every requirement (the ``onnx`` extra, a
+tensor example input) is checked before anything is written, the files are
+written into a hidden temporary folder beside the destination and moved into
+place only when all of them succeeded.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import attrs
 import torch
 
-from .errors import CheckpointError, StitchframeError
+from .errors import CheckpointError, StitchframeError, UsageError
 from .io import load_module_state, read_json, save_module, write_json
 from .pipeline import MANIFEST, load_snnet
 from .plugins import Registries, load_registries
@@ -53,10 +62,13 @@ class ExportResult:
 
 def _pick(snnet: SNNet, route: int | str | None, max_flops: float | None) -> int:
     if (route is None) == (max_flops is None):
-        raise StitchframeError("Give exactly one of a route (--route ID) or a budget (--max-flops X)")
+        raise UsageError("Give exactly one of a route (--route ID) or a budget (--max-flops X)")
     if route is not None:
         return snnet.routes.index_of(route)
-    chosen = snnet.select_for(max_flops=max_flops)
+    try:
+        chosen = snnet.select_for(max_flops=max_flops)
+    except StitchframeError as exc:  # no route within the budget: the user's to change
+        raise UsageError(f"--max-flops {max_flops:.4g}: {exc}; give a larger budget") from None
     return snnet.routes.index_of(chosen)
 
 
@@ -70,12 +82,19 @@ def _example(snnet: SNNet, route_id: int, batch: int = 2) -> Any:
     return x.repeat(batch, *([1] * (x.dim() - 1)))
 
 
-def _export_onnx(module: RouteModule, example: torch.Tensor, path: Path) -> Path:
+def _check_onnx_extra() -> None:
+    """The ``onnx`` extra is installed, or a one-line error says how to install it."""
     import importlib.util
 
     missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
     if missing:
-        raise StitchframeError(f"ONNX export needs {' and '.join(missing)}: pip install 'stitchframe[onnx]'")
+        raise UsageError(
+            f"ONNX export needs {' and '.join(missing)}, which are not installed: pip install 'stitchframe[onnx]' "
+            "(or export without --onnx); nothing was written"
+        )
+
+
+def _export_onnx(module: RouteModule, example: torch.Tensor, path: Path) -> Path:
     module.eval()
     weight_bytes = sum(t.numel() * t.element_size() for t in module.state_dict().values())
     try:
@@ -119,21 +138,38 @@ def export_route(
         merge: Merge stitching layers for inference (``lowrank``).
         registries: The registries (default: all installed plugins).
     """
+    if onnx:
+        _check_onnx_extra()  # before loading anything: a missing extra must not cost a model load
     regs = registries if registries is not None else load_registries()
     out = Path(output_dir)
     snnet = load_snnet(out, regs)
     rid = _pick(snnet, route, max_flops)
     module = snnet.export(rid, merge=merge).eval()
+    example = _example(snnet, rid) if onnx else None
     weights = Path(dest) if dest is not None else out / "exports" / f"route{rid}.safetensors"
     if weights.suffix != ".safetensors":
         weights = weights.with_name(weights.name + ".safetensors")
     spec = load_spec(out / "spec.yaml")
+    manifest = read_json(out / MANIFEST) if (out / MANIFEST).is_file() else {}
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{weights.stem}.export-", dir=weights.parent))
+    try:
+        staged = _write_export(staging / weights.name, module, snnet, rid, spec, manifest, merge, example)
+        _move_into_place(staged, weights.parent)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ExportResult(route_id=rid, weights=weights, description=weights.with_suffix(".json"),
+                        onnx=weights.with_suffix(".onnx") if onnx else None, module=module)
+
+
+def _write_export(weights: Path, module: RouteModule, snnet: SNNet, rid: int, spec: Any, manifest: dict[str, Any],
+                  merge: bool, example: torch.Tensor | None) -> list[Path]:
+    """Write the export's files (weights, ONNX on request, JSON last) into ``weights.parent``; return them."""
     spec_h = spec_hash(spec)
     r = snnet.routes[rid]
     save_module(module, weights, kind="route",
                 metadata={"route": r.to_dict(), "route_id": rid, "spec_hash": spec_h, "merged": merge})
-    onnx_path = _export_onnx(module, _example(snnet, rid), weights.with_suffix(".onnx")) if onnx else None
-    manifest = read_json(out / MANIFEST) if (out / MANIFEST).is_file() else {}
+    onnx_path = _export_onnx(module, example, weights.with_suffix(".onnx")) if example is not None else None
     description = write_json(weights.with_suffix(".json"), {
         "format": ROUTE_FORMAT,
         "route_id": rid,
@@ -146,7 +182,22 @@ def export_route(
         "spec_hash": spec_h,
         "spec": dump_spec(spec),
     })
-    return ExportResult(route_id=rid, weights=weights, description=description, onnx=onnx_path, module=module)
+    return sorted(p for p in weights.parent.iterdir() if p != description) + [description]
+
+
+def _move_into_place(files: list[Path], folder: Path) -> list[Path]:
+    """Rename every staged file into ``folder`` (the JSON description last); undo them all if one fails."""
+    moved: list[Path] = []
+    try:
+        for f in files:
+            target = folder / f.name
+            os.replace(f, target)
+            moved.append(target)
+    except BaseException:
+        for target in moved:
+            target.unlink(missing_ok=True)
+        raise
+    return moved
 
 
 def load_route(path: str | Path, registries: Registries | None = None) -> RouteModule:

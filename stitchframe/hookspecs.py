@@ -14,7 +14,12 @@ callback; their return value is ignored.  The callback's signature is::
 is an attrs class validating the object's options (defaults to
 ``obj.Options``); registering a taken name raises
 :class:`~stitchframe.errors.PluginError` naming both plugins unless
-``replace=True``.
+``replace=True``.  ``obj`` may be a lazy reference, the string
+``"package.module:attribute"``, imported (and checked) the first time it is
+used; with ``options`` given, registering then imports nothing, so
+``stitchframe validate`` and ``stitchframe plugins`` stay fast::
+
+    register("toy", "stitchframe_toy.adapter:load_toy_anchor", options=ToyOptions)
 
 Resolution hooks (``stitchframe_resolve_*``) are ``firstresult``: return an
 object to claim the request or ``None`` to pass.

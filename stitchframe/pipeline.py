@@ -286,6 +286,12 @@ def _evaluate(snnet: SNNet, spec: Spec, splits: DatasetSplits, partial_path: Pat
 _JSON_TYPES = (int, float, str, bool, list, dict, type(None))
 
 
+def _data_used(spec: Spec, splits: DatasetSplits) -> tuple[str, str]:
+    """The name of the data actually loaded and a label for titles that says when it replaced the spec's."""
+    used = splits.name or spec.data.name
+    return used, used if used == spec.data.name else f"{used} (instead of {spec.data.name})"
+
+
 def _plain(obj: Any, partial: Path, output: Path) -> Any:
     """Plain data for JSON from what training returned, with paths into ``partial`` moved to ``output``."""
 
@@ -304,8 +310,8 @@ def _plain(obj: Any, partial: Path, output: Path) -> Any:
 def _write_outputs(partial: Path, snnet: SNNet, spec: Spec, splits: DatasetSplits, preprocess: Preprocess,
                    evaluation: Evaluation, train_result: Any, timings: dict[str, float]) -> dict[str, Any]:
     spec_h = spec_hash(spec)
-    title = f"{' / '.join(snnet.anchors)} on {spec.data.name}"
-    summary = write_report(snnet.routes, partial, title=title)
+    used, label = _data_used(spec, splits)
+    summary = write_report(snnet.routes, partial, title=f"{' / '.join(snnet.anchors)} on {label}", data=used)
     meta = {"spec_hash": spec_h, "routes": snnet.routes.to_list()}
     save_module(snnet, partial / WEIGHTS, kind="snnet", metadata=meta)
     atomic_write(partial / "spec.yaml", lambda tmp: Path(tmp).write_text(dump_spec(spec), encoding="utf-8"))
@@ -316,7 +322,7 @@ def _write_outputs(partial: Path, snnet: SNNet, spec: Spec, splits: DatasetSplit
         "spec_hash": spec_h,
         "anchors": list(snnet.anchors),
         "routes": len(snnet.routes),
-        "data": {"name": spec.data.name, "description": splits.description, "num_classes": splits.num_classes,
+        "data": {"name": used, "requested": spec.data.name, "description": splits.description, "num_classes": splits.num_classes,
                  "classes": list(splits.classes), "train_size": len(splits.train), "val_size": len(splits.val)},
         "preprocess": attrs.asdict(preprocess),
         "evaluation": {k: v for k, v in attrs.asdict(evaluation).items() if k != "routes"},
@@ -375,7 +381,8 @@ def build(
         if main and partial.exists() and not _holds_work(partial):
             shutil.rmtree(partial, ignore_errors=True)  # failed before any work worth resuming
         elif console is not None and main and partial.exists():
-            console.print(f"[yellow]build failed; the unfinished build stays in {partial} (rerun with --resume)[/]")
+            console.print(f"build failed; the unfinished build stays in {partial} (rerun with --resume)",
+                          style="yellow", markup=False, emoji=False)
         raise
 
 
@@ -406,7 +413,7 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
         for note in notes:
             console.print(f"note: {note}")
         console.print(f"{len(snnet.routes)} routes over anchors {', '.join(snnet.anchors)}; data: {splits.description}")
-    _check_classes(snnet, splits.num_classes, spec.data.name)
+    _check_classes(snnet, splits.num_classes, _data_used(spec, splits)[0])
     timings["load"] = time.perf_counter() - t0
     weights = partial / WEIGHTS
     if _STAGES.index(state["stage"]) >= 1 and weights.is_file():
@@ -449,7 +456,7 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
         from .cli import route_table
 
         console.print(route_table(snnet.routes, title=f"{len(snnet.routes)} routes ({splits.description})"))
-        console.print(summary_sentence(summary))
+        console.print(f"On {_data_used(spec, splits)[1]}: {summary_sentence(summary)}")
         console.print(f"wrote {out}")
     return BuildResult(output=out, snnet=snnet, evaluation=evaluation, summary=summary, train_result=train_result,
                        data=splits.description)
@@ -604,10 +611,14 @@ def evaluate_build(
     splits = load_data(spec, regs, preprocess)
     evaluation = _evaluate(snnet, spec, splits, out / "evaluation" / "progress.jsonl", console,
                            max_batches=max_batches, latency=latency)
-    summary = write_report(snnet.routes, out / "evaluation", title=f"{' / '.join(snnet.anchors)} on {spec.data.name}")
+    used, label = _data_used(spec, splits)
+    summary = write_report(snnet.routes, out / "evaluation", title=f"{' / '.join(snnet.anchors)} on {label}",
+                           data=used)
     if console is not None:
         from .cli import route_table
 
-        console.print(route_table(snnet.routes, title=f"{len(snnet.routes)} routes ({splits.description})"))
-        console.print(summary_sentence(summary))
+        evaluated = min(len(splits.val), evaluation.batches * spec.eval.batch_size)
+        size = "" if evaluated >= len(splits.val) else f"; evaluated on {evaluated} of the {len(splits.val)} val images"
+        console.print(route_table(snnet.routes, title=f"{len(snnet.routes)} routes ({splits.description}{size})"))
+        console.print(f"On {label}: {summary_sentence(summary)}")
     return evaluation

@@ -42,6 +42,13 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "stitchframe.datasets",
 )
 
+#: Built-in plugins whose hooks live apart from the module they are named after, so that registering
+#: them imports no torch (they register lazy references; see :mod:`stitchframe.builtins`).
+_BUILTIN_HOOKS = {
+    "stitchframe.stitch_layers": "stitchframe.builtins:StitchLayerHooks",
+    "stitchframe.datasets": "stitchframe.builtins:DatasetHooks",
+}
+
 _REGISTER_HOOKS = {
     "stitchframe_register_anchor_adapters": ("anchor_adapters", "anchor adapter"),
     "stitchframe_register_stitch_layers": ("stitch_layers", "stitch layer"),
@@ -161,7 +168,7 @@ def get_plugin_manager(
     from . import __version__
 
     for modname in DEFAULT_PLUGINS:
-        pm.register_plugin(importlib.import_module(modname), name=modname, version=__version__)
+        pm.register_plugin(import_plugin(_BUILTIN_HOOKS.get(modname, modname)), name=modname, version=__version__)
     if load_entrypoints:
         allowed = _allowed_from_env()
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
@@ -222,7 +229,9 @@ class Registries:
 
     def __attrs_post_init__(self) -> None:
         for attr, _kind in _REGISTER_HOOKS.values():
-            getattr(self, attr).note = self.broken_note  # unknown names mention the broken plugins
+            registry = getattr(self, attr)
+            registry.note = self.broken_note  # unknown names mention the broken plugins
+            registry.check = lambda obj, _attr=attr: _wrong_kind(_attr, obj)  # lazy references, when imported
 
     def broken_note(self) -> str:
         """A sentence naming broken plugins, to append to lookup errors."""
@@ -320,7 +329,7 @@ def load_registries(pm: PluginManager | None = None) -> Registries:
 
             def register(name, obj, *, options=None, aliases=(), replace=False, _plugin=plugin, _reg=registry,
                          _attr=attr):
-                expected = _wrong_kind(_attr, obj)
+                expected = None if isinstance(obj, str) else _wrong_kind(_attr, obj)  # str: checked when imported
                 if expected is not None:
                     raise PluginError(f"Plugin {_plugin!r} registered {_reg.kind} {name!r} as {_what(obj)}; "
                                       f"it must be {expected}")
@@ -343,9 +352,9 @@ def load_registries(pm: PluginManager | None = None) -> Registries:
 
 def _wrong_kind(attr: str, obj: Any) -> str | None:
     """What registry ``attr`` needs when ``obj`` is not it (``None``: ``obj`` fits)."""
-    from .stitch_layers import StitchLayer
-
     if attr == "stitch_layers":
+        from .stitch_layers import StitchLayer  # only here: registering spaces and adapters imports no torch
+
         fits = isinstance(obj, type) and issubclass(obj, StitchLayer)
         return None if fits else "a subclass of stitchframe.StitchLayer"
     if attr == "stitch_spaces":

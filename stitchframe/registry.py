@@ -2,6 +2,10 @@
 
 A :class:`Registry` maps lowercase names (and aliases) to factories, each with
 an attrs ``Options`` class and the name of the plugin that registered it.
+A factory may be registered as a *lazy reference*, the string
+``"package.module:attribute"``: it is imported the first time
+:attr:`Entry.obj` is read, so listing plugins and validating specs need not
+import torch or a model library.
 Nothing is ever overwritten silently: registering a taken name raises
 :class:`~stitchframe.errors.PluginError` naming both plugins unless
 ``replace=True`` is passed.
@@ -9,6 +13,7 @@ Nothing is ever overwritten silently: registering a taken name raises
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
@@ -41,19 +46,69 @@ class Entry(Generic[T]):
 
     Attributes:
         name: The canonical name.
-        obj: The registered factory or class.
+        obj: The registered factory or class; a lazy reference
+            (``"module:attribute"``) is imported on first access.
         options: The attrs class validating this entry's options.
         plugin: The plugin that registered it.
         aliases: Other names that resolve to this entry.
         doc: First line of the object's docstring, for listings.
+        kind: What the registry holds (``"stitch layer"``), for messages.
+        check: ``check(obj)`` returns what ``obj`` should have been, or
+            ``None`` when it fits; lazy references are checked when imported.
     """
 
     name: str
-    obj: Any
+    _obj: Any = attrs.field(alias="obj")
     options: type = NoOptions
     plugin: str = "?"
     aliases: tuple[str, ...] = ()
-    doc: str = ""
+    _doc: str = attrs.field(default="", alias="doc")
+    kind: str = attrs.field(default="object", eq=False, repr=False)
+    check: Callable[[Any], str | None] | None = attrs.field(default=None, eq=False, repr=False)
+
+    @property
+    def lazy(self) -> bool:
+        """Whether the object is a lazy reference not imported yet."""
+        return isinstance(self._obj, str)
+
+    @property
+    def obj(self) -> Any:
+        if isinstance(self._obj, str):
+            object.__setattr__(self, "_obj", self._resolve(self._obj))
+        return self._obj
+
+    @property
+    def doc(self) -> str:
+        """First line of the object's docstring (imports a lazy reference)."""
+        if not self._doc:
+            object.__setattr__(self, "_doc", _first_doc_line(self.obj))
+        return self._doc
+
+    def _resolve(self, ref: str) -> Any:
+        modname, _, attr = ref.partition(":")
+        try:
+            obj = importlib.import_module(modname)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        except Exception as exc:  # noqa: BLE001 - reported with the plugin and the reference
+            raise PluginError(
+                f"Plugin {self.plugin!r} registered {self.kind} {self.name!r} as {ref!r}, which cannot be imported: "
+                f"{type(exc).__name__}: {exc}. Reinstall the plugin or fix the reference ('package.module:attribute')"
+            ) from exc
+        expected = self.check(obj) if self.check is not None else None
+        if expected is not None:
+            raise PluginError(f"Plugin {self.plugin!r} registered {self.kind} {self.name!r} as {ref!r}, "
+                              f"a {type(obj).__name__}; it must be {expected}")
+        return obj
+
+
+def _first_doc_line(obj: Any) -> str:
+    doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
+    return doc[0] if doc else ""
+
+
+def _lazy_reference(obj: Any) -> bool:
+    return isinstance(obj, str) and re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", obj) is not None
 
 
 class Registry(Generic[T]):
@@ -74,6 +129,7 @@ class Registry(Generic[T]):
         self.kind = kind
         self.name_pattern = name_pattern
         self.note: Callable[[], str] | None = None
+        self.check: Callable[[Any], str | None] | None = None
         self._entries: dict[str, Entry[T]] = {}
         self._aliases: dict[str, str] = {}
 
@@ -91,7 +147,10 @@ class Registry(Generic[T]):
 
         Args:
             name: Lowercase snake_case name, unique across all plugins.
-            obj: The factory or class.
+            obj: The factory or class, or a lazy reference
+                ``"package.module:attribute"`` imported on first use (then
+                pass ``options``, or the reference is imported at once to
+                read its ``Options``).
             options: attrs class for the options; defaults to the object's
                 ``Options`` attribute, or :class:`NoOptions`.
             aliases: Other names for the same entry.
@@ -110,6 +169,11 @@ class Registry(Generic[T]):
             if not isinstance(n, str) or not self.name_pattern.match(n):
                 rule = _RULES.get(self.name_pattern, f"match {self.name_pattern.pattern}")
                 raise PluginError(f"Plugin {plugin!r} registered {self.kind} name {n!r}; names must be {rule}.")
+        if isinstance(obj, str) and not _lazy_reference(obj):
+            raise PluginError(f"Plugin {plugin!r} registered {self.kind} {name!r} as the string {obj!r}; a lazy "
+                              "reference is written 'package.module:attribute'")
+        if options is None and isinstance(obj, str):
+            obj = Entry(name=name, obj=obj, plugin=plugin, kind=self.kind, check=self.check).obj
         if options is None:
             options = getattr(obj, "Options", NoOptions)
         if not attrs.has(options):
@@ -130,14 +194,14 @@ class Registry(Generic[T]):
                 taken = self._lookup(n)
                 if taken is not None:
                     self._remove(taken.name)
-        doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
         entry = Entry(
             name=name,
             obj=obj,
             options=options,
             plugin=plugin,
             aliases=tuple(aliases),
-            doc=doc[0] if doc else "",
+            kind=self.kind,
+            check=self.check,
         )
         self._entries[name] = entry
         for a in aliases:

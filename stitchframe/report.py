@@ -193,8 +193,15 @@ def plot_pareto(records: Sequence[dict[str, Any]], path: str | os.PathLike[str],
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
 
 
-def write_report(routes: Sequence[Route], out_dir: str | os.PathLike[str], *, title: str = "Routes") -> dict[str, Any]:
+def write_report(routes: Sequence[Route], out_dir: str | os.PathLike[str], *, title: str = "Routes",
+                 data: str | None = None) -> dict[str, Any]:
     """Write ``routes.json``, ``routes.md`` and ``pareto.png`` into ``out_dir``.
+
+    Args:
+        routes: The routes, with their metrics in ``meta``.
+        out_dir: The folder to write into.
+        title: Title of ``routes.md`` and the plot (name the data evaluated on).
+        data: Name of the dataset the metrics were measured on, recorded in ``routes.json``.
 
     Returns:
         The summary (see :func:`anchor_line_summary`).
@@ -205,6 +212,7 @@ def write_report(routes: Sequence[Route], out_dir: str | os.PathLike[str], *, ti
     write_json(out / "routes.json", {
         "flops_unit": FLOPS_UNIT,
         "accuracy_unit": "top-1 %",
+        "data": data,
         "routes": records,
         "pareto": pareto_front(records),
         "summary": summary,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import typing
@@ -413,6 +414,37 @@ def _first_error(exc: Exception, path: str) -> str:
     return out[0] + (f" (and {len(out) - 1} more)" if len(out) > 1 else "")
 
 
+#: The largest magnitude a number in a spec may have; larger ones are typing mistakes (``1e400``, ``1e30`` epochs).
+MAX_SPEC_NUMBER = 1e18
+
+
+def check_numbers(obj: Any, where: str) -> None:
+    """Every number in ``obj`` (a spec, an options object, plain data) is finite and at most :data:`MAX_SPEC_NUMBER`.
+
+    Raises:
+        SpecError: Names the dotted path of the first bad number and what to write instead.
+    """
+    if isinstance(obj, bool):
+        return
+    if isinstance(obj, (int, float)):
+        if isinstance(obj, float) and not math.isfinite(obj):
+            raise SpecError(f"{where}: {obj!r} is not a finite number (a value such as 1e400 overflows); "
+                            "write a finite value")
+        if abs(obj) > MAX_SPEC_NUMBER:
+            raise SpecError(f"{where}: {obj!r} is out of range (at most {MAX_SPEC_NUMBER:g} in magnitude); "
+                            "write a sane value")
+        return
+    if attrs.has(type(obj)):
+        for field in attrs.fields(type(obj)):
+            check_numbers(getattr(obj, field.name), f"{where}.{field.name}")
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            check_numbers(value, f"{where}.{key}")
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            check_numbers(value, f"{where}[{i}]")
+
+
 def structure_options(cls: type, data: Any, where: str) -> Any:
     """Build an options object from plain data, raising :class:`SpecError` with the path.
 
@@ -425,11 +457,13 @@ def structure_options(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise SpecError(f"{where}: expected a mapping of options, got {type(data).__name__} {data!r}")
     try:
-        return _CONVERTER.structure(data, cls)
+        options = _CONVERTER.structure(data, cls)
     except cattrs.BaseValidationError as exc:
         raise SpecError(_first_error(exc, where)) from None
     except (ValueError, TypeError) as exc:
         raise SpecError(f"{where}: {exc}") from None
+    check_numbers(options, where)
+    return options
 
 
 def unstructure_options(obj: Any) -> dict[str, Any]:
@@ -446,7 +480,7 @@ def parse_spec(data: Any, *, source: str = "spec") -> Spec:
     if not isinstance(data, dict):
         raise SpecError(f"{source}: the spec must be a mapping with an 'anchors' list, got {type(data).__name__}")
     try:
-        return _CONVERTER.structure(data, Spec)
+        spec = _CONVERTER.structure(data, Spec)
     except cattrs.BaseValidationError as exc:
         msg = _first_error(exc, "spec")
         msg = msg.removeprefix("spec: ").removeprefix("spec.")
@@ -455,6 +489,12 @@ def parse_spec(data: Any, *, source: str = "spec") -> Spec:
         raise SpecError(f"{source}: {exc}") from None
     except (ValueError, TypeError) as exc:
         raise SpecError(f"{source}: {exc}") from None
+    for field in attrs.fields(Spec):
+        try:
+            check_numbers(getattr(spec, field.name), field.name)
+        except SpecError as exc:
+            raise SpecError(f"{source}: {exc}") from None
+    return spec
 
 
 def load_spec(path: str | os.PathLike[str]) -> Spec:

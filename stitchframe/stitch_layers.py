@@ -16,7 +16,9 @@ Least squares (SN-Net's initialisation, ``W = pinv(X) Y`` with a bias) is
 computed from accumulated normal equations ``XᵀX`` and ``XᵀY`` in float64,
 so batches can be streamed and raw activations are never stored.
 
-This module is also the built-in plugin that registers the three types.
+The built-in plugin ``stitchframe.stitch_layers`` registers the three types; its hook lives in
+:mod:`stitchframe.builtins` and their options in :mod:`stitchframe.layer_options`, so registering
+them imports no torch.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from torch import nn
 
 from .errors import ShapeMismatchError, StitchframeError
 from .graph import ActivationSpec
-from .hookspecs import hookimpl
+from .layer_options import LowRankOptions, ProjectionOptions
 from .registry import NoOptions
 
 __all__ = [
@@ -302,26 +304,6 @@ def _resize_map(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tens
     return F.interpolate(x, size=size, mode=mode)
 
 
-@attrs.frozen(kw_only=True)
-class ProjectionOptions:
-    """Options of the projection stitches (``linear``, ``conv1x1``)."""
-
-    resize: Literal["auto", "area", "bilinear", "bicubic", "nearest"] = attrs.field(
-        default="auto",
-        validator=attrs.validators.in_(("auto", "area", "bilinear", "bicubic", "nearest")),
-        metadata={"help": "How to resize when the two grids differ; auto: area to shrink, bilinear to grow."},
-    )
-    prefix: Literal["drop", "fold"] = attrs.field(
-        default="drop",
-        validator=attrs.validators.in_(("drop", "fold")),
-        metadata={
-            "help": "When the destination has no prefix tokens: drop the source's cls/distillation "
-            "tokens, or fold their mean into every position."
-        },
-    )
-    bias: bool = attrs.field(default=True, metadata={"help": "Learn a bias."})
-
-
 class LeastSquaresStitch(StitchLayer):
     """A stitch whose calibration is linear least squares.
 
@@ -549,20 +531,6 @@ class Conv1x1Stitch(ProjectionStitch):
         return F.conv2d(x, self.effective_weight()[:, :, None, None], self.bias)
 
 
-@attrs.frozen(kw_only=True)
-class LowRankOptions(ProjectionOptions):
-    """Options of the ``lowrank`` stitch."""
-
-    rank: int = attrs.field(
-        default=8,
-        validator=[attrs.validators.instance_of(int), attrs.validators.ge(1)],
-        metadata={"help": "Rank r of the trainable update."},
-    )
-    alpha: float | None = attrs.field(
-        default=None, metadata={"help": "Scale of the update is alpha / rank (default: alpha = rank)."}
-    )
-
-
 class LowRankStitch(ProjectionStitch):
     """Least-squares base (frozen) plus a trainable rank-r update (SN-Netv2).
 
@@ -604,11 +572,3 @@ class LowRankStitch(ProjectionStitch):
         with torch.no_grad():
             self.weight.copy_(self.effective_weight())
             self.lora_b.zero_()
-
-
-@hookimpl
-def stitchframe_register_stitch_layers(register) -> None:
-    """Register the built-in stitching layers."""
-    register("linear", LinearStitch)
-    register("conv1x1", Conv1x1Stitch)
-    register("lowrank", LowRankStitch)

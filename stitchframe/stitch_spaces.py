@@ -36,6 +36,7 @@ from typing import Any
 
 import attrs
 
+from .errors import SpecError
 from .hookspecs import hookimpl
 from .registry import NoOptions
 from .routes import Link, Route, Segment
@@ -189,6 +190,15 @@ def paired_windows(depth: int, kernel: int, stride: int) -> list[tuple[int, list
     return out
 
 
+def _check_stride(stride: int, limit: int, front: Any) -> None:
+    """A stride past the anchor's depth leaves one window or none: a mistake in the spec, not a space."""
+    if stride > max(limit, 1):
+        raise SpecError(
+            f"stitch.space_options.stride: {stride} is far more than anchor {front.name!r} allows (depth "
+            f"{front.depth}: at most {max(limit, 1)}); use a stride between 1 and {max(limit, 1)}"
+        )
+
+
 class AnchorsSpace(StitchSpace):
     """Every anchor alone: no stitching (a baseline, or an ensemble to switch between)."""
 
@@ -248,6 +258,7 @@ class SNNetSpace(StitchSpace):
     def _pairs(self, front, end, can_stitch) -> list[tuple[int, int, str | None]]:
         """``(src_pos, dst_pos, key)`` for every stitch from ``front`` into ``end``."""
         o = self.options
+        _check_stride(o.stride, front.depth, front)
         out = []
         grid_skips = grid_ok = 0
         for window, pairs in paired_windows(front.depth, o.kernel, o.stride):
@@ -329,6 +340,7 @@ class SNNet2Space(StitchSpace):
     Options = SNNet2Options
 
     def _links(self, front, end, can_stitch) -> list[tuple[int, int]]:
+        _check_stride(self.options.stride, front.depth - 1, front)
         out = []
         grid_skips = grid_ok = 0
         for p in range(self.options.stride, front.depth, self.options.stride):

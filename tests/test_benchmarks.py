@@ -12,7 +12,18 @@ import pytest
 import torch
 
 import benchmarks
-from benchmarks import BENCHMARKS, calibration, elastic, evaluation, forward, memory, switching, training, zeroshot
+from benchmarks import (
+    BENCHMARKS,
+    calibration,
+    elastic,
+    evaluation,
+    forward,
+    memory,
+    startup,
+    switching,
+    training,
+    zeroshot,
+)
 from benchmarks.cli import main, run_benchmark, write_summary
 from benchmarks.harness import Context, interleave, python_allocations, ratios
 
@@ -40,6 +51,7 @@ TINY = {
         eval_batch_size=16),
     "zeroshot": zeroshot.Params(anchors=VITS[:2], eval_views=1, calib_views=1, crop_calib_views=1,
                                 eval_photos=("chelsea", "coffee"), calibration_photos=("camera", "coins")),
+    "startup": startup.Params(rounds=1, warmup=0, commands=(("--version", ("--version",), 1.0),)),
 }
 
 

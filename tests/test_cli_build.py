@@ -140,7 +140,7 @@ def test_cli_errors_are_one_line_with_exit_codes(built, tmp_path, capsys):
     assert cli.main([*PLUGIN, "build", str(spec), "--output", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "--overwrite" in err and "\n" not in err
-    assert cli.main([*PLUGIN, "evaluate", str(tmp_path)]) == 1
+    assert cli.main([*PLUGIN, "evaluate", str(tmp_path)]) == 2
     assert "not a stitchframe build output" in capsys.readouterr().err
     assert cli.main([*PLUGIN, "export", str(out), "--route", "999"]) == 2
     assert "out of range" in capsys.readouterr().err
@@ -189,3 +189,91 @@ def test_latencies_measured_after_the_build_feed_select_for(built, tmp_path, cap
     report.write_text(json.dumps({"routes": records}))
     with pytest.raises(CheckpointError, match=r"routes\.json.*does not match a route of this SN-Net"):
         load_snnet(out, _regs(), metrics=report)
+
+
+def test_a_fallback_dataset_is_named_everywhere(tmp_path, monkeypatch, capsys):
+    """fashion_mnist with fallback: digits and no idx files: every report names digits, and a note says why."""
+    import stitchframe.report as report
+
+    titles = []
+    plot = report.plot_pareto
+    monkeypatch.setattr(report, "plot_pareto", lambda records, path, *, title="": titles.append(title) or
+                        plot(records, path, title=title))
+    spec = {**SPEC, "anchors": SPEC["anchors"][:2],
+            "data": {"name": "fashion_mnist", "img_size": 16, "options": {"root": str(tmp_path / "none"),
+                                                                         "fallback": "digits"}},
+            "train": {"epochs": 1, "max_steps": 1, "batch_size": 16}, "calibration": {"batches": 1},
+            "eval": {"batch_size": 64, "max_batches": 1}}
+    path = tmp_path / "fallback.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    assert cli.main([*PLUGIN, "build", str(path), "--output", str(out)]) == 0
+    printed = capsys.readouterr()
+    notes = [line for line in printed.err.splitlines() if "falling back to scikit-learn digits" in line]
+    assert len(notes) == 1 and notes[0].startswith("warning: Fashion-MNIST not found in")
+    assert "apt install dataset-fashion-mnist" in notes[0]
+    manifest = json.loads((out / "build.json").read_text())
+    assert manifest["data"]["name"] == "digits" and manifest["data"]["requested"] == "fashion_mnist"
+    assert json.loads((out / "routes.json").read_text())["data"] == "digits"
+    first = (out / "routes.md").read_text().splitlines()[0]
+    assert first == "# vit32 / vit48 on digits (instead of fashion_mnist)"
+    assert titles == ["vit32 / vit48 on digits (instead of fashion_mnist)"]
+    table_title = next(line for line in printed.out.splitlines() if "routes (" in line)
+    assert "scikit-learn digits" in table_title and "fallback" in table_title
+    assert "On digits (instead of fashion_mnist): " in printed.out
+    assert "fashion_mnist" not in printed.out.replace("(instead of fashion_mnist)", "")
+
+
+def _files(folder):
+    return sorted(p.name for p in folder.rglob("*")) if folder.exists() else []
+
+
+def test_export_onnx_without_the_extra_writes_nothing(built, tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    _, out = built
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else
+                        find_spec(name, *a))
+    before = _files(out)
+    assert cli.main([*PLUGIN, "export", str(out), "--route", "3", "--onnx"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'stitchframe[onnx]'" in err and "nothing was written" in err and err.count("\n") == 1
+    assert _files(out) == before
+    assert cli.main([*PLUGIN, "export", str(out), "--route", "3", "--onnx", "-o", str(tmp_path / "x" / "r")]) == 2
+    assert _files(tmp_path) == []
+
+
+def test_a_failing_export_leaves_no_file_behind(built, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("exporter exploded")
+
+    monkeypatch.setattr(torch.onnx, "export", fail)
+    _, out = built
+    dest = tmp_path / "e" / "r.safetensors"
+    assert cli.main([*PLUGIN, "export", str(out), "--route", "3", "--onnx", "-o", str(dest)]) == 1
+    assert "exporter exploded" in capsys.readouterr().err
+    assert _files(dest.parent) == []
+    assert cli.main([*PLUGIN, "export", str(out), "--route", "3", "-o", str(dest)]) == 0
+    assert _files(dest.parent) == ["r.json", "r.safetensors"]
+
+
+def test_evaluate_with_max_batches_says_how_many_images_it_evaluated(built, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(built[1], out)
+    capsys.readouterr()
+    assert cli.main([*PLUGIN, "evaluate", str(out), "--max-batches", "1"]) == 0
+    title = next(line for line in capsys.readouterr().out.splitlines() if "routes (" in line)
+    assert "evaluated on 16 of the 40 val images" in title
+
+
+def test_an_impossible_budget_is_a_usage_error(built, capsys):
+    _, out = built
+    assert cli.main([*PLUGIN, "export", str(out), "--max-flops", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --max-flops 1: No route fits") and "give a larger budget" in err

@@ -104,9 +104,9 @@ def test_fashion_mnist_missing_files_says_how_to_fix(tmp_path):
 
 
 def test_fashion_mnist_falls_back_to_digits(tmp_path):
-    with pytest.warns(UserWarning, match="falling back to digits"):
+    with pytest.warns(UserWarning, match="falling back to scikit-learn digits"):
         splits = load_fashion_mnist(FashionMNISTOptions(root=str(tmp_path), fallback="digits"), HALF)
-    assert "digits" in splits.description and "fallback" in splits.description
+    assert "digits" in splits.description and "fallback" in splits.description and splits.name == "digits"
     assert len(splits.train) + len(splits.val) == 1797
 
 

@@ -104,3 +104,27 @@ def test_every_spec_field_has_help():
 def test_dump_is_plain_yaml():
     spec = parse_spec({"anchors": ["a:b"]})
     assert yaml.safe_load(dump_spec(spec))["anchors"] == [{"source": "a:b", "name": None, "options": {}}]
+
+
+@pytest.mark.parametrize("value,what", [("1e400", "not a finite number"), ("1.0e+400", "not a finite number"),
+                                        (".inf", "not a finite number"), ("1e300", "out of range")])
+def test_numbers_in_a_spec_are_finite_and_sane(tmp_path, value, what):
+    from stitchframe.spec import load_spec
+
+    path = tmp_path / "s.yaml"
+    path.write_text(f"anchors: [tiny:a]\ntrain: {{epochs: {value}}}\n")
+    with pytest.raises(SpecError, match=rf"s.yaml: train.epochs: .* {what}"):
+        load_spec(path)
+
+
+def test_plugin_options_numbers_are_checked_too():
+    import attrs
+
+    from stitchframe.spec import structure_options
+
+    @attrs.frozen(kw_only=True)
+    class Opts:
+        scale: float = 1.0
+
+    with pytest.raises(SpecError, match=r"anchors\[0\].options.scale: inf is not a finite number"):
+        structure_options(Opts, {"scale": float("inf")}, "anchors[0].options")

@@ -265,3 +265,11 @@ def test_make_stitch_initialises_the_layer_from_the_anchors(pm, vit_family):
     layer = _ContextSpace.seen[-1].make_stitch("vit32", 1, "vit48", 3)
     assert isinstance(layer, RecordingStitch)
     assert joins == [[stitchframe.StitchJoin(vit_family[0], 1, vit_family[1], 3)]]
+
+
+@pytest.mark.parametrize("space", ["snnet", "snnet2"])
+def test_a_stride_past_the_depth_is_a_spec_error(deit_like, builtin, space):
+    from stitchframe import SpecError
+
+    with pytest.raises(SpecError, match=r"stitch.space_options.stride: 40 is far more than anchor .* allows"):
+        build_snnet(deit_like, space=space, space_options={"stride": 40}, registries=builtin)

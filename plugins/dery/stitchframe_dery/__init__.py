@@ -19,14 +19,36 @@ The plugin registers through ``stitchframe_register_stitch_spaces`` only.
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 import stitchframe
 
 from .options import Budget, DeryOptions
-from .partition import Partition, partition
-from .proxies import jacov_score, mean_ranks, naswot_from_kernel, naswot_kernel
-from .search import Assembly
-from .similarity import Similarity, linear_cka, similarity
-from .space import DeryResult, DerySpace
+
+if TYPE_CHECKING:
+    from .partition import Partition, partition
+    from .proxies import jacov_score, mean_ranks, naswot_from_kernel, naswot_kernel
+    from .search import Assembly
+    from .similarity import Similarity, linear_cka, similarity
+    from .space import DeryResult, DerySpace
+
+# torch and the heavy modules load on first use (PEP 562): registering the plugin and validating
+# specs import neither
+_LAZY = {
+    "Partition": "partition",
+    "partition": "partition",
+    "jacov_score": "proxies",
+    "mean_ranks": "proxies",
+    "naswot_from_kernel": "proxies",
+    "naswot_kernel": "proxies",
+    "Assembly": "search",
+    "Similarity": "similarity",
+    "linear_cka": "similarity",
+    "similarity": "similarity",
+    "DeryResult": "space",
+    "DerySpace": "space",
+}
 
 __version__ = "0.1.0"
 
@@ -51,4 +73,17 @@ __all__ = [
 @stitchframe.hookimpl
 def stitchframe_register_stitch_spaces(register) -> None:
     """Register the ``dery`` stitch space."""
-    register("dery", DerySpace)
+    register("dery", "stitchframe_dery.space:DerySpace", options=DeryOptions)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

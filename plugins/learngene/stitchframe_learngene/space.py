@@ -21,7 +21,6 @@ import attrs
 from stitchframe import Route, StitchSpace
 from stitchframe.stitch_spaces import AnchorsSpace, by_flops
 
-from .transforms import PoolTransforms
 
 __all__ = ["LearngeneSpace", "LearngeneSpaceOptions", "relative_depth"]
 
@@ -46,6 +45,8 @@ class LearngeneSpaceOptions:
 
 def relative_depth(anchor, pos: int) -> Fraction:
     """Where cut position ``pos`` sits in the teacher (pool anchors) or in the anchor itself, as a fraction."""
+    from .transforms import PoolTransforms  # torch: imported when routes are made, not when the plugin registers
+
     t = getattr(anchor, "learngene", None)
     if isinstance(t, PoolTransforms) and t.teacher_positions[-1] > 0:
         return Fraction(t.teacher_positions[pos], t.teacher_positions[-1])

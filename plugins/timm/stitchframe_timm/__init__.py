@@ -13,11 +13,23 @@ EfficientNet (:mod:`.efficientnet`).
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 import stitchframe
 
-from .adapter import FAMILIES, create_model, family_of, load_timm_anchor, preprocess_of, timm_anchor
 from .options import TimmOptions
-from .weights import load_weights, match_state_dict, read_state_dict, resolve_weights
+
+if TYPE_CHECKING:
+    from .adapter import FAMILIES, create_model, family_of, load_timm_anchor, preprocess_of, timm_anchor
+    from .weights import load_weights, match_state_dict, read_state_dict, resolve_weights
+
+# timm and torch load on first use (PEP 562): registering the plugin and validating specs import neither
+_LAZY = {
+    **dict.fromkeys(("FAMILIES", "create_model", "family_of", "load_timm_anchor", "preprocess_of", "timm_anchor"),
+                    "adapter"),
+    **dict.fromkeys(("load_weights", "match_state_dict", "read_state_dict", "resolve_weights"), "weights"),
+}
 
 __version__ = "0.1.0"
 
@@ -41,4 +53,17 @@ __all__ = [
 @stitchframe.hookimpl
 def stitchframe_register_anchor_adapters(register) -> None:
     """Register the ``timm`` source prefix."""
-    register("timm", load_timm_anchor, options=TimmOptions)
+    register("timm", "stitchframe_timm.adapter:load_timm_anchor", options=TimmOptions)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -10,7 +10,16 @@ import torch
 from timm.data import resolve_model_data_config
 from torch import nn
 
-from stitchframe import Anchor, CheckpointError, Preprocess, SpecError, StitchframeError, UnknownNameError, anchor_name
+from stitchframe import (
+    Anchor,
+    CheckpointError,
+    Preprocess,
+    SpecError,
+    StitchframeError,
+    UnknownNameError,
+    anchor_name,
+    hub_offline_mode,
+)
 
 from . import efficientnet, resnet, swin, vit
 from .family import Family
@@ -65,24 +74,30 @@ def create_model(identifier: str, options: TimmOptions) -> nn.Module:
     _check_model_name(identifier)
     kwargs = _model_kwargs(options)
     source = f"timm:{identifier}"
+    hub = bool(options.pretrained) or ":" in identifier
+    offline = False
     try:
-        try:
-            return timm.create_model(identifier, pretrained=options.pretrained, **kwargs)
-        except TypeError as exc:
-            if "img_size" not in kwargs or "img_size" not in str(exc):
-                raise
-            kwargs.pop("img_size")
-            return timm.create_model(identifier, pretrained=options.pretrained, **kwargs)
+        # without a network the Hub client retries for about a minute: offline mode fails at once (cache only)
+        with hub_offline_mode(enabled=hub) as offline:
+            try:
+                return timm.create_model(identifier, pretrained=options.pretrained, **kwargs)
+            except TypeError as exc:
+                if "img_size" not in kwargs or "img_size" not in str(exc):
+                    raise
+                kwargs.pop("img_size")
+                return timm.create_model(identifier, pretrained=options.pretrained, **kwargs)
     except TypeError as exc:
         raise SpecError(
             f"timm model {source!r} rejected its arguments ({_first_line(exc)}); fix options.model_kwargs"
         ) from None
     except Exception as exc:  # noqa: BLE001 - timm and the Hub raise many types
-        if options.pretrained or ":" in identifier:
+        if hub:
+            where = ("the Hugging Face Hub is unreachable or HF_HUB_OFFLINE is set, so only the local cache was "
+                     "tried" if offline else "This needs the Hugging Face Hub or timm's local cache")
             raise CheckpointError(
                 f"timm could not fetch {source!r} (pretrained: {options.pretrained}): {type(exc).__name__}: "
-                f"{_first_line(exc)}. This needs the Hugging Face Hub or timm's local cache; offline, give "
-                "options.weights a local file instead"
+                f"{_first_line(exc)}. {where[0].upper()}{where[1:]}; offline, give options.weights a local file "
+                "instead"
             ) from None
         raise StitchframeError(f"timm could not build {source!r}: {type(exc).__name__}: {_first_line(exc)}") from None
 

@@ -175,3 +175,32 @@ def test_efficientnet_lite_example_builds_offline(timm_regs):
     net = stitchframe.assemble(spec, timm_regs)
     assert len(net.routes) == 87
     assert {a.preprocess.input_size for a in net.anchors.values()} == {(3, 224, 224)}
+
+
+def _network_only(monkeypatch):
+    """The offline-mode variables unset, as on a machine whose user never heard of them; sockets stay blocked."""
+    import huggingface_hub.constants
+    import time
+
+    for var in stitchframe.hub.HUB_OFFLINE_VARIABLES:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    stitchframe.hub._probed.clear()
+
+    def no_retry_waits(seconds):
+        raise AssertionError(f"the Hub client waits {seconds} s to retry: offline mode was not switched on")
+
+    monkeypatch.setattr(time, "sleep", no_retry_waits)
+
+
+def test_pretrained_without_a_network_fails_at_once(load, monkeypatch):
+    """No network and no HF_HUB_OFFLINE: the probe fails, offline mode skips the Hub client's minute of retries."""
+    import huggingface_hub.constants
+
+    _network_only(monkeypatch)
+    with pytest.raises(stitchframe.CheckpointError) as info:
+        load("timm:resnet18", pretrained=True)
+    msg = str(info.value)
+    assert "\n" not in msg and "unreachable" in msg and "options.weights" in msg
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is False  # restored after the load
+    assert "HF_HUB_OFFLINE" not in __import__("os").environ

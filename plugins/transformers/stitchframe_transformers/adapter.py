@@ -25,7 +25,7 @@ import torch
 import transformers
 from torch import nn
 
-from stitchframe import Anchor, Preprocess, SpecError, StitchframeError, anchor_name
+from stitchframe import Anchor, Preprocess, SpecError, StitchframeError, anchor_name, hub_offline_mode
 
 from .families import Family, cut_model, family_of
 from .options import HFConfigOptions, HFOptions
@@ -223,10 +223,17 @@ def load_hf(identifier: str, options: HFOptions) -> Anchor:
     location, local = resolve_location(identifier)
     source = f"hf:{identifier}"
     folder = Path(location) if local else None
+    # without a network the Hub client retries for about a minute: offline mode fails at once (cache only)
+    with hub_offline_mode(enabled=not local) as offline:
+        return _load_hf(identifier, options, location, local, folder, source, offline)
+
+
+def _load_hf(identifier: str, options: HFOptions, location: str, local: bool, folder: Path | None, source: str,
+             offline: bool) -> Anchor:
     try:
         config = transformers.AutoConfig.from_pretrained(location, revision=options.revision)
     except (OSError, ValueError) as exc:
-        raise _load_error(source, location, local, exc) from exc
+        raise _load_error(source, location, local, exc, offline) from exc
     fam = family_of(config.model_type, source)
     st_mean, st_norm = _sentence_transformers_pooling(folder) if folder is not None else (False, False)
     head = choose_head(options.head, config, fam, st_mean)
@@ -234,7 +241,7 @@ def load_hf(identifier: str, options: HFOptions) -> Anchor:
     try:
         model = cls.from_pretrained(location, revision=options.revision, **_load_kwargs(options, head))
     except (OSError, ValueError) as exc:
-        raise _load_error(source, location, local, exc) from exc
+        raise _load_error(source, location, local, exc, offline) from exc
     tokenizer = options.tokenizer
     if tokenizer is None and fam.modality == "text":
         tokenizer = location if folder is None or _has_tokenizer(folder) else None
@@ -246,12 +253,13 @@ def load_hf(identifier: str, options: HFOptions) -> Anchor:
     )
 
 
-def _load_error(source: str, location: str, local: bool, exc: Exception) -> StitchframeError:
+def _load_error(source: str, location: str, local: bool, exc: Exception, offline: bool = False) -> StitchframeError:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if local:
         return StitchframeError(f"{source}: cannot load the model in {location!r}: {first}")
+    why = "the Hub is unreachable or HF_HUB_OFFLINE is set, and it is not in the local cache" if offline else first
     return StitchframeError(
-        f"{source}: cannot load {location!r} from the Hugging Face Hub ({first}); check the id, or download it "
+        f"{source}: cannot load {location!r} from the Hugging Face Hub ({why}); check the id, or download it "
         f"(`hf download {location} --local-dir DIR`) and use hf:DIR"
     )
 

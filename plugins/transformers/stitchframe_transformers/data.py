@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 import stitchframe
-from stitchframe import Preprocess, SpecError, StitchframeError
+from stitchframe import Preprocess, SpecError, StitchframeError, hub_offline_mode
 
 from .data_options import TextClassificationOptions
 
@@ -161,7 +161,8 @@ def load_tokenizer(name: str) -> Any:
 
     location, local = resolve_location(name, prefix="tokenizer")
     try:
-        tok = AutoTokenizer.from_pretrained(location, local_files_only=local)
+        with hub_offline_mode(enabled=not local):  # no minute of retries without a network
+            tok = AutoTokenizer.from_pretrained(location, local_files_only=local)
     except (OSError, ValueError) as exc:
         raise StitchframeError(f"Cannot load tokenizer {name!r} ({str(exc).strip().splitlines()[0]})") from exc
     if tok.pad_token is None:

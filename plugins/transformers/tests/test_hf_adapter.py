@@ -122,3 +122,21 @@ def test_broken_models_are_reported_as_plugin_errors(hf_regs):
     # a config the model class rejects: the error names the plugin and the source
     with pytest.raises(PluginError, match="Plugin 'stitchframe_transformers' failed to load anchor 'hf-config:bert'.*multiple"):
         _load("hf-config:bert", hf_regs, config={**tiny_config("bert"), "num_attention_heads": 5})
+
+
+def test_hub_ids_fail_at_once_without_a_network(hf_regs, monkeypatch):
+    """No network and no HF_HUB_OFFLINE: offline mode is switched on, so no retry waits before the error."""
+    import time
+
+    import huggingface_hub.constants
+
+    import stitchframe
+
+    for var in stitchframe.hub.HUB_OFFLINE_VARIABLES:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    stitchframe.hub._probed.clear()
+    monkeypatch.setattr(time, "sleep", lambda s: pytest.fail(f"the Hub client waited {s} s to retry"))
+    with pytest.raises(StitchframeError, match="Hub is unreachable or HF_HUB_OFFLINE is set.*hf download"):
+        _load("hf:stitchframe-no-such-org/no-such-model", hf_regs)
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is False

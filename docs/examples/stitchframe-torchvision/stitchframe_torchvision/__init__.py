@@ -6,11 +6,17 @@ name ``torchvision`` (see ``pyproject.toml``).
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 import stitchframe
 
-from .dwconv import DWConvOptions, DWConvStitch
-from .mobilenet import MODELS, MobileNetHead, MobileNetOptions, build_model, load_mobilenet, mobilenet_anchor
+from .options import DWConvOptions, MobileNetOptions
 from .stagewise import StagewiseOptions, StagewiseSpace
+
+if TYPE_CHECKING:
+    from .dwconv import DWConvStitch
+    from .mobilenet import MODELS, MobileNetHead, build_model, load_mobilenet, mobilenet_anchor
 
 __version__ = "0.1.0"
 
@@ -32,7 +38,7 @@ __all__ = [
 @stitchframe.hookimpl
 def stitchframe_register_anchor_adapters(register):
     """Own the ``torchvision:`` source prefix."""
-    register("torchvision", load_mobilenet, options=MobileNetOptions)
+    register("torchvision", "stitchframe_torchvision.mobilenet:load_mobilenet", options=MobileNetOptions)
 # --8<-- [end:adapter_hook]
 
 
@@ -40,7 +46,7 @@ def stitchframe_register_anchor_adapters(register):
 @stitchframe.hookimpl
 def stitchframe_register_stitch_layers(register):
     """Add the ``dwconv`` stitching layer."""
-    register("dwconv", DWConvStitch)
+    register("dwconv", "stitchframe_torchvision.dwconv:DWConvStitch", options=DWConvOptions)
 # --8<-- [end:layer_hook]
 
 
@@ -50,3 +56,23 @@ def stitchframe_register_stitch_spaces(register):
     """Add the ``stagewise`` stitch space."""
     register("stagewise", StagewiseSpace)
 # --8<-- [end:space_hook]
+
+
+# --8<-- [start:lazy]
+# torch and torchvision load on first use (PEP 562): `stitchframe plugins` and `validate` import neither
+_LAZY = {"DWConvStitch": "dwconv", **dict.fromkeys(
+    ("MODELS", "MobileNetHead", "build_model", "load_mobilenet", "mobilenet_anchor"), "mobilenet")}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+# --8<-- [end:lazy]
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

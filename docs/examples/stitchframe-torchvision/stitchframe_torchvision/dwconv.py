@@ -8,23 +8,7 @@ from torch import nn
 
 import stitchframe
 
-
-# --8<-- [start:options]
-@attrs.frozen(kw_only=True)
-class DWConvOptions:
-    """Options of the ``dwconv`` stitch (``stitch.layer_options`` in a spec)."""
-
-    kernel_size: int = attrs.field(
-        default=3,
-        validator=attrs.validators.ge(1),
-        metadata={"help": "Side of the depthwise kernel (odd, so the grid keeps its size)."},
-    )
-
-    @kernel_size.validator
-    def _odd(self, attribute, value):
-        if value % 2 == 0:
-            raise ValueError(f"'kernel_size' must be odd, got {value}")
-# --8<-- [end:options]
+from .options import DWConvOptions
 
 
 # --8<-- [start:class]

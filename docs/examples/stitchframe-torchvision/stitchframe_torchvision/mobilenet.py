@@ -9,36 +9,12 @@ from torch import nn
 
 import stitchframe
 
+from .options import MobileNetOptions
+
 # --8<-- [start:models]
 #: Models this adapter cuts; the source is ``torchvision:<name>``.
 MODELS = ("mobilenet_v3_small", "mobilenet_v3_large")
 # --8<-- [end:models]
-
-
-# --8<-- [start:options]
-@attrs.frozen(kw_only=True)
-class MobileNetOptions:
-    """Options of the ``torchvision`` adapter (``anchors[i].options`` in a spec)."""
-
-    weights: str | None = attrs.field(
-        default=None,
-        metadata={
-            "help": "torchvision weights name (DEFAULT, IMAGENET1K_V1), downloaded by torchvision on first "
-            "use; null: random initialisation."
-        },
-    )
-    num_classes: int = attrs.field(
-        default=1000, validator=attrs.validators.ge(1), metadata={"help": "Classifier outputs (1000 with weights)."}
-    )
-    img_size: int = attrs.field(
-        default=224,
-        validator=attrs.validators.ge(32),
-        metadata={"help": "Side of the square input; shapes and FLOPs are traced at this size."},
-    )
-    width_mult: float = attrs.field(
-        default=1.0, validator=attrs.validators.gt(0), metadata={"help": "Channel multiplier (random weights only)."}
-    )
-# --8<-- [end:options]
 
 
 # --8<-- [start:head]
