@@ -489,10 +489,10 @@ def test_truncated_corrupted_and_mismatched_files_name_the_file_and_tensor(refer
     weights.write_bytes(data[: len(data) // 2])  # truncated
     code, err = _main(["routes", str(out)], capsys)
     line = _one_line_error(err)
-    assert code == 1 and str(weights) in line and "corrupt or truncated" in line
+    assert code == 2 and str(weights) in line and "corrupt or truncated" in line
     weights.write_bytes(b"\x00" * 8 + data[8:])  # header length destroyed
     code, err = _main(["routes", str(out)], capsys)
-    assert code == 1 and str(weights) in _one_line_error(err)
+    assert code == 2 and str(weights) in _one_line_error(err)
     from safetensors import safe_open
 
     with safe_open(str(ref_out / "snnet.safetensors"), framework="pt") as fh:
@@ -503,7 +503,7 @@ def test_truncated_corrupted_and_mismatched_files_name_the_file_and_tensor(refer
     save_file(tensors, str(weights), metadata=meta)
     code, err = _main(["routes", str(out)], capsys)
     line = _one_line_error(err)
-    assert code == 1 and str(weights) in line and repr(name) in line and "(3, 3)" in line
+    assert code == 2 and str(weights) in line and repr(name) in line and "(3, 3)" in line
 
 
 def test_a_corrupt_checkpoint_on_resume_names_the_file(reference, tmp_path, capsys):
@@ -515,7 +515,7 @@ def test_a_corrupt_checkpoint_on_resume_names_the_file(reference, tmp_path, caps
     model.write_bytes(model.read_bytes()[:100])
     code, err = _main(["build", str(spec), "--output", str(out), "--resume"], capsys)
     line = _one_line_error(err)
-    assert code == 1 and str(model) in line
+    assert code == 2 and str(model) in line
     assert partial_dir(out).is_dir()  # the unfinished build is still there to rescue
 
 
