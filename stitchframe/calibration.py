@@ -70,7 +70,7 @@ def augment_images(x: torch.Tensor, generator: torch.Generator, *,
     Each image of ``x [B, C, H, W]`` gets its own crop, resampled bilinearly
     back to ``H x W``; the random numbers come from ``generator`` (CPU).
     """
-    if not (isinstance(x, torch.Tensor) and x.dim() == 4 and x.is_floating_point()):
+    if not _is_images(x):
         what = f"a tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
         raise StitchframeError(f"calibration.augment: needs image batches [B, C, H, W]; got {what}. "
                                "Set calibration.augment: 0 for these inputs")
@@ -88,10 +88,16 @@ def augment_images(x: torch.Tensor, generator: torch.Generator, *,
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
+def _is_images(inputs: Any) -> bool:
+    return isinstance(inputs, torch.Tensor) and inputs.dim() == 4 and inputs.is_floating_point()
+
+
 def _views(inputs: Any, augment: int, generator: torch.Generator) -> Iterator[Any]:
+    """The batch, then ``augment`` augmented views of it (image batches only; other inputs: the batch alone)."""
     yield inputs
-    for _ in range(augment):
-        yield augment_images(inputs, generator)
+    if _is_images(inputs):
+        for _ in range(augment):
+            yield augment_images(inputs, generator)
 
 
 def _ridge_arg(ridge: Any) -> float | tuple[float, ...]:
@@ -161,8 +167,9 @@ def calibrate(
             least squares over the rows of all its pairs; ``mean`` solves one per pair and averages
             the solutions (weights and bias), as the SN-Net reference code does.
         folds: Cross-validation folds of ``ridge="auto"`` (ignored for a fixed ridge).
-        augment: Extra views of every batch, each a random resized crop and flip of every image
-            (:func:`augment_images`); ``0``: the batches as given.
+        augment: Extra views of every image batch (``[B, C, H, W]``), each a random resized crop and
+            flip of every image (:func:`augment_images`); ``0``: the batches as given. Other inputs
+            (text) get no extra views.
         seed: Seed of the augmentation.
         keys: Only these stitching layers (default: all).
         device: Where to run (default: where the SN-Net's parameters are).

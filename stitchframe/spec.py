@@ -130,10 +130,10 @@ class CalibrationSpec:
                        "averaged (the SN-Net reference code)."),
     )
     augment: int = attrs.field(
-        default=0, validator=[_v.instance_of(int), _v.ge(0)],
-        metadata=_help("Extra views of every calibration batch, each a random resized crop (35-100% of the "
-                       "area) and random flip of every image, seeded by seed (0: the batches as loaded; "
-                       "images only)."),
+        default=3, validator=[_v.instance_of(int), _v.ge(0)],
+        metadata=_help("Extra views of every calibration batch of images, each a random resized crop (35-100% "
+                       "of the area) and random flip of every image, seeded by seed; each view costs one more "
+                       "pass of the anchors (0: the batches as loaded; non-image inputs get no extra views)."),
     )
     heads: bool = attrs.field(
         default=False, validator=_v.instance_of(bool),
