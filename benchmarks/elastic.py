@@ -100,7 +100,16 @@ def default_recipe() -> dict[str, Any]:
     return {k: spec[k] for k in ("stitch", "calibration", "train")}
 
 
+def _at_size(anchors: list[dict], img_size: int | None) -> list[dict]:
+    """The anchor entries built for ``img_size`` (their adapters' ``img_size`` option)."""
+    if img_size is None:
+        return anchors
+    return [{**a, "options": {**(a.get("options") or {}), "img_size": img_size}} if "img_size" in (a.get("options") or {})
+            else a for a in anchors]
+
+
 def _spec_dict(params: Params, cfg: Config, seed: int, device: str, anchors: list[dict], variant: str) -> dict:
+    anchors = _at_size(anchors, cfg.img_size)
     recipe = params.recipe if params.recipe is not None else default_recipe()
     train = dict(recipe["train"])
     if variant == "uniform":
