@@ -111,3 +111,23 @@ def test_anchors_only_adapts_the_anchors_and_spreads_their_statistics_to_every_r
     moved = [not torch.equal(a.running_mean, b.running_mean)
              for a, b in zip(route_bn_layers(net), (m for m in fresh.modules() if isinstance(m, torch.nn.BatchNorm2d)))]
     assert all(moved)  # the data's statistics (inputs shifted and scaled), not the initial ones
+
+
+def test_frozen_anchor_statistics_stay_and_only_rows_after_a_stitch_change():
+    net = _net()
+    net.enable_route_bn()
+    start = {id(bn): (bn.route_mean.clone(), bn.route_var.clone()) for bn in route_bn_layers(net)}
+    recalibrate_route_bn(net, _batches(), anchor_rows=False)
+    changed_later_rows = False
+    for bn in route_bn_layers(net):
+        mean, var = start[id(bn)]
+        assert torch.equal(bn.route_mean[0], mean[0]) and torch.equal(bn.route_var[0], var[0])
+        if len(mean) > 1:
+            changed_later_rows |= not torch.equal(bn.route_mean[1:], mean[1:])
+    assert changed_later_rows
+    x = tiny.images(3)
+    fresh = _net()
+    with torch.no_grad():  # anchor routes are untouched
+        for rid, r in enumerate(net.routes):
+            if r.is_anchor:
+                assert torch.equal(net.forward_route(x, rid), fresh.forward_route(x, rid))
