@@ -301,11 +301,13 @@ def test_check_stitch_space_finds_keys_shared_across_specs(cnn_family):
 
 # -- plugins --------------------------------------------------------------------
 def test_check_plugin_accepts_builtins_and_the_tiny_adapter():
-    import stitchframe.stitch_layers
+    import stitchframe.builtins
     import stitchframe.stitch_spaces
 
-    for plugin in (stitchframe.stitch_layers, stitchframe.stitch_spaces):
-        check_plugin(plugin)
+    # the built-ins as they are registered: torch-free hook classes and a module
+    for plugin in (stitchframe.builtins.StitchLayerHooks, stitchframe.builtins.DatasetHooks, stitchframe.stitch_spaces):
+        regs = check_plugin(plugin)
+    assert {"linear", "conv1x1", "lowrank"} <= set(regs.stitch_layers.names())
     regs = check_plugin(tiny.TinyPlugin, name="tiny")
     assert regs.anchor_adapters.origin("tiny") == "tiny"
 
