@@ -97,9 +97,9 @@ def run(params: Params, ctx: Context) -> dict[str, Any]:
     anchors = [i for i, r in enumerate(net.routes) if r.is_anchor]
     stitched = next(i for i, r in enumerate(net.routes) if not r.is_anchor)
     a, b = anchors[0], stitched
-    plans_before = [id(p) for p in net._plans]
+    plans_before = [id(net.plan(i)) for i in range(len(net.routes))]
     costs = _select_costs(net, params, a, b)
-    same_plans = plans_before == [id(p) for p in net._plans]
+    same_plans = plans_before == [id(net.plan(i)) for i in range(len(net.routes))]
     x = families.images(net, params.batch, seed=ctx.seed, device=ctx.device)
     ex_a, ex_b = net.export(a).eval(), net.export(b).eval()
 

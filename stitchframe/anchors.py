@@ -31,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from .errors import StitchframeError
 from .graph import ActivationSpec, BlockGraph, BlockInfo
 
-__all__ = ["Anchor", "Preprocess", "count_flops", "anchor_name"]
+__all__ = ["Anchor", "Preprocess", "count_flops", "anchor_name", "NORM_MACS", "BATCHNORM_EVAL_MACS"]
 
 _aten = torch.ops.aten
 
@@ -40,17 +40,75 @@ def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, 
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-#: FLOP formulas torch's counter lacks: fused attention on CPU is otherwise
-#: counted as zero (DeiT-Ti reads 2.15 GFLOPs instead of 2.51).
-_EXTRA_FLOP_FORMULAS = {_aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+#: Multiply-adds per element of a normalisation layer, with / without an affine weight (fvcore's rule,
+#: which the SN-Net papers' counts follow): layer, group and RMS norm, and BatchNorm in training.
+NORM_MACS = (5, 4)
+#: Multiply-adds per element of BatchNorm in inference (a per-channel scale and shift), with / without
+#: an affine weight.
+BATCHNORM_EVAL_MACS = (2, 1)
+
+
+def _norm_flops(input_shape, _normalized_shape=None, weight_shape=None, *args, out_shape=None, **kwargs) -> int:
+    """``native_layer_norm(input, normalized_shape, weight, ...)``; ``_fused_rms_norm`` alike."""
+    return 2 * _numel(input_shape) * NORM_MACS[weight_shape is None]
+
+
+def _group_norm_flops(input_shape, weight_shape=None, *args, out_shape=None, **kwargs) -> int:
+    """``native_group_norm(input, weight, bias, N, C, HxW, group, eps)``."""
+    return 2 * _numel(input_shape) * NORM_MACS[weight_shape is None]
+
+
+def _batch_norm_flops(training: bool | None) -> Callable[..., int]:
+    """A formula for a batch-norm op; ``training=None``: the op's 6th argument says (``native_batch_norm``)."""
+
+    def flops(input_shape, weight_shape=None, *args, out_shape=None, **kwargs) -> int:
+        train = bool(args[3]) if training is None else training  # args: bias, running_mean, running_var, training
+        table = NORM_MACS if train else BATCHNORM_EVAL_MACS
+        return 2 * _numel(input_shape) * table[weight_shape is None]
+
+    return flops
+
+
+def _extra_formulas() -> dict[Any, Callable[..., int]]:
+    formulas: dict[Any, Callable[..., int]] = {
+        _aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
+        _aten.native_layer_norm: _norm_flops,
+        _aten.native_group_norm: _group_norm_flops,
+        _aten.native_batch_norm: _batch_norm_flops(None),
+        _aten._native_batch_norm_legit: _batch_norm_flops(None),
+        _aten.cudnn_batch_norm: _batch_norm_flops(None),
+        _aten._native_batch_norm_legit_no_training: _batch_norm_flops(False),
+    }
+    for name, train in (("_batch_norm_no_update", False), ("_batch_norm_with_update", True)):
+        if hasattr(_aten, name):
+            formulas[getattr(_aten, name)] = _batch_norm_flops(train)
+    if hasattr(_aten, "_fused_rms_norm"):
+        formulas[_aten._fused_rms_norm] = _norm_flops
+    return formulas
+
+
+#: FLOP formulas torch's counter lacks: fused attention on CPU (otherwise counted as zero: DeiT-Ti reads
+#: 2.15 GFLOPs instead of 2.51) and normalisation layers (the papers count them: DeiT-Ti 1.258 GMACs).
+_EXTRA_FLOP_FORMULAS = _extra_formulas()
 
 
 def count_flops(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, int]:
     """Run ``fn(*args, **kwargs)`` under :class:`torch.utils.flop_counter.FlopCounterMode`.
 
-    Fused CPU attention is counted too.  FLOPs follow torch's convention (a
-    multiply-add is 2 FLOPs; the SN-Net papers' "FLOPs" are multiply-adds,
-    i.e. half of this number).
+    Counted as the SN-Net papers (and fvcore) count: matrix products and
+    convolutions, attention (fused CPU attention too) and normalisation
+    layers (:data:`NORM_MACS` multiply-adds per element; BatchNorm in
+    inference :data:`BATCHNORM_EVAL_MACS`); element-wise activations,
+    softmax and additions are not counted.  The result is in FLOPs, torch's
+    convention: one multiply-add is 2 FLOPs, so MACs (the papers' "FLOPs")
+    are half of it.
 
     Returns:
         ``(result, flops)``.
@@ -124,6 +182,12 @@ class Anchor(nn.Module):
         preprocess: Input preprocessing the anchor expects.
         source: The source string it was loaded from.
         family: Model family name, for reports.
+
+    Attributes:
+        context: ``prepare`` when it is an ``nn.Module`` (its parameters
+            belong to the anchor), else ``None``.
+        prepare_fn: ``prepare`` when it is a plain callable, else ``None``.
+        uses_context: Whether stem, blocks and head receive a context.
     """
 
     def __init__(
@@ -156,11 +220,8 @@ class Anchor(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.norm = norm
         self.head = head
-        if isinstance(prepare, nn.Module):
-            self.context = prepare
-        else:
-            self.context = None
-            self._prepare_fn = prepare
+        self.context = prepare if isinstance(prepare, nn.Module) else None
+        self.prepare_fn = None if isinstance(prepare, nn.Module) else prepare
         self.uses_context = prepare is not None
         n = len(blocks) + 1
         self.layouts = _per_position(layout, n, "layout")
@@ -182,8 +243,8 @@ class Anchor(nn.Module):
         """Build the per-input context (``None`` for context-free families)."""
         if self.context is not None:
             return self.context(inputs)
-        if self._prepare_fn is not None:
-            return self._prepare_fn(inputs)
+        if self.prepare_fn is not None:
+            return self.prepare_fn(inputs)
         return None
 
     def run_stem(self, inputs: Any, ctx: Any = None) -> torch.Tensor:
@@ -273,7 +334,7 @@ class Anchor(nn.Module):
                 f"Anchor {self.name!r} has no example_inputs; its adapter must pass a batch-1 example "
                 "so shapes and FLOPs can be traced"
             )
-        inputs = _to_device(self.example_inputs, _device_of(self))
+        inputs = to_device(self.example_inputs, device_of(self))
         modes = [(m, m.training) for m in self.modules()]  # restored one by one: parts may differ
         self.eval()
         try:
@@ -350,7 +411,7 @@ def _nparams(*modules: nn.Module | None) -> int:
     return total
 
 
-def _device_of(module: nn.Module) -> torch.device:
+def device_of(module: nn.Module) -> torch.device:
     for p in module.parameters():
         return p.device
     for b in module.buffers():
@@ -358,14 +419,14 @@ def _device_of(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _to_device(obj: Any, device: torch.device) -> Any:
+def to_device(obj: Any, device: torch.device) -> Any:
     """Move a tensor, or the tensors in a mapping/sequence, to ``device``."""
     if isinstance(obj, torch.Tensor):
         return obj.to(device)
     if isinstance(obj, Mapping):
         if hasattr(obj, "to"):  # e.g. transformers.BatchEncoding
             return obj.to(device)
-        return type(obj)({k: _to_device(v, device) for k, v in obj.items()})
+        return type(obj)({k: to_device(v, device) for k, v in obj.items()})
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_device(v, device) for v in obj)
+        return type(obj)(to_device(v, device) for v in obj)
     return obj

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .anchors import Anchor, _to_device
+from .anchors import Anchor, to_device
 from .errors import StitchframeError
 from .snnet import SNNet
 from .stitch_layers import RIDGE_GRID, LeastSquaresStitch, NormalEquations, StitchLayer
@@ -209,7 +209,7 @@ def calibrate(
     try:
         for b, batch in enumerate(batches):
             fold = b % folds if isinstance(grid, tuple) else 0
-            for inputs in _views(_to_device(batch_inputs(batch), device), augment, gen):
+            for inputs in _views(to_device(batch_inputs(batch), device), augment, gen):
                 _accumulate(snnet, inputs, needed, fitters, fold)
             if on_batch is not None:
                 on_batch(b)
@@ -313,7 +313,7 @@ def calibrate_heads(
     snnet.eval()
     try:
         for b, (inputs, target) in enumerate(batches):
-            inputs = _to_device(inputs, device)
+            inputs = to_device(inputs, device)
             onehot = torch.nn.functional.one_hot(torch.as_tensor(target).long(), num_classes).to(torch.float64)
             for name, anchor in snnet.anchors.items():
                 anchor(inputs)

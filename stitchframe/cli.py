@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import signal
 import sys
 import threading
@@ -38,7 +39,6 @@ from .errors import (
 
 if TYPE_CHECKING:
     from rich.console import Console
-    from rich.table import Table
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
@@ -150,20 +150,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def route_table(routes, *, title: str = "routes") -> Table:
-    """A rich table of routes (id, route, GFLOPs, params, and any recorded metrics)."""
-    from rich.table import Table
-
-    metrics = sorted({k for r in routes for k, v in r.meta.items() if isinstance(v, (int, float)) and k != "kind"})
-    table = Table(title=title)
-    for col in ("id", "route", "GFLOPs", "M params", *metrics):
-        table.add_column(col, justify="left" if col == "route" else "right")
-    for i, r in sorted(enumerate(routes), key=lambda ir: ir[1].flops or 0):
-        vals = [f"{r.meta[m]:.4g}" if isinstance(r.meta.get(m), (int, float)) else "" for m in metrics]
-        table.add_row(str(i), r.describe(), f"{(r.flops or 0) / 1e9:.3f}", f"{(r.params or 0) / 1e6:.2f}", *vals)
-    return table
-
-
 def _is_output_dir(path: str) -> bool:
     from pathlib import Path
 
@@ -191,6 +177,8 @@ def cmd_routes(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(net.routes.to_list(), indent=2))
     else:
+        from .report import route_table
+
         _console().print(route_table(net.routes, title=f"{len(net.routes)} routes of {args.spec}"))
     return 0
 
@@ -238,16 +226,33 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def parse_count(text: str, unit: str = "FLOPs") -> float:
+    """``"1.5e9"``, ``"1.5G"``, ``"800M"`` (optionally ending in the unit's name) -> a count."""
+    scale = {"k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
+    t = text.strip().lower().removesuffix(unit.lower())
+    try:
+        value = float(t[:-1]) * scale[t[-1]] if t and t[-1] in scale else float(t)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a {unit} count; write e.g. 1.5e9 or 1.5G")
+    return value
+
+
 def parse_flops(text: str) -> float:
     """``"1.5e9"``, ``"1.5G"``, ``"800M"`` -> FLOPs."""
-    scale = {"k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
-    t = text.strip().lower().removesuffix("flops")
-    try:
-        if t and t[-1] in scale:
-            return float(t[:-1]) * scale[t[-1]]
-        return float(t)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a FLOPs count; write e.g. 1.5e9 or 1.5G") from None
+    return parse_count(text, "FLOPs")
+
+
+def parse_macs(text: str) -> float:
+    """``"1.26G"``, ``"800M"`` -> multiply-adds (MACs)."""
+    return parse_count(text, "MACs")
+
+
+def cost(route) -> str:
+    """A route's cost in both units: ``1.258 GMACs (2.517 GFLOPs), 5.72 M params``."""
+    return (f"{(route.macs or 0) / 1e9:.3f} GMACs ({(route.flops or 0) / 1e9:.3f} GFLOPs), "
+            f"{(route.params or 0) / 1e6:.2f} M params")
 
 
 @command("export")
@@ -257,12 +262,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     regs = registries_for(args)
     _warn_problems(regs)
-    res = export_route(args.out_dir, route=args.route, max_flops=args.max_flops, dest=args.output, onnx=args.onnx,
-                       merge=args.merge, registries=regs)
+    res = export_route(args.out_dir, route=args.route, max_flops=args.max_flops, max_macs=args.max_macs,
+                       dest=args.output, onnx=args.onnx, merge=args.merge, registries=regs)
     r = res.module.route
     con = _console()
-    cost = f"{(r.flops or 0) / 1e9:.3f} GFLOPs, {(r.params or 0) / 1e6:.2f} M params"
-    con.print(f"route {res.route_id}: {r.describe()} ({cost})")
+    con.print(f"route {res.route_id}: {r.describe()} ({cost(r)})")
     for path in (res.weights, res.description, res.onnx):
         if path is not None:
             con.print(f"wrote {path}")
@@ -310,7 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--route", metavar="ID", help="route id (or its printed name)")
     which.add_argument("--max-flops", type=parse_flops, metavar="X",
-                       help="the most accurate route with at most X FLOPs per example (e.g. 1.5e9 or 1.5G)")
+                       help="the most accurate route with at most X FLOPs per example (e.g. 1.5e9 or 1.5G; "
+                       "torch's convention, 2 per multiply-add)")
+    which.add_argument("--max-macs", type=parse_macs, metavar="X",
+                       help="the most accurate route with at most X multiply-adds per example (the papers' "
+                       "unit, half the FLOPs; e.g. 1.26G)")
     p.add_argument("--onnx", action="store_true", help="also write an ONNX file (needs the onnx extra: "
                    "pip install 'stitchframe[onnx]'; checked before anything is written)")
     p.add_argument("--merge", action="store_true", help="merge low-rank stitching layers for inference")

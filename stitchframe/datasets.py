@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from .anchors import Anchor, Preprocess
-from .errors import PluginError, SpecError, StitchframeError, _plugin_call
+from .errors import PluginError, SpecError, StitchframeError, plugin_call
 from .dataset_options import (
     FASHION_MNIST_ROOT,
     DigitsOptions,
@@ -483,7 +483,7 @@ def load_data(spec: Spec, registries: Registries, preprocess: Preprocess) -> Dat
         raise SpecError("data: building needs a data section, e.g. data: {name: fashion_mnist}")
     entry = registries.datasets.get(spec.data.name, where="data.name")
     options = structure_options(entry.options, spec.data.options, "data.options")
-    with _plugin_call(f"data ({spec.data.name!r})", ("data.", "data:"),
+    with plugin_call(f"data ({spec.data.name!r})", ("data.", "data:"),
                       f"Plugin {entry.plugin!r} failed to load dataset {spec.data.name!r} (data.name)"):
         splits = entry.obj(options, preprocess)
     if not isinstance(splits, DatasetSplits):

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .anchors import Anchor, anchor_name
-from .errors import PluginError, ShapeMismatchError, SpecError, StitchframeError, UnknownNameError, _plugin_call
+from .errors import PluginError, ShapeMismatchError, SpecError, StitchframeError, UnknownNameError, plugin_call
 from .graph import ActivationSpec
 from .plugins import Registries, load_registries, unknown_source_error
 from .registry import Entry
@@ -16,7 +16,7 @@ from .snnet import SNNet, stitch_key
 from .spec import AnchorSpec, Spec, structure_options
 from .stitch_layers import StitchJoin, StitchLayer
 from .stitch_spaces import SpaceContext, space_routes
-from .validation import AUTO_LAYER, _adapter_for, _registries, validate_spec
+from .validation import AUTO_LAYER, adapter_for, registries_or_default, validate_spec
 
 __all__ = ["load_anchor", "choose_layer", "build_snnet", "assemble", "validate_spec", "AUTO_LAYER"]
 
@@ -53,13 +53,13 @@ def load_anchor(
         SpecError: The options do not fit the adapter's ``Options``.
         PluginError: The adapter raised, or returned something that is not an Anchor.
     """
-    regs = _registries(registries)
+    regs = registries_or_default(registries)
     if isinstance(spec, str):
         spec = AnchorSpec(source=spec)
-    entry, ident = _adapter_for(spec.source, regs)
+    entry, ident = adapter_for(spec.source, regs)
     if entry is not None:
         options = structure_options(entry.options, spec.options, f"{where}.options")
-        with _plugin_call(f"{where} ({spec.source!r})", (where,),
+        with plugin_call(f"{where} ({spec.source!r})", (where,),
                           f"Plugin {entry.plugin!r} failed to load anchor {spec.source!r} at {where}"):
             anchor = _call_loader(entry.obj, ident, options, regs)
         origin = f"plugin {entry.plugin!r} (adapter {entry.name!r})"
@@ -133,7 +133,7 @@ class _Layers:
         )
 
     def build(self, entry: Entry, s: ActivationSpec, d: ActivationSpec) -> StitchLayer:
-        with _plugin_call(f"{self.where}.layer ({entry.name!r})", (f"{self.where}.",),
+        with plugin_call(f"{self.where}.layer ({entry.name!r})", (f"{self.where}.",),
                           f"Plugin {entry.plugin!r} failed to build stitching layer {entry.name!r} for "
                           f"{s.describe()} -> {d.describe()}"):
             return entry.obj(s, d, self.options_for(entry))
@@ -193,7 +193,7 @@ def build_snnet(
         ShapeMismatchError: The space produced a stitch the layer cannot bridge.
         PluginError: The space raised or produced something that is not a Route.
     """
-    regs = _registries(registries)
+    regs = registries_or_default(registries)
     by_name = {a.name: a for a in anchors}
     if len(by_name) != len(anchors):
         names = [a.name for a in anchors]
@@ -205,7 +205,7 @@ def build_snnet(
     context = SpaceContext(
         probe=probe, make_stitch=layers.make_stitch, seed=seed, final_norm=final_norm, anchors=list(anchors)
     )
-    with _plugin_call(f"{where}.space ({space!r})", (f"{where}.",),
+    with plugin_call(f"{where}.space ({space!r})", (f"{where}.",),
                       f"Plugin {space_entry.plugin!r} raised in stitch space {space!r} (StitchSpace.routes)"):
         if routes is not None:
             generated = list(routes)
@@ -295,7 +295,7 @@ def assemble(
             :func:`build_snnet`).  The space gets the spec's ``seed``.
         routes: Use these routes instead of running the space (see :func:`build_snnet`).
     """
-    regs = _registries(registries)
+    regs = registries_or_default(registries)
     anchors = [load_anchor(a, regs, where=f"anchors[{i}]") for i, a in enumerate(spec.anchors)]
     st = spec.stitch
     return build_snnet(

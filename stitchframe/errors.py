@@ -87,7 +87,7 @@ class BuildInterrupted(StitchframeError):
 
 
 @contextlib.contextmanager
-def _plugin_call(where: str, markers: tuple[str, ...], failed: str) -> Iterator[None]:
+def plugin_call(where: str, markers: tuple[str, ...], failed: str) -> Iterator[None]:
     """Run plugin code: its own errors get ``where: `` in front (see :func:`_prefixed`), and any other
     exception becomes a :class:`PluginError` reading ``"{failed}: {type}: {message}"``."""
     try:

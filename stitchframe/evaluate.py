@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
-from .anchors import _device_of, _to_device
+from .anchors import device_of, to_device
 from .errors import StitchframeError
 from .snnet import SNNet
 
@@ -115,7 +115,7 @@ class _Node:
 
 
 def _ops(plan) -> Iterator[_Op]:
-    """The operations of an SNNet execution plan, in order (mirrors ``snnet._execute``)."""
+    """The operations of an SNNet execution plan, in order (mirrors how :class:`~stitchframe.SNNet` runs a plan)."""
     for s in plan:
         if s.stem is not None:
             yield _Op("stem", s.key, s.uses_context, s.prepare, (s.stem,))
@@ -163,7 +163,7 @@ class RouteTrie:
         self.bn_state = snnet.route_bn
         for rid in self.route_ids:
             node = self.root
-            for op in _ops(snnet._plans[rid]):
+            for op in _ops(snnet.plan(rid)):
                 self.naive_blocks += op.kind == "block"
                 if op.key not in node.children:
                     node.children[op.key] = _Node(op, rid)
@@ -356,7 +356,7 @@ def evaluate_routes(
     Returns:
         The per-route results and compute statistics.
     """
-    device = torch.device(device) if device is not None else _device_of(snnet)
+    device = torch.device(device) if device is not None else device_of(snnet)
     names = [r.describe() for r in snnet.routes]
     total = -(-len(dataset) // batch_size)
     if max_batches is not None:
@@ -436,7 +436,7 @@ def _run_batches(trie: RouteTrie, loader: DataLoader, sums: _Sums, writer: _Part
         progress(sums.batches, total)
     with torch.no_grad():
         for inputs, target in loader:
-            inputs = _to_device(inputs, device)
+            inputs = to_device(inputs, device)
             target = torch.as_tensor(target)
             _check_labels(target)
             target = target.to(device=device, dtype=torch.long)
@@ -481,9 +481,9 @@ def measure_latency(
     Returns:
         Milliseconds by route id.
     """
-    device = torch.device(device) if device is not None else _device_of(snnet)
+    device = torch.device(device) if device is not None else device_of(snnet)
     batch = (collate_fn or torch.utils.data.default_collate)([dataset[0]])
-    inputs = _to_device(batch[0], device)
+    inputs = to_device(batch[0], device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     out: dict[int, float] = {}
     modes = [(m, m.training) for m in snnet.modules()]  # restored one by one afterwards

@@ -60,15 +60,18 @@ class ExportResult:
     module: RouteModule
 
 
-def _pick(snnet: SNNet, route: int | str | None, max_flops: float | None) -> int:
-    if (route is None) == (max_flops is None):
-        raise UsageError("Give exactly one of a route (--route ID) or a budget (--max-flops X)")
+def _pick(snnet: SNNet, route: int | str | None, max_flops: float | None, max_macs: float | None) -> int:
+    budgets = {"--max-flops": max_flops, "--max-macs": max_macs}
+    given = {k: v for k, v in budgets.items() if v is not None}
+    if (route is None) == (not given) or len(given) > 1:
+        raise UsageError("Give exactly one of a route (--route ID) or a budget (--max-flops X or --max-macs X)")
     if route is not None:
         return snnet.routes.index_of(route)
     try:
-        chosen = snnet.select_for(max_flops=max_flops)
+        chosen = snnet.select_for(max_flops=max_flops, max_macs=max_macs)
     except StitchframeError as exc:  # no route within the budget: the user's to change
-        raise UsageError(f"--max-flops {max_flops:.4g}: {exc}; give a larger budget") from None
+        (flag, value), = given.items()
+        raise UsageError(f"{flag} {value:.4g}: {exc}; give a larger budget") from None
     return snnet.routes.index_of(chosen)
 
 
@@ -119,6 +122,7 @@ def export_route(
     *,
     route: int | str | None = None,
     max_flops: float | None = None,
+    max_macs: float | None = None,
     dest: str | Path | None = None,
     onnx: bool = False,
     merge: bool = False,
@@ -131,6 +135,8 @@ def export_route(
         route: Route id or printed name.
         max_flops: Instead of ``route``: the most accurate route with at most
             this many FLOPs (torch convention, per example).
+        max_macs: Instead of ``route``: the most accurate route with at most
+            this many multiply-adds per example (half the FLOPs; the papers' unit).
         dest: The ``.safetensors`` file to write (default:
             ``<output_dir>/exports/route<id>.safetensors``); the JSON and ONNX
             files go next to it with the same stem.
@@ -143,7 +149,7 @@ def export_route(
     regs = registries if registries is not None else load_registries()
     out = Path(output_dir)
     snnet = load_snnet(out, regs)
-    rid = _pick(snnet, route, max_flops)
+    rid = _pick(snnet, route, max_flops, max_macs)
     module = snnet.export(rid, merge=merge).eval()
     example = _example(snnet, rid) if onnx else None
     weights = Path(dest) if dest is not None else out / "exports" / f"route{rid}.safetensors"

@@ -164,7 +164,8 @@ class BlockInfo:
         stage: Stage the block belongs to (resolution level for CNNs/Swin).
         path: Module path inside the original model (``"blocks.5"``).
         flops: Forward FLOPs at the anchor's example input, batch 1
-            (torch's convention: one multiply-add is 2 FLOPs).
+            (torch's convention: one multiply-add is 2 FLOPs; normalisation
+            layers included, see :func:`stitchframe.count_flops`).
         params: Number of parameters.
         out_spec: Spec of the output (``None`` for the head).
     """
@@ -249,6 +250,11 @@ class BlockGraph:
         return self.stem.flops + self.flops_between(0, self.depth) + self.head.flops
 
     @property
+    def macs(self) -> float:
+        """Total multiply-adds (the SN-Net papers' "FLOPs"): half of :attr:`flops`."""
+        return self.flops / 2
+
+    @property
     def params(self) -> int:
         """Total parameters: stem, blocks and head (shared tensors counted once per node)."""
         return self.stem.params + self.params_between(0, self.depth) + self.head.params
@@ -267,4 +273,4 @@ class BlockGraph:
             raise IndexError(f"{self.anchor}: cut position {pos} outside 0..{self.depth}")
 
     def __repr__(self) -> str:
-        return f"BlockGraph({self.anchor!r}, depth={self.depth}, gflops={self.flops / 1e9:.3f})"
+        return f"BlockGraph({self.anchor!r}, depth={self.depth}, gmacs={self.macs / 1e9:.3f}, gflops={self.flops / 1e9:.3f})"

@@ -17,7 +17,7 @@ import attrs
 
 from .errors import CheckpointError, OutputExistsError, SpecError
 from .io import read_json, write_json
-from .spec import EvalSpec, Spec, TrainSpec, spec_hash
+from .spec import RESUME_ADJUSTABLE, RESUME_NEUTRAL, EvalSpec, Spec, TrainSpec, spec_hash
 
 __all__ = ["MANIFEST", "partial_dir", "resume_key"]
 
@@ -71,12 +71,10 @@ def resume_key(spec: Spec) -> str:
     Everything counts except evaluation settings, training bookkeeping
     (``checkpoint_every``, ``log_every``, ``keep_checkpoints``) and the
     settings that may change to rescue a run (``train.lr``, ``stitch_lr``,
-    ``grad_clip``, ``amp``: :data:`stitchframe.train.RESUME_ADJUSTABLE`).
+    ``grad_clip``, ``amp``: :data:`stitchframe.spec.RESUME_ADJUSTABLE`).
     """
-    from .train import _RESUMABLE_CHANGES, RESUME_ADJUSTABLE
-
     defaults = TrainSpec()
-    neutral = {k: getattr(defaults, k) for k in _RESUMABLE_CHANGES | RESUME_ADJUSTABLE}
+    neutral = {k: getattr(defaults, k) for k in RESUME_NEUTRAL | RESUME_ADJUSTABLE}
     return spec_hash(attrs.evolve(spec, train=attrs.evolve(spec.train, **neutral), eval=EvalSpec()))
 
 

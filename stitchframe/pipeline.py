@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .anchors import Preprocess, _device_of, _to_device
+from .anchors import Preprocess, device_of, to_device
 from .calibration import calibrate, calibrate_heads
 from .datasets import DatasetSplits, agreed_preprocess, load_data
 from .distributed import dist_info, is_main_process
@@ -68,7 +68,7 @@ from .outputs import (
     partial_dir,
 )
 from .plugins import Registries, load_registries
-from .report import summary_sentence, write_report
+from .report import route_table, summary_sentence, write_report
 from .route_bn import recalibrate_route_bn
 from .routes import Route
 from .snnet import SNNet
@@ -168,7 +168,7 @@ def _check_classes(snnet: SNNet, num_classes: int, data_name: str) -> None:
             modes = [(m, m.training) for m in anchor.modules()]
             anchor.eval()
             try:
-                out = logits_of(anchor(_to_device(anchor.example_inputs, _device_of(snnet))), f"Anchor {anchor.name!r}")
+                out = logits_of(anchor(to_device(anchor.example_inputs, device_of(snnet))), f"Anchor {anchor.name!r}")
             finally:
                 for m, mode in modes:
                     m.training = mode
@@ -453,8 +453,6 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
     summary = _write_outputs(partial, snnet, spec, splits, preprocess, evaluation, train_result, timings)
     _swap(partial, out)
     if console is not None:
-        from .cli import route_table
-
         console.print(route_table(snnet.routes, title=f"{len(snnet.routes)} routes ({splits.description})"))
         console.print(f"On {_data_used(spec, splits)[1]}: {summary_sentence(summary)}")
         console.print(f"wrote {out}")
@@ -615,8 +613,6 @@ def evaluate_build(
     summary = write_report(snnet.routes, out / "evaluation", title=f"{' / '.join(snnet.anchors)} on {label}",
                            data=used)
     if console is not None:
-        from .cli import route_table
-
         evaluated = min(len(splits.val), evaluation.batches * spec.eval.batch_size)
         size = "" if evaluated >= len(splits.val) else f"; evaluated on {evaluated} of the {len(splits.val)} val images"
         console.print(route_table(snnet.routes, title=f"{len(snnet.routes)} routes ({splits.description}{size})"))

@@ -1,9 +1,11 @@
 """Reports: the route table (markdown and JSON), the Pareto front and its plot.
 
 A route *record* is a plain dict (``id``, ``route``, ``kind``, ``anchors``,
-``flops``, ``params``, ``accuracy``, ``loss``, ``latency_ms``, ``pareto``).
-FLOPs follow torch's convention (a multiply-add is 2 FLOPs), per example;
-accuracy is top-1 in percent.
+``flops``, ``macs``, ``params``, ``accuracy``, ``loss``, ``latency_ms``,
+``pareto``).  Costs are per example: ``macs`` are multiply-adds (the SN-Net
+papers' "FLOPs"), ``flops`` torch's convention (a multiply-add is 2 FLOPs),
+both counted by :func:`stitchframe.count_flops` (normalisation layers
+included); accuracy is top-1 in percent.
 
 The summary answers SN-Net's central question: do the stitched routes
 interpolate the anchors?  For every stitched route whose FLOPs lie between
@@ -29,11 +31,15 @@ __all__ = [
     "summary_sentence",
     "plot_pareto",
     "write_report",
+    "route_table",
     "FLOPS_UNIT",
+    "MACS_UNIT",
 ]
 
 #: How FLOPs are counted in every report.
-FLOPS_UNIT = "FLOPs per example, torch convention (one multiply-add = 2 FLOPs)"
+FLOPS_UNIT = "FLOPs per example, torch convention (one multiply-add = 2 FLOPs), normalisation layers included"
+#: How MACs are counted in every report.
+MACS_UNIT = "multiply-adds per example (the SN-Net papers' 'FLOPs'): half the FLOPs"
 
 _TOL = 1e-9
 
@@ -48,6 +54,7 @@ def route_records(routes: Sequence[Route]) -> list[dict[str, Any]]:
             "kind": "anchor" if r.is_anchor else str(r.meta.get("kind", "stitched")),
             "anchors": list(r.anchors),
             "flops": r.flops,
+            "macs": r.macs,
             "params": r.params,
             "accuracy": r.meta.get("accuracy"),
             "loss": r.meta.get("loss"),
@@ -127,13 +134,15 @@ def _fmt(value: Any, spec: str) -> str:
 def routes_markdown(records: Sequence[dict[str, Any]], summary: dict[str, Any] | None = None, *,
                     title: str = "Routes") -> str:
     """The route table as markdown, cheapest route first, with the summary below it."""
-    legend = f"FLOPs: {FLOPS_UNIT}. Accuracy: top-1 (%). Front: on the accuracy-FLOPs Pareto front."
+    legend = (f"MACs: {MACS_UNIT}. FLOPs: {FLOPS_UNIT}. Accuracy: top-1 (%). "
+              "Front: on the accuracy-cost Pareto front.")
     lines = [f"# {title}", "", legend, ""]
-    lines += ["| id | route | kind | GFLOPs | M params | top-1 % | loss | latency ms | front |",
-              "|---:|---|---|---:|---:|---:|---:|---:|:---:|"]
+    lines += ["| id | route | kind | GMACs | GFLOPs | M params | top-1 % | loss | latency ms | front |",
+              "|---:|---|---|---:|---:|---:|---:|---:|---:|:---:|"]
     for r in sorted(records, key=lambda r: (r["flops"] or 0, r["id"])):
         lines.append(
-            f"| {r['id']} | `{r['route']}` | {r['kind']} | {_fmt((r['flops'] or 0) / 1e9, '.4f')} | "
+            f"| {r['id']} | `{r['route']}` | {r['kind']} | {_fmt((r['flops'] or 0) / 2e9, '.4f')} | "
+            f"{_fmt((r['flops'] or 0) / 1e9, '.4f')} | "
             f"{_fmt((r['params'] or 0) / 1e6, '.3f')} | {_fmt(r['accuracy'], '.2f')} | {_fmt(r['loss'], '.4f')} | "
             f"{_fmt(r['latency_ms'], '.3f')} | {'*' if r.get('pareto') else ''} |"
         )
@@ -153,7 +162,7 @@ def summary_sentence(summary: dict[str, Any]) -> str:
 
 
 def plot_pareto(records: Sequence[dict[str, Any]], path: str | os.PathLike[str], *, title: str = "") -> Path | None:
-    """Plot accuracy against GFLOPs to a PNG: routes, anchors (labelled), the Pareto front.
+    """Plot accuracy against GMACs (GFLOPs on the top axis) to a PNG: routes, anchors (labelled), the Pareto front.
 
     Uses matplotlib's Agg canvas (no display needed, no global pyplot state).
 
@@ -171,23 +180,25 @@ def plot_pareto(records: Sequence[dict[str, Any]], path: str | os.PathLike[str],
     ax = fig.add_subplot()
     stitched = [r for r in pts if r["kind"] != "anchor"]
     anchors = sorted((r for r in pts if r["kind"] == "anchor"), key=lambda r: r["flops"])
-    ax.scatter([r["flops"] / 1e9 for r in stitched], [r["accuracy"] for r in stitched],
+    ax.scatter([r["flops"] / 2e9 for r in stitched], [r["accuracy"] for r in stitched],
                s=18, alpha=0.7, color="tab:blue", label=f"stitched routes ({len(stitched)})")
     if len(anchors) > 1:
-        ax.plot([r["flops"] / 1e9 for r in anchors], [r["accuracy"] for r in anchors],
+        ax.plot([r["flops"] / 2e9 for r in anchors], [r["accuracy"] for r in anchors],
                 ":", color="grey", linewidth=1, label="line between anchors")
     by_id = {r["id"]: r for r in pts}
     front = [by_id[i] for i in pareto_front(pts)]
-    ax.step([r["flops"] / 1e9 for r in front], [r["accuracy"] for r in front], where="post", color="black",
+    ax.step([r["flops"] / 2e9 for r in front], [r["accuracy"] for r in front], where="post", color="black",
             linewidth=1.2, marker="o", markersize=7, markerfacecolor="none", label="Pareto front")
-    ax.scatter([r["flops"] / 1e9 for r in anchors], [r["accuracy"] for r in anchors],
+    ax.scatter([r["flops"] / 2e9 for r in anchors], [r["accuracy"] for r in anchors],
                marker="*", s=160, color="tab:red", zorder=3, label="anchors")
     for r in anchors:
-        ax.annotate(r["anchors"][0], (r["flops"] / 1e9, r["accuracy"]), textcoords="offset points",
+        ax.annotate(r["anchors"][0], (r["flops"] / 2e9, r["accuracy"]), textcoords="offset points",
                     xytext=(6, -12), fontsize=9)
-    ax.set_xlabel("GFLOPs per example (1 multiply-add = 2 FLOPs)")
+    ax.set_xlabel("GMACs per example (multiply-adds, the papers' unit)")
+    top = ax.secondary_xaxis("top", functions=(lambda macs: 2 * macs, lambda flops: flops / 2))
+    top.set_xlabel("GFLOPs per example (1 multiply-add = 2 FLOPs)")
     ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(title or "accuracy vs FLOPs")
+    ax.set_title(title or "accuracy vs cost")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
@@ -211,6 +222,7 @@ def write_report(routes: Sequence[Route], out_dir: str | os.PathLike[str], *, ti
     summary = anchor_line_summary(records)
     write_json(out / "routes.json", {
         "flops_unit": FLOPS_UNIT,
+        "macs_unit": MACS_UNIT,
         "accuracy_unit": "top-1 %",
         "data": data,
         "routes": records,
@@ -221,3 +233,19 @@ def write_report(routes: Sequence[Route], out_dir: str | os.PathLike[str], *, ti
                                                                     encoding="utf-8"))
     plot_pareto(records, out / "pareto.png", title=title)
     return summary
+
+
+def route_table(routes: Sequence[Route], *, title: str = "routes") -> Any:
+    """A rich table of routes, cheapest first: id, route, GMACs, GFLOPs, M params, and any recorded metrics."""
+    from rich.table import Table
+
+    metrics = sorted({k for r in routes for k, v in r.meta.items() if isinstance(v, (int, float)) and k != "kind"})
+    table = Table(title=title)
+    for col in ("id", "route", "GMACs", "GFLOPs", "M params", *metrics):
+        table.add_column(col, justify="left" if col == "route" else "right")
+    for i, r in sorted(enumerate(routes), key=lambda ir: ir[1].flops or 0):
+        vals = [f"{r.meta[m]:.4g}" if isinstance(r.meta.get(m), (int, float)) else "" for m in metrics]
+        flops = r.flops or 0
+        table.add_row(str(i), r.describe(), f"{flops / 2e9:.3f}", f"{flops / 1e9:.3f}", f"{(r.params or 0) / 1e6:.2f}",
+                      *vals)
+    return table

@@ -3,7 +3,7 @@
 A BatchNorm layer of an anchor is shared by many routes, and after a stitch
 the activations it sees differ from route to route, so one set of running
 statistics is wrong for most of them (once-for-all networks recalibrate
-BatchNorm per subnet for the same reason).  :func:`enable_route_bn` gives
+BatchNorm per subnet for the same reason).  :meth:`SNNet.enable_route_bn` gives
 every BatchNorm layer of the anchors a table of statistics, one row per
 *distinct* input distribution:
 
@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["RouteBNState", "enable_route_bn", "recalibrate_route_bn", "route_bn_layers", "plain_batchnorm"]
+__all__ = ["RouteBNState", "attach_route_bn", "recalibrate_route_bn", "route_bn_layers", "plain_batchnorm"]
 
 _BN = nn.modules.batchnorm._BatchNorm
 
@@ -60,7 +60,7 @@ class RouteBNState:
 
 
 class _RouteBNMixin:
-    """Mixed into the class of every BatchNorm layer of the anchors (see :func:`enable_route_bn`)."""
+    """Mixed into the class of every BatchNorm layer of the anchors (see :func:`attach_route_bn`)."""
 
     route_rows: torch.Tensor  # [routes] int64: row of each route (0 for routes that never run the layer)
     route_mean: torch.Tensor  # [rows, C]
@@ -132,18 +132,16 @@ def route_bn_layers(module: nn.Module) -> list[nn.Module]:
     return [m for m in module.modules() if isinstance(m, _RouteBNMixin)]
 
 
-def enable_route_bn(snnet: Any) -> RouteBNState:
-    """Give every BatchNorm layer of ``snnet``'s anchors per-route statistics (idempotent).
+def attach_route_bn(snnet: Any) -> RouteBNState:
+    """Give every BatchNorm layer of ``snnet``'s anchors per-route statistics.
 
     Every row starts as the layer's current running statistics, so outputs do
-    not change until :func:`recalibrate_route_bn` runs.
+    not change until :func:`recalibrate_route_bn` runs.  Called once per
+    SN-Net by :meth:`SNNet.enable_route_bn`, which keeps the state.
 
     Returns:
         The state object the layers read the current route from.
     """
-    state = getattr(snnet, "_route_bn_state", None)
-    if state is not None:
-        return state
     state = RouteBNState()
     layers: dict[int, nn.Module] = {}
     rows: dict[int, list[int]] = {}  # id(layer) -> row per route
@@ -176,7 +174,6 @@ def enable_route_bn(snnet: Any) -> RouteBNState:
         bn._sums = {}
         bn._loaded_row = -1
         bn._skip_row0 = False
-    object.__setattr__(snnet, "_route_bn_state", state)
     return state
 
 
@@ -198,7 +195,7 @@ def recalibrate_route_bn(
     that route owns.
 
     Args:
-        snnet: An SN-Net; :func:`enable_route_bn` is applied if it was not.
+        snnet: An SN-Net; :meth:`SNNet.enable_route_bn` is applied if it was not.
         batches: Inputs, or ``(inputs, target)`` pairs.
         device: Where the inputs go (default: where the SN-Net is).
         anchors_only: Run only the anchor routes and give every row of a
@@ -214,10 +211,10 @@ def recalibrate_route_bn(
     Returns:
         The number of batches used.
     """
-    from .anchors import _device_of, _to_device
+    from .anchors import device_of, to_device
 
-    state = enable_route_bn(snnet)
-    dev = torch.device(device) if device is not None else _device_of(snnet)
+    state = snnet.enable_route_bn()
+    dev = torch.device(device) if device is not None else device_of(snnet)
     modes = [(m, m.training) for m in snnet.modules()]
     snnet.eval()
     state.collecting = True
@@ -227,7 +224,7 @@ def recalibrate_route_bn(
     n = 0
     try:
         for b in batches:
-            inputs = _to_device(b[0] if isinstance(b, (tuple, list)) else b, dev)
+            inputs = to_device(b[0] if isinstance(b, (tuple, list)) else b, dev)
             for rid in routes:
                 snnet.forward_route(inputs, rid)
             if on_batch is not None:

@@ -69,7 +69,9 @@ class Route:
     Attributes:
         segments: The block ranges, in order.
         links: One link between each pair of consecutive segments.
-        flops: Forward FLOPs for one example (batch 1), filled by the engine.
+        flops: Forward FLOPs for one example (batch 1), filled by the engine
+            (torch's convention: one multiply-add is 2 FLOPs; see
+            :func:`stitchframe.count_flops`).
         params: Parameters used by the route, filled by the engine.
         meta: Free-form metadata (kind of route, accuracy, ...).
     """
@@ -109,6 +111,11 @@ class Route:
         return tuple(s.anchor for s in self.segments)
 
     @property
+    def macs(self) -> float | None:
+        """Multiply-adds for one example: ``flops / 2``, the unit of the SN-Net papers' "FLOPs"."""
+        return None if self.flops is None else self.flops / 2
+
+    @property
     def is_anchor(self) -> bool:
         """True for a single-anchor route."""
         return len(self.segments) == 1
@@ -132,12 +139,13 @@ class Route:
         return attrs.evolve(self, flops=flops, params=params, meta={**self.meta, **meta})
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data for JSON: segments, links, flops, params, meta."""
+        """Plain data for JSON: segments, links, flops, macs, params, meta."""
         return {
             "name": self.describe(),
             "segments": [[s.anchor, s.start, s.end] for s in self.segments],
             "links": [{"layer": link.layer, "key": link.key} for link in self.links],
             "flops": self.flops,
+            "macs": self.macs,
             "params": self.params,
             "meta": dict(self.meta),
         }

@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 
-def _hash_ints(*values: int) -> tuple[int, int]:
+def hash_ints(*values: int) -> tuple[int, int]:
     """Two independent 64-bit integers from a tuple of ints (portable, stateless)."""
     digest = hashlib.blake2b(":".join(str(int(v)) for v in values).encode(), digest_size=16).digest()
     return int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little")
@@ -86,7 +86,7 @@ class UniformSampler(RouteSampler):
     name = "uniform"
 
     def route_at(self, step: int) -> int:
-        a, _ = _hash_ints(self.seed, step, 0x5EED)
+        a, _ = hash_ints(self.seed, step, 0x5EED)
         return a % self.num_routes
 
 
@@ -132,7 +132,7 @@ class FlopsGroupedSampler(RouteSampler):
         self.requested_groups = groups
 
     def route_at(self, step: int) -> int:
-        a, b = _hash_ints(self.seed, step, 0xF10B)
+        a, b = hash_ints(self.seed, step, 0xF10B)
         group = self.groups[a % len(self.groups)]
         return group[b % len(group)]
 
@@ -171,7 +171,7 @@ class AnchorShareSampler(RouteSampler):
         self.base = base([routes[i] for i in self.stitched], seed)
 
     def route_at(self, step: int) -> int:
-        a, b = _hash_ints(self.seed, step, 0xA7C0)
+        a, b = hash_ints(self.seed, step, 0xA7C0)
         if self.anchors and a / 2.0**64 < self.share:
             return self.anchors[b % len(self.anchors)]
         return self.stitched[self.base.route_at(step)]
@@ -245,7 +245,7 @@ class EpochOrder:
 
     def epoch_tables(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(permutation, sample_seeds)`` of an epoch."""
-        g = torch.Generator().manual_seed(_hash_ints(self.seed, epoch, 0xDA7A)[0] >> 1)
+        g = torch.Generator().manual_seed(hash_ints(self.seed, epoch, 0xDA7A)[0] >> 1)
         perm = torch.randperm(self.num_samples, generator=g)
         seeds = torch.randint(0, 2**62, (self.num_samples,), generator=g)
         return perm, seeds

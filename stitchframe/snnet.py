@@ -11,11 +11,11 @@ from torch import nn
 
 from .anchors import Anchor, count_flops
 from .errors import StitchframeError
-from .route_bn import RouteBNState, enable_route_bn, plain_batchnorm
+from .route_bn import RouteBNState, attach_route_bn, plain_batchnorm
 from .routes import Route, RouteTable
 from .stitch_layers import StitchLayer
 
-__all__ = ["SNNet", "RouteModule", "FINAL_NORM_CHOICES", "stitch_key"]
+__all__ = ["SNNet", "RouteModule", "PlanSegment", "FINAL_NORM_CHOICES", "stitch_key"]
 
 #: ``keep``: every route ends with its end anchor's final norm (SN-Netv2).
 #: ``skip_stitched``: stitched routes skip it, anchor routes keep it (SN-Net v1 code).
@@ -27,8 +27,13 @@ def stitch_key(src: str, src_pos: int, dst: str, dst_pos: int) -> str:
     return f"{src}:{src_pos}->{dst}:{dst_pos}"
 
 
-class _Seg(NamedTuple):
-    """One segment of an execution plan (plain references, no copies)."""
+class PlanSegment(NamedTuple):
+    """One segment of an execution plan (plain references, no copies); see :meth:`SNNet.plan`.
+
+    ``key`` names the anchor (its context is built once per input and
+    shared by its segments); ``stem``, ``stitch``, ``norm`` and ``head`` are
+    ``None`` where the segment has none.
+    """
 
     key: str
     uses_context: bool
@@ -40,7 +45,7 @@ class _Seg(NamedTuple):
     head: Any
 
 
-def _execute(inputs: Any, plan: Sequence[_Seg]) -> Any:
+def _execute(inputs: Any, plan: Sequence[PlanSegment]) -> Any:
     """Run a plan.  SNNet and exported routes share this, so outputs are bit-identical."""
     ctxs: dict[str, Any] = {}
     x = inputs
@@ -86,7 +91,7 @@ class _SegmentModule(nn.Module):
         self.uses_context = anchor.uses_context
         self.start = start
         self.context = anchor.context
-        self._prepare_fn = None if anchor.context is not None else getattr(anchor, "_prepare_fn", None)
+        self.prepare_fn = anchor.prepare_fn
         self.stem = anchor.stem if first else None
         self.blocks = nn.ModuleList(anchor.blocks[start:end])
         self.stitch = stitch
@@ -94,10 +99,10 @@ class _SegmentModule(nn.Module):
         self.head = anchor.head if last else None
 
     def prepare(self, inputs: Any) -> Any:
-        return self.context(inputs) if self.context is not None else self._prepare_fn(inputs)
+        return self.context(inputs) if self.context is not None else self.prepare_fn(inputs)
 
-    def plan(self) -> _Seg:
-        return _Seg(
+    def plan(self) -> PlanSegment:
+        return PlanSegment(
             self.anchor_name,
             self.uses_context,
             self.prepare,
@@ -235,7 +240,8 @@ class SNNet(nn.Module):
             out.append(mods)
         return out
 
-    def _route_modules(self, route: Route) -> list[nn.Module]:
+    def route_modules(self, route: Route) -> list[nn.Module]:
+        """Every module ``route`` runs: its segments' modules, then its stitching layers."""
         mods = [m for seg in self.segment_modules(route) for m in seg]
         return mods + [self.stitch_for(route, i) for i in range(len(route.links))]
 
@@ -254,7 +260,7 @@ class SNNet(nn.Module):
         seen: set[int] = set()
         params = 0
         cache = self.__dict__.setdefault("_module_params_cache", {})
-        for m in self._route_modules(route):
+        for m in self.route_modules(route):
             if id(m) not in cache:
                 cache[id(m)] = [(id(p), p.numel()) for p in m.parameters()]
             for pid, numel in cache[id(m)]:
@@ -276,14 +282,14 @@ class SNNet(nn.Module):
                 _, cache[key] = count_flops(layer, spec.example(1, **kw))
         return cache[key]
 
-    def _make_plan(self, route: Route) -> tuple[_Seg, ...]:
+    def _make_plan(self, route: Route) -> tuple[PlanSegment, ...]:
         plan = []
         n = len(route.segments)
         for i, seg in enumerate(route.segments):
             a: Anchor = self.anchors[seg.anchor]
             last = i == n - 1
             plan.append(
-                _Seg(
+                PlanSegment(
                     a.name,
                     a.uses_context,
                     a.prepare,
@@ -340,6 +346,11 @@ class SNNet(nn.Module):
         finally:
             state.route = None
 
+    def plan(self, route: int | str | Route) -> tuple[PlanSegment, ...]:
+        """The precomputed execution plan of a route: what ``forward`` runs, segment by segment."""
+        rid = route if isinstance(route, int) and 0 <= route < len(self._plans) else self.routes.index_of(route)
+        return self._plans[rid]
+
     @property
     def route_bn(self) -> RouteBNState | None:
         """The per-route BatchNorm state (``None`` until :meth:`enable_route_bn`)."""
@@ -351,7 +362,9 @@ class SNNet(nn.Module):
         Outputs do not change until :func:`stitchframe.recalibrate_route_bn`
         fills the statistics; see :mod:`stitchframe.route_bn`.
         """
-        return enable_route_bn(self)
+        if self._route_bn_state is None:
+            object.__setattr__(self, "_route_bn_state", attach_route_bn(self))
+        return self._route_bn_state
 
     def set_route_meta(self, route: int | str | Route, **meta: Any) -> Route:
         """Record metadata (``accuracy=...``, ``latency_ms=...``) on a route."""
@@ -365,6 +378,7 @@ class SNNet(nn.Module):
         self,
         *,
         max_flops: float | None = None,
+        max_macs: float | None = None,
         max_params: float | None = None,
         max_latency_ms: float | None = None,
         metric: str = "accuracy",
@@ -375,12 +389,22 @@ class SNNet(nn.Module):
         evaluation); routes without one rank below those with one, and among
         them more FLOPs ranks higher.
 
+        Args:
+            max_flops: Most FLOPs per example (torch's convention, ``route.flops``).
+            max_macs: Most multiply-adds per example (``route.macs``, the papers'
+                unit: half the FLOPs); with ``max_flops`` both must hold.
+            max_params: Most parameters.
+            max_latency_ms: Most measured latency (``route.meta["latency_ms"]``).
+            metric: The metadata key to maximise.
+
         Raises:
             StitchframeError: No route fits; the message gives the cheapest.
         """
+        limits = [v for v in (max_flops, None if max_macs is None else 2 * max_macs) if v is not None]
+        flops_limit = min(limits) if limits else None
         fits = []
         for i, r in enumerate(self.routes):
-            if max_flops is not None and r.flops > max_flops:
+            if flops_limit is not None and r.flops > flops_limit:
                 continue
             if max_params is not None and r.params > max_params:
                 continue
@@ -398,9 +422,11 @@ class SNNet(nn.Module):
             fits.append(i)
         if not fits:
             cheapest = min(self.routes, key=lambda r: r.flops)
+            asked = ", ".join(f"{k}={v}" for k, v in (("max_flops", max_flops), ("max_macs", max_macs),
+                              ("max_params", max_params), ("max_latency_ms", max_latency_ms)) if v is not None)
             raise StitchframeError(
-                f"No route fits max_flops={max_flops}, max_params={max_params}, max_latency_ms={max_latency_ms}; "
-                f"the cheapest route is {cheapest} with {cheapest.flops:.4g} FLOPs and {cheapest.params} params"
+                f"No route fits {asked or 'the budget'}; the cheapest route is {cheapest} with "
+                f"{cheapest.macs:.4g} MACs ({cheapest.flops:.4g} FLOPs) and {cheapest.params} params"
             )
 
         def rank(i: int):

@@ -36,6 +36,8 @@ __all__ = [
     "CalibrationSpec",
     "DataSpec",
     "TrainSpec",
+    "RESUME_NEUTRAL",
+    "RESUME_ADJUSTABLE",
     "EvalSpec",
     "Spec",
     "load_spec",
@@ -156,6 +158,13 @@ class DataSpec:
         metadata=_help("Input resolution; default: the anchors' own."),
     )
     num_workers: int = attrs.field(default=0, validator=_v.ge(0), metadata=_help("DataLoader worker processes."))
+
+
+#: TrainSpec fields that may change between a run and its resumption without changing its result.
+RESUME_NEUTRAL = frozenset({"checkpoint_every", "log_every", "keep_checkpoints"})
+#: TrainSpec fields that may change on resume to rescue a run (after a non-finite loss, say); the
+#: steps after the resume then differ from those of an uninterrupted run, and a note says so.
+RESUME_ADJUSTABLE = frozenset({"lr", "stitch_lr", "grad_clip", "amp"})
 
 
 @attrs.frozen(kw_only=True)

@@ -33,23 +33,18 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .anchors import _to_device
+from .anchors import to_device
 from .checkpoint import clear_checkpoints, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from .distributed import DistInfo, barrier, setup_distributed
 from .errors import CheckpointError, SpecError, TrainingError
 from .objectives import output_logits, teacher_name, training_loss
 from .optim import build_optimizer, frozen_modules, lr_factor
-from .sampling import EpochOrder, SeededDataset, _hash_ints, make_sampler
+from .sampling import EpochOrder, SeededDataset, hash_ints, make_sampler
 from .snnet import SNNet
-from .spec import TrainSpec, unstructure_options
+from .spec import RESUME_ADJUSTABLE, RESUME_NEUTRAL, TrainSpec, unstructure_options
 
 __all__ = ["TrainResult", "train", "total_steps", "RESUME_ADJUSTABLE"]
 
-#: TrainSpec fields that may change between a run and its resumption without changing its result.
-_RESUMABLE_CHANGES = frozenset({"checkpoint_every", "log_every", "keep_checkpoints"})
-#: TrainSpec fields that may change on resume to rescue a run (after a non-finite loss, say); the
-#: steps after the resume then differ from those of an uninterrupted run, and a note says so.
-RESUME_ADJUSTABLE = frozenset({"lr", "stitch_lr", "grad_clip", "amp"})
 
 
 @attrs.define
@@ -109,7 +104,7 @@ def _split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
 
 
 def _spec_dict(cfg: TrainSpec) -> dict[str, Any]:
-    skip = _RESUMABLE_CHANGES | RESUME_ADJUSTABLE
+    skip = RESUME_NEUTRAL | RESUME_ADJUSTABLE
     return {k: v for k, v in unstructure_options(cfg).items() if k not in skip}
 
 
@@ -200,7 +195,7 @@ class _Trainer:
         self.optimizer = build_optimizer(snnet, self.cfg)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.route_trainable = [
-            any(p.requires_grad for m in snnet._route_modules(r) for p in m.parameters()) for r in snnet.routes
+            any(p.requires_grad for m in snnet.route_modules(r) for p in m.parameters()) for r in snnet.routes
         ]
         self._set_modes()
         self.model: nn.Module = snnet
@@ -247,7 +242,7 @@ class _Trainer:
         self._say(f"Resuming from {path} (step {self.step} of {self.total})")
 
     def _seed_rngs(self, step: int) -> None:
-        s = _hash_ints(self.seed, self.dist.rank, step, 0x7EED)[0] >> 1
+        s = hash_ints(self.seed, self.dist.rank, step, 0x7EED)[0] >> 1
         torch.manual_seed(s)
         random.seed(s)
         np.random.seed(s % 2**32)
@@ -281,7 +276,7 @@ class _Trainer:
     # -- running ------------------------------------------------------------
     def _loader(self, epoch: int, start: int) -> Iterator[Any]:
         batches = list(self.order.micro_batches(epoch, start))
-        g = torch.Generator().manual_seed(_hash_ints(self.seed, epoch, start, self.dist.rank)[0] >> 1)
+        g = torch.Generator().manual_seed(hash_ints(self.seed, epoch, start, self.dist.rank)[0] >> 1)
         loader = DataLoader(
             self.dataset, batch_sampler=batches, generator=g, pin_memory=self.device.type == "cuda", **self.loader_kw
         )
@@ -301,7 +296,7 @@ class _Trainer:
 
     def _micro_loss(self, batch: Any, trainable: bool) -> torch.Tensor:
         inputs, target = _split_batch(batch)
-        inputs = _to_device(inputs, self.device)
+        inputs = to_device(inputs, self.device)
         target = target.to(self.device, non_blocking=True)
         amp = torch.autocast(self.device.type, dtype=self.amp) if self.amp is not None else contextlib.nullcontext()
         with amp, (contextlib.nullcontext() if trainable else torch.no_grad()):

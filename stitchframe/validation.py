@@ -17,11 +17,13 @@ __all__ = ["validate_spec", "AUTO_LAYER"]
 AUTO_LAYER = "auto"
 
 
-def _registries(registries: Registries | None) -> Registries:
+def registries_or_default(registries: Registries | None) -> Registries:
+    """``registries``, or those of every installed plugin when it is ``None``."""
     return registries if registries is not None else load_registries()
 
 
-def _adapter_for(source: str, regs: Registries) -> tuple[Entry | None, str]:
+def adapter_for(source: str, regs: Registries) -> tuple[Entry | None, str]:
+    """The adapter entry whose prefix ``source`` names and the identifier after it (``None``: no such prefix)."""
     if ":" in source:
         prefix, ident = source.split(":", 1)
         if prefix in regs.anchor_adapters:
@@ -38,10 +40,10 @@ def validate_spec(spec: Spec, registries: Registries | None = None) -> list[str]
     Raises:
         SpecError, UnknownNameError: The first problem, with its spec path.
     """
-    regs = _registries(registries)
+    regs = registries_or_default(registries)
     notes: list[str] = []
     for i, a in enumerate(spec.anchors):
-        entry, _ = _adapter_for(a.source, regs)
+        entry, _ = adapter_for(a.source, regs)
         if entry is None:
             if regs.pm is None or not regs.pm.hook.stitchframe_resolve_anchor.get_hookimpls():
                 raise unknown_source_error(a.source, regs, f"anchors[{i}].source")

@@ -43,6 +43,31 @@ def test_block_paths_of_wrappers_name_the_wrapped_modules():
     assert plain.graph.blocks[0].path == "blocks.0"
 
 
+def test_count_flops_counts_norms_as_the_papers_do():
+    """Norms as fvcore (and the SN-Net papers' DeiT numbers) count them, in FLOPs: 2 per multiply-add.
+
+    Layer and group norm: 5 multiply-adds per element with an affine weight, 4 without; BatchNorm in
+    inference 2 (a scale and a shift), in training 5, like the other norms.
+    """
+    x = torch.randn(2, 8, 4, 4)
+    tokens = torch.randn(2, 5, 8)
+    cases = [
+        (torch.nn.LayerNorm(8), tokens, 5 * tokens.numel()),
+        (torch.nn.LayerNorm(8, elementwise_affine=False), tokens, 4 * tokens.numel()),
+        (torch.nn.GroupNorm(2, 8), x, 5 * x.numel()),
+        (torch.nn.BatchNorm2d(8).eval(), x, 2 * x.numel()),
+        (torch.nn.BatchNorm2d(8, affine=False).eval(), x, 1 * x.numel()),
+        (torch.nn.BatchNorm2d(8).train(), x, 5 * x.numel()),
+    ]
+    for module, inputs, macs in cases:
+        with torch.no_grad():
+            _, flops = count_flops(module, inputs)
+        assert flops == 2 * macs, module
+    conv = torch.nn.Conv2d(8, 8, 1, bias=False)
+    _, flops = count_flops(torch.nn.Sequential(conv, torch.nn.BatchNorm2d(8).eval(), torch.nn.ReLU()), x)
+    assert flops == 2 * (x.numel() * 8) + 2 * (2 * x.numel())  # conv + BatchNorm; the ReLU is not counted
+
+
 def test_count_flops_counts_cpu_fused_attention():
     q = torch.randn(1, 2, 16, 8)
     _, flops = count_flops(torch.nn.functional.scaled_dot_product_attention, q, q, q)

@@ -135,6 +135,26 @@ def test_export_by_flops_budget_picks_the_most_accurate_route_within_it(built, c
     assert (out / "exports" / f"route{best['id']}.safetensors").is_file()
 
 
+def test_export_by_macs_budget_is_half_the_flops_budget(built, tmp_path, capsys):
+    """--max-macs X picks what --max-flops 2X picks; the printed cost gives both units."""
+    _, out = built
+    routes = json.loads((out / "routes.json").read_text())["routes"]
+    assert all(r["macs"] == r["flops"] / 2 for r in routes)
+    budget = sorted(r["flops"] for r in routes)[10]
+    assert cli.main([*PLUGIN, "export", str(out), "--max-flops", str(budget), "-o", str(tmp_path / "f.safetensors")]) == 0
+    by_flops = capsys.readouterr().out.splitlines()[0]
+    assert cli.main([*PLUGIN, "export", str(out), "--max-macs", f"{budget / 2e6}M",
+                     "-o", str(tmp_path / "m.safetensors")]) == 0
+    by_macs = capsys.readouterr().out.splitlines()[0]
+    assert by_flops == by_macs and "GMACs (" in by_macs and "GFLOPs)" in by_macs
+    assert cli.main([*PLUGIN, "export", str(out), "--max-macs", "1"]) == 2
+    assert capsys.readouterr().err.startswith("error: --max-macs 1: No route fits")
+    with pytest.raises(SystemExit):
+        cli.main([*PLUGIN, "export", str(out), "--max-macs", "1G", "--max-flops", "1G"])  # one budget at a time
+    with pytest.raises(SystemExit):
+        cli.main([*PLUGIN, "export", str(out), "--max-macs", "inf"])
+
+
 def test_cli_errors_are_one_line_with_exit_codes(built, tmp_path, capsys):
     spec, out = built
     assert cli.main([*PLUGIN, "build", str(spec), "--output", str(out)]) == 2

@@ -1,9 +1,17 @@
 from __future__ import annotations
 
+import io
 import json
 
 from stitchframe import Route
-from stitchframe.report import anchor_line_summary, pareto_front, route_records, routes_markdown, write_report
+from stitchframe.report import (
+    anchor_line_summary,
+    pareto_front,
+    route_records,
+    route_table,
+    routes_markdown,
+    write_report,
+)
 
 
 def _routes():
@@ -49,6 +57,23 @@ def test_write_report(tmp_path):
 
 
 def test_markdown_without_metrics():
+    """GMACs (half the FLOPs) beside GFLOPs, and empty cells for metrics not measured."""
     r = Route.chain(("a", 0, 4), flops=10**9, params=10**6)
     md = routes_markdown(route_records([r]))
-    assert "| 0 | `a[0:4]` | anchor | 1.0000 | 1.000 |  |  |  |  |" in md
+    assert "| id | route | kind | GMACs | GFLOPs | M params |" in md
+    assert "| 0 | `a[0:4]` | anchor | 0.5000 | 1.0000 | 1.000 |  |  |  |  |" in md
+
+
+def test_reports_give_macs_beside_flops(tmp_path):
+    """routes.json records both units; the terminal table has a GMACs and a GFLOPs column."""
+    from rich.console import Console
+
+    write_report(_routes(), tmp_path, title="toy")
+    data = json.loads((tmp_path / "routes.json").read_text())
+    assert [(r["flops"], r["macs"]) for r in data["routes"]][:2] == [(100, 50), (300, 150)]
+    assert "multiply-adds" in data["macs_unit"] and "2 FLOPs" in data["flops_unit"]
+    console = Console(width=200, record=True, file=io.StringIO())
+    routes = [Route.chain(("a", 0, 4), flops=2_516_000_000, params=5_700_000)]
+    console.print(route_table(routes))
+    text = console.export_text()
+    assert "GMACs" in text and "GFLOPs" in text and "1.258" in text and "2.516" in text

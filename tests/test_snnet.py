@@ -113,6 +113,17 @@ def test_select_for_budget(vit_net):
     assert vit_net.select_for(max_params=vit_net.routes[0].params).params <= vit_net.routes[0].params
 
 
+def test_select_for_takes_budgets_in_macs(vit_net):
+    """``max_macs`` is half of ``max_flops``: both pick the same route; with both, the tighter holds."""
+    flops = sorted(r.flops for r in vit_net.routes)
+    budget = flops[len(flops) // 2]
+    assert vit_net.select_for(max_macs=budget / 2) == vit_net.select_for(max_flops=budget)
+    assert vit_net.select_for(max_macs=budget / 2).macs == vit_net.select_for(max_flops=budget).flops / 2
+    assert vit_net.select_for(max_flops=budget, max_macs=flops[0] / 2).flops == flops[0]
+    with pytest.raises(StitchframeError, match=r"No route fits max_macs=1; the cheapest route .* MACs \("):
+        vit_net.select_for(max_macs=1)
+
+
 def test_export_holds_only_the_route_and_matches_bit_for_bit(vit_net):
     route = vit_net.select("vit32[0:2] -> linear -> vit48[2:4]")
     module = vit_net.export()

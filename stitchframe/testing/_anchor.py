@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..anchors import Anchor, _device_of, _to_device, count_flops
+from ..anchors import Anchor, device_of, to_device, count_flops
 from ..errors import ShapeMismatchError
 from ..routes import Route, Segment
 from ..snnet import SNNet
@@ -57,8 +57,8 @@ def check_anchor(
     except Exception as exc:  # a part that fails on example_inputs, or an activation off its layout
         raise ConformanceError(f"Anchor {anchor.name!r}: tracing the block graph failed: {exc}") from exc
     _check_graph_structure(anchor)
-    device = _device_of(anchor)
-    inputs = _to_device(inputs if inputs is not None else anchor.example_inputs, device)
+    device = device_of(anchor)
+    inputs = to_device(inputs if inputs is not None else anchor.example_inputs, device)
     with _eval_mode(anchor, model):
         acts = anchor.activations(inputs, list(graph.positions()))
         for pos, x in acts.items():
@@ -172,7 +172,7 @@ def _run_with_block_hooks(anchor: Anchor, model: nn.Module, inputs: Any) -> dict
 
 def _check_model_costs(anchor: Anchor, model: nn.Module, flops_rtol: float) -> None:
     graph = anchor.graph
-    example = _to_device(anchor.example_inputs, _device_of(anchor))
+    example = to_device(anchor.example_inputs, device_of(anchor))
     _, model_flops = count_flops(model, example)
     if abs(model_flops - graph.flops) > flops_rtol * max(model_flops, 1):
         _fail(

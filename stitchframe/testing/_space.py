@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..anchors import Anchor, _device_of, _to_device
+from ..anchors import Anchor, device_of, to_device
 from ..engine import _Layers, build_snnet
 from ..plugins import Registries, get_plugin_manager, load_registries
 from ..routes import Route
@@ -172,9 +172,9 @@ def _build_and_run(cls, options, anchors, layer: str, inputs: Any, base: Registr
     net = build_snnet(
         anchors, space="space_under_test", space_options=options, layer=layer, registries=regs, probe=probe, seed=seed
     )
-    device = _device_of(anchors[0])
+    device = device_of(anchors[0])
     net.to(device)  # new stitching layers join the anchors' device
-    inputs = _to_device(inputs if inputs is not None else anchors[0].example_inputs, device)
+    inputs = to_device(inputs if inputs is not None else anchors[0].example_inputs, device)
     with _eval_mode(net):
         for i, route in enumerate(net.routes):
             out = _first_tensor(net.forward_route(inputs, i), f"route {route}")

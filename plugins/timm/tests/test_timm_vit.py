@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
 from _timm_cases import anchor, images, model
 from stitchframe_timm.vit import DistilledHead, ViTHead, ViTStem
+from torch.utils.flop_counter import FlopCounterMode
 
 import stitchframe
 
@@ -157,14 +159,38 @@ def test_avg_pool_vit_has_no_final_norm():
     assert isinstance(a.head, ViTHead) and a.head.fc_norm is m.fc_norm
 
 
-def test_deit_tiny_flops_at_224(load):
-    """DeiT-Ti at 224: 2.51 GFLOPs (1.255 GMACs) with fused CPU attention counted."""
+#: The SN-Net papers' "FLOPs" (multiply-adds) of DeiT-Ti/S/B at 224 (Table 1 of arXiv 2302.06586).
+PAPER_GMACS = {"deit_tiny_patch16_224": 1.26, "deit_small_patch16_224": 4.61, "deit_base_patch16_224": 17.58}
+
+
+@pytest.mark.parametrize("name", list(PAPER_GMACS))
+def test_deit_macs_are_the_papers(load, name):
+    """Random DeiT-Ti/S/B (no download) come out at the papers' 1.26 / 4.61 / 17.58 GMACs, LayerNorms included."""
+    assert round(load(f"timm:{name}").graph.macs / 1e9, 2) == PAPER_GMACS[name]
+
+
+def test_deit_macs_are_torchs_count_plus_fvcores_layer_norms(load):
+    """DeiT-Ti: matrix products as torch counts them (eager attention) plus 5 multiply-adds per LayerNorm element."""
     a = load("timm:deit_tiny_patch16_224")
-    g = a.graph
-    assert g.flops / 1e9 == pytest.approx(2.507, abs=0.005)
-    assert g.flops / 2e9 == pytest.approx(1.255, abs=0.005)
-    assert g.spec_at(0).describe() == "(B,197,192)"
-    assert a.preprocess.input_size == (3, 224, 224)
+    model = timm.create_model("deit_tiny_patch16_224", pretrained=False).eval()
+    for m in model.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = False  # torch's own counter misses fused CPU attention
+    with torch.no_grad(), FlopCounterMode(display=False) as plain:  # torch's own counter: no norms
+        model(torch.randn(1, 3, 224, 224))
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(norms) == 2 * 12 + 1
+    assert a.graph.macs == plain.get_total_flops() / 2 + sum(5 * 197 * m.normalized_shape[0] for m in norms)
+
+
+def test_deit_routes_show_macs_beside_flops(load, timm_regs):
+    """Route costs in both units: the DeiT-Ti anchor route reads 1.26 GMACs and twice that in GFLOPs."""
+    net = stitchframe.build_snnet([load("timm:deit_tiny_patch16_224")], registries=timm_regs)
+    (route,) = net.routes
+    assert route.macs == route.flops / 2 and round(route.macs / 1e9, 2) == 1.26
+    assert net.select_for(max_macs=1.26e9) == route
+    with pytest.raises(stitchframe.StitchframeError, match="No route fits"):
+        net.select_for(max_macs=1.25e9)
 
 
 @pytest.mark.gpu
