@@ -57,8 +57,20 @@ if TYPE_CHECKING:  # for type checkers and the docs (griffe); at run time names 
     )
     from .stitch_spaces import SpaceContext, StitchSpace
     from .validation import validate_spec
+    from .calibration import batch_inputs
+    from .layer_options import ProjectionOptions
+    from .objectives import output_logits
+    from .registry import AnchorLoader, DatasetLoader, IdentifierCheck, Register
+    from .snnet import stitch_key
+    from .spec import AnchorSpec, CalibrationSpec, TrainSpec, structure_options
+    from .stitch_layers import NormalEquations
+    from .stitch_spaces import AnchorsSpace, CanStitch, MakeStitch, by_flops
+    from .train import TrainResult
+    from .train import train as train_snnet
+    from .errors import did_you_mean
 
-#: Public name -> the module (under stitchframe) that defines it.
+#: Public name -> the module (under stitchframe) that defines it, or ``module:attribute`` when the
+#: attribute's own name differs (``train_snnet`` is :func:`stitchframe.train.train`).
 _LAZY: dict[str, str] = {
     "Anchor": "anchors",
     "Preprocess": "anchors",
@@ -133,35 +145,65 @@ _LAZY: dict[str, str] = {
     "solve_least_squares": "stitch_layers",
     "SpaceContext": "stitch_spaces",
     "StitchSpace": "stitch_spaces",
+    "AnchorSpec": "spec",
+    "TrainSpec": "spec",
+    "CalibrationSpec": "spec",
+    "structure_options": "spec",
+    "stitch_key": "snnet",
+    "batch_inputs": "calibration",
+    "AnchorsSpace": "stitch_spaces",
+    "CanStitch": "stitch_spaces",
+    "MakeStitch": "stitch_spaces",
+    "by_flops": "stitch_spaces",
+    "output_logits": "objectives",
+    "did_you_mean": "errors",
+    "ProjectionOptions": "layer_options",
+    "NormalEquations": "stitch_layers",
+    "train_snnet": "train:train",
+    "TrainResult": "train",
+    "Register": "registry",
+    "AnchorLoader": "registry",
+    "DatasetLoader": "registry",
+    "IdentifierCheck": "registry",
 }
 
 __all__ = [
-    "recalibrate_route_bn",
     "__version__",
     "ActivationSpec",
     "Anchor",
+    "AnchorLoader",
+    "AnchorSpec",
+    "AnchorsSpace",
     "BlockGraph",
     "BlockInfo",
     "BuildInterrupted",
     "BuildResult",
+    "CalibrationSpec",
+    "CanStitch",
     "CheckpointError",
     "Conv1x1Stitch",
     "DEFAULT_PLUGINS",
+    "DatasetLoader",
     "DatasetSplits",
     "Entry",
     "Evaluation",
     "ExportResult",
+    "IdentifierCheck",
     "LAYOUTS",
     "LeastSquaresStitch",
     "LinearStitch",
     "Link",
     "LowRankStitch",
+    "MakeStitch",
     "NoOptions",
+    "NormalEquations",
     "OutputExistsError",
     "PluginError",
     "PluginManager",
     "Preprocess",
+    "ProjectionOptions",
     "ProjectionStitch",
+    "Register",
     "Registries",
     "Registry",
     "Route",
@@ -178,17 +220,22 @@ __all__ = [
     "StitchLayer",
     "StitchSpace",
     "StitchframeError",
+    "TrainResult",
+    "TrainSpec",
     "TrainingError",
     "UnknownNameError",
     "UsageError",
     "anchor_name",
     "assemble",
+    "batch_inputs",
     "build",
     "build_snnet",
+    "by_flops",
     "calibrate",
     "calibrate_heads",
     "choose_layer",
     "count_flops",
+    "did_you_mean",
     "dump_spec",
     "evaluate_build",
     "evaluate_routes",
@@ -204,10 +251,15 @@ __all__ = [
     "load_route",
     "load_snnet",
     "load_spec",
+    "output_logits",
     "pareto_front",
     "parse_spec",
+    "recalibrate_route_bn",
     "save_module",
     "solve_least_squares",
+    "stitch_key",
+    "structure_options",
+    "train_snnet",
     "validate_spec",
     "write_report",
 ]
@@ -220,7 +272,8 @@ def __getattr__(name: str) -> Any:
         if not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
             return importlib.import_module(f".{name}", __name__)  # a submodule: stitchframe.pipeline, ...
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    module, _, attr = module.partition(":")
+    value = getattr(importlib.import_module(f".{module}", __name__), attr or name)
     globals()[name] = value
     return value
 

@@ -177,7 +177,7 @@ class CrossSpace(StitchSpace):
             out.append((a, b))
         return out
 
-    def routes(self, anchors: Sequence[Any], can_stitch: CanStitch) -> Iterable[Route]:
+    def routes(self, anchors: Sequence[Any], can_stitch: CanStitch, context: Any = None) -> Iterable[Route]:
         o = self.options
         ordered = by_flops(anchors)
         if o.include_anchors:

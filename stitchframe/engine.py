@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .anchors import Anchor, anchor_name
@@ -21,16 +20,6 @@ from .validation import AUTO_LAYER, adapter_for, registries_or_default, validate
 __all__ = ["load_anchor", "choose_layer", "build_snnet", "assemble", "validate_spec", "AUTO_LAYER"]
 
 
-
-def _call_loader(load: Callable[..., Any], identifier: str, options: Any, regs: Registries) -> Any:
-    """``load(identifier, options)``, plus ``registries=`` when the loader declares that parameter."""
-    try:
-        wants = "registries" in inspect.signature(load).parameters
-    except (TypeError, ValueError):  # builtins and some callables have no signature
-        wants = False
-    return load(identifier, options, registries=regs) if wants else load(identifier, options)
-
-
 def load_anchor(
     spec: AnchorSpec | str,
     registries: Registries | None = None,
@@ -40,8 +29,9 @@ def load_anchor(
     """Load one anchor through the adapter that owns its source prefix.
 
     Sources no registered prefix claims go to the ``stitchframe_resolve_anchor``
-    hook before failing.  A loader that declares a ``registries`` parameter is
-    called with these registries too (to load other anchors or datasets).
+    hook before failing.  The adapter's loader is called as
+    ``load(identifier, options, registries)`` (:class:`stitchframe.AnchorLoader`),
+    so it can load other anchors or datasets with these registries.
 
     Args:
         spec: An :class:`AnchorSpec` or a source string.
@@ -61,7 +51,7 @@ def load_anchor(
         options = structure_options(entry.options, spec.options, f"{where}.options")
         with plugin_call(f"{where} ({spec.source!r})", (where,),
                           f"Plugin {entry.plugin!r} failed to load anchor {spec.source!r} at {where}"):
-            anchor = _call_loader(entry.obj, ident, options, regs)
+            anchor = entry.obj(ident, options, regs)
         origin = f"plugin {entry.plugin!r} (adapter {entry.name!r})"
     else:
         anchor = regs.resolve_anchor(spec.source, dict(spec.options))
@@ -93,7 +83,7 @@ def _layer_entry(layer: str, regs: Registries, src: ActivationSpec, dst: Activat
         raise UnknownNameError(f"{exc}{' Or use auto.' if layer != AUTO_LAYER else ''}") from None
 
 
-class _Layers:
+class LayerFactory:
     """Resolves, checks and builds the stitching layer of each stitch for :func:`build_snnet`."""
 
     def __init__(self, anchors: Sequence[Anchor], layer: str, layer_options: Any, regs: Registries, where: str) -> None:
@@ -201,7 +191,7 @@ def build_snnet(
     space_entry = regs.stitch_spaces.get(space, where=f"{where}.space")
     if isinstance(space_options, Mapping) or space_options is None:
         space_options = structure_options(space_entry.options, dict(space_options or {}), f"{where}.space_options")
-    layers = _Layers(anchors, layer, layer_options, regs, where)
+    layers = LayerFactory(anchors, layer, layer_options, regs, where)
     context = SpaceContext(
         probe=probe, make_stitch=layers.make_stitch, seed=seed, final_norm=final_norm, anchors=list(anchors)
     )

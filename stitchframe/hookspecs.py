@@ -6,9 +6,10 @@ entry-point group.  Hooks are called with keyword arguments; an
 implementation may declare only the arguments it uses.
 
 Registration hooks (``stitchframe_register_*``) receive a ``register``
-callback; their return value is ignored.  The callback's signature is::
+callback (:class:`stitchframe.Register`); their return value is ignored.
+The callback's signature is::
 
-    register(name, obj, *, options=None, aliases=(), replace=False)
+    register(name, obj, *, options=None, aliases=(), replace=False, check_identifier=None)
 
 ``name`` is lowercase snake_case and unique across all plugins; ``options``
 is an attrs class validating the object's options (defaults to
@@ -31,6 +32,8 @@ from typing import Any
 
 import pluggy
 
+from .registry import Register
+
 hookspec = pluggy.HookspecMarker("stitchframe")
 hookimpl = pluggy.HookimplMarker("stitchframe")
 
@@ -38,7 +41,7 @@ __all__ = ["hookspec", "hookimpl"]
 
 
 @hookspec
-def stitchframe_register_anchor_adapters(register: Any) -> None:
+def stitchframe_register_anchor_adapters(register: Register) -> None:
     """Register anchor adapters: loaders that turn ``prefix:identifier`` into an Anchor.
 
     Called once when the engine builds its registries
@@ -46,16 +49,22 @@ def stitchframe_register_anchor_adapters(register: Any) -> None:
 
     Args:
         register: Callback ``register(prefix, load, *, options=None, aliases=(),
-            replace=False)``.  ``prefix`` is the source prefix the adapter owns
-            (``"timm"`` for ``timm:deit_tiny_patch16_224``); ``load`` is a callable
-            ``load(identifier: str, options) -> stitchframe.Anchor`` where
-            ``options`` is an instance of the attrs ``options`` class, built from
-            the anchor's ``options:`` mapping in the spec.  A ``load`` that
-            declares a keyword parameter ``registries`` is also passed the
-            engine's :class:`stitchframe.Registries` (added in 0.1), so an
-            adapter built on other sources (a distilled pool of students of a
-            ``timm:`` teacher, say) loads them with
-            ``stitchframe.load_anchor(source, registries)``.
+            replace=False, check_identifier=None)`` (:class:`stitchframe.Register`).
+            ``prefix`` is the source prefix the adapter owns (``"timm"`` for
+            ``timm:deit_tiny_patch16_224``); ``load`` is a
+            :class:`stitchframe.AnchorLoader`, called as
+            ``load(identifier, options, registries)`` where ``options`` is an
+            instance of the attrs ``options`` class, built from the anchor's
+            ``options:`` mapping in the spec, and ``registries`` the engine's
+            :class:`stitchframe.Registries` (so an adapter built on other
+            sources, a distilled pool of students of a ``timm:`` teacher say,
+            loads them with ``stitchframe.load_anchor(source, registries)``;
+            a loader that needs none declares ``registries=None``).
+            ``check_identifier`` is an optional :class:`stitchframe.IdentifierCheck`,
+            ``check(identifier, options)``, that ``stitchframe validate`` runs
+            without building a model (a name list, a local file) and that
+            raises :class:`stitchframe.UnknownNameError` or
+            :class:`stitchframe.SpecError` for an identifier that cannot load.
 
     Returns:
         Nothing; the return value is ignored.
@@ -64,7 +73,8 @@ def stitchframe_register_anchor_adapters(register: Any) -> None:
         ```python
         @stitchframe.hookimpl
         def stitchframe_register_anchor_adapters(register):
-            register("toy", load_toy_anchor, options=ToyOptions)
+            register("toy", load_toy_anchor, options=ToyOptions,
+                     check_identifier="stitchframe_toy.names:check_toy_name")
         ```
 
     Added in 0.1.
@@ -72,14 +82,14 @@ def stitchframe_register_anchor_adapters(register: Any) -> None:
 
 
 @hookspec
-def stitchframe_register_stitch_layers(register: Any) -> None:
+def stitchframe_register_stitch_layers(register: Register) -> None:
     """Register stitching-layer types.
 
     Called once when the engine builds its registries.
 
     Args:
         register: Callback ``register(name, cls, *, options=None, aliases=(),
-            replace=False)``.  ``cls`` is a :class:`stitchframe.StitchLayer`
+            replace=False)`` (:class:`stitchframe.Register`).  ``cls`` is a :class:`stitchframe.StitchLayer`
             subclass constructed as ``cls(src, dst, options)`` from two
             :class:`stitchframe.ActivationSpec` objects; its classmethod
             ``supports(src, dst)`` returns ``None`` when it can bridge the pair
@@ -101,7 +111,7 @@ def stitchframe_register_stitch_layers(register: Any) -> None:
 
 
 @hookspec
-def stitchframe_register_stitch_spaces(register: Any) -> None:
+def stitchframe_register_stitch_spaces(register: Register) -> None:
     """Register stitch-space generators (which routes an SN-Net offers).
 
     Called once when the engine builds its registries.
@@ -110,11 +120,12 @@ def stitchframe_register_stitch_spaces(register: Any) -> None:
         register: Callback ``register(name, cls, *, options=None, aliases=(),
             replace=False)``.  ``cls`` is a :class:`stitchframe.StitchSpace`
             subclass constructed as ``cls(options)``; its method
-            ``routes(anchors, can_stitch)`` yields :class:`stitchframe.Route`
-            objects (see :mod:`stitchframe.stitch_spaces`).  A space that
-            chooses routes on data declares ``routes(anchors, can_stitch,
-            context=None)`` and receives a :class:`stitchframe.SpaceContext`
-            (probe inputs, a stitching-layer factory, the seed).
+            ``routes(anchors, can_stitch, context=None)`` yields
+            :class:`stitchframe.Route` objects (see :mod:`stitchframe.stitch_spaces`);
+            ``can_stitch`` is a :class:`stitchframe.CanStitch` and the engine
+            passes a :class:`stitchframe.SpaceContext` as ``context`` (probe
+            inputs, a stitching-layer factory, the seed) for spaces that
+            choose routes on data.
 
     Returns:
         Nothing; the return value is ignored.
@@ -131,15 +142,15 @@ def stitchframe_register_stitch_spaces(register: Any) -> None:
 
 
 @hookspec
-def stitchframe_register_datasets(register: Any) -> None:
+def stitchframe_register_datasets(register: Register) -> None:
     """Register datasets that specs can name under ``data.name``.
 
     Called once when the engine builds its registries.
 
     Args:
         register: Callback ``register(name, load, *, options=None, aliases=(),
-            replace=False)``.  ``load`` is a callable
-            ``load(options, preprocess) -> stitchframe.DatasetSplits`` where
+            replace=False)``.  ``load`` is a :class:`stitchframe.DatasetLoader`,
+            ``load(options, preprocess) -> stitchframe.DatasetSplits``, where
             ``preprocess`` is the :class:`stitchframe.Preprocess` the anchors
             agree on (input size, mean, std).
 

@@ -1,9 +1,9 @@
 """Build output folders: the hidden partial folder, its resume state, and the final swap.
 
 A build of ``out/`` is written into ``.out.partial/`` next to it and renamed
-into place only when everything succeeded (:func:`_swap`); the previous
+into place only when everything succeeded (:func:`swap`); the previous
 output is removed only after the rename, and a crash between the two renames
-is finished by :func:`_recover`.  The partial folder's ``build-state.json``
+is finished by :func:`recover`.  The partial folder's ``build-state.json``
 records how far the build got, so ``--resume`` can continue it.
 """
 
@@ -23,8 +23,10 @@ __all__ = ["MANIFEST", "partial_dir", "resume_key"]
 
 #: The manifest that marks a folder as a stitchframe build output.
 MANIFEST = "build.json"
-_STATE = "build-state.json"
-_STAGES = ("started", "calibrated", "trained")
+#: The partial folder's record of how far the build got.
+STATE_FILE = "build-state.json"
+#: The stages a build records, in order.
+STAGES = ("started", "calibrated", "trained")
 
 
 def partial_dir(output: Path) -> Path:
@@ -36,7 +38,7 @@ def _old_dir(output: Path) -> Path:
     return output.parent / f".{output.name}.old"
 
 
-def _recover(output: Path) -> None:
+def recover(output: Path) -> None:
     """Finish a swap a crash interrupted (between the two renames)."""
     old = _old_dir(output)
     if old.exists():
@@ -46,7 +48,8 @@ def _recover(output: Path) -> None:
             old.rename(output)
 
 
-def _check_output(output: Path, overwrite: bool) -> None:
+def check_output(output: Path, overwrite: bool) -> None:
+    """Refuse to replace an existing build without ``overwrite`` (or a folder that is not a build)."""
     if not output.exists():
         return
     if not output.is_dir():
@@ -80,12 +83,12 @@ def resume_key(spec: Spec) -> str:
 
 def _read_state(partial: Path) -> dict[str, Any]:
     """The partial build's state file, checked field by field."""
-    path = partial / _STATE
+    path = partial / STATE_FILE
     found = read_json(path) if path.is_file() else {}
     if not isinstance(found, dict):
         raise CheckpointError(f"{str(path)!r} holds a {type(found).__name__}, expected a JSON object; "
                               "rerun with --overwrite instead of --resume to start over")
-    checks = {"stage": lambda v: v in _STAGES, "train": lambda v: v is None or isinstance(v, dict),
+    checks = {"stage": lambda v: v in STAGES, "train": lambda v: v is None or isinstance(v, dict),
               "spec_hash": lambda v: isinstance(v, str), "resume_key": lambda v: isinstance(v, str)}
     for field, ok in checks.items():
         if field in found and not ok(found[field]):
@@ -94,7 +97,7 @@ def _read_state(partial: Path) -> dict[str, Any]:
     return found
 
 
-def _holds_work(partial: Path) -> bool:
+def holds_work(partial: Path) -> bool:
     """Whether an unfinished build has calibrated weights or checkpoints worth keeping (a corrupt state counts)."""
     try:
         stage = _read_state(partial).get("stage", "started")
@@ -104,7 +107,7 @@ def _holds_work(partial: Path) -> bool:
     return stage != "started" or (ckpt / "latest").exists() or any(ckpt.glob("step-*"))
 
 
-def _prepare_partial(output: Path, spec: Spec, resume: bool, overwrite: bool, main: bool,
+def prepare_partial(output: Path, spec: Spec, resume: bool, overwrite: bool, main: bool,
                      console) -> tuple[Path, dict[str, Any]]:
     """Create (or reuse, when resuming) the partial folder; returns it and its state (``stage``, ``train``).
 
@@ -125,7 +128,7 @@ def _prepare_partial(output: Path, spec: Spec, resume: bool, overwrite: bool, ma
         if console is not None:
             console.print(f"resuming the unfinished build in {partial} (stage: {state['stage']})")
     elif partial.exists() and main:
-        if _holds_work(partial):
+        if holds_work(partial):
             if not overwrite:
                 raise OutputExistsError(
                     f"{str(partial)!r} holds an unfinished build of {str(output)!r}; pass --resume (resume=True) "
@@ -136,13 +139,13 @@ def _prepare_partial(output: Path, spec: Spec, resume: bool, overwrite: bool, ma
         shutil.rmtree(partial)
     if main:
         (partial / "checkpoints").mkdir(parents=True, exist_ok=True)
-        write_json(partial / _STATE, state)
+        write_json(partial / STATE_FILE, state)
     return partial, state
 
 
-def _swap(partial: Path, output: Path) -> None:
+def swap(partial: Path, output: Path) -> None:
     """Move the finished build into place; the previous output is removed only after."""
-    (partial / _STATE).unlink(missing_ok=True)
+    (partial / STATE_FILE).unlink(missing_ok=True)
     for stale in [*partial.glob(".*.tmp"), *(partial / "checkpoints").glob(".*.tmp")]:  # writes a crash cut short
         if stale.is_dir():
             shutil.rmtree(stale)
@@ -156,7 +159,8 @@ def _swap(partial: Path, output: Path) -> None:
         shutil.rmtree(old)
 
 
-def _resolve_output(spec: Spec, output: str | Path | None) -> Path:
+def resolve_output(spec: Spec, output: str | Path | None) -> Path:
+    """The output folder: ``output``, else the spec's ``output``, as an absolute path."""
     if output is None:
         output = spec.output
     if output is None:

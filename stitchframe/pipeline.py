@@ -56,15 +56,15 @@ from .errors import BuildInterrupted, CheckpointError, SpecError
 from .evaluate import Evaluation, evaluate_routes, logits_of, state_fingerprint
 from .io import atomic_write, load_module_state, read_json, read_metadata, save_module, write_json
 from .outputs import (
-    _STAGES,
-    _STATE,
+    STAGES,
+    STATE_FILE,
     MANIFEST,
-    _check_output,
-    _holds_work,
-    _prepare_partial,
-    _recover,
-    _resolve_output,
-    _swap,
+    check_output,
+    holds_work,
+    prepare_partial,
+    recover,
+    resolve_output,
+    swap,
     partial_dir,
 )
 from .plugins import Registries, load_registries
@@ -365,20 +365,20 @@ def build(
         SpecError, UnknownNameError, PluginError, CheckpointError: As raised by the stages.
     """
     regs = registries if registries is not None else load_registries()
-    out = _resolve_output(spec, output)
+    out = resolve_output(spec, output)
     main = is_main_process()
     if not main:
         console = None  # under torchrun only rank 0 reports
     if main:
-        _recover(out)
-        _check_output(out, overwrite)
+        recover(out)
+        check_output(out, overwrite)
     if spec.data is None:
         raise SpecError("data: building needs a data section, e.g. data: {name: fashion_mnist}")
-    partial, state = _prepare_partial(out, spec, resume, overwrite, main, console)
+    partial, state = prepare_partial(out, spec, resume, overwrite, main, console)
     try:
         return _run(spec, regs, out, partial, state, resume, main, console)
     except BaseException:
-        if main and partial.exists() and not _holds_work(partial):
+        if main and partial.exists() and not holds_work(partial):
             shutil.rmtree(partial, ignore_errors=True)  # failed before any work worth resuming
         elif console is not None and main and partial.exists():
             console.print(f"build failed; the unfinished build stays in {partial} (rerun with --resume)",
@@ -416,7 +416,7 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
     _check_classes(snnet, splits.num_classes, _data_used(spec, splits)[0])
     timings["load"] = time.perf_counter() - t0
     weights = partial / WEIGHTS
-    if _STAGES.index(state["stage"]) >= 1 and weights.is_file():
+    if STAGES.index(state["stage"]) >= 1 and weights.is_file():
         load_module_state(snnet, weights, kind="snnet")
     else:
         t = time.perf_counter()
@@ -427,7 +427,7 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
         state["stage"] = "calibrated"
         if main:
             save_module(snnet, weights, kind="snnet", metadata={"spec_hash": spec_h, "stage": "calibrated"})
-            write_json(partial / _STATE, state)
+            write_json(partial / STATE_FILE, state)
     train_result = state.get("train")
     if state["stage"] != "trained":
         t = time.perf_counter()
@@ -442,7 +442,7 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
         state.update(stage="trained", train=train_result)
         if main:
             save_module(snnet, weights, kind="snnet", metadata={"spec_hash": spec_h, "stage": "trained"})
-            write_json(partial / _STATE, state)
+            write_json(partial / STATE_FILE, state)
     if not main:
         return BuildResult(output=out, snnet=snnet, evaluation=None, summary=None, train_result=train_result,
                            data=splits.description)
@@ -451,7 +451,7 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
     timings["evaluate"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     summary = _write_outputs(partial, snnet, spec, splits, preprocess, evaluation, train_result, timings)
-    _swap(partial, out)
+    swap(partial, out)
     if console is not None:
         console.print(route_table(snnet.routes, title=f"{len(snnet.routes)} routes ({splits.description})"))
         console.print(f"On {_data_used(spec, splits)[1]}: {summary_sentence(summary)}")

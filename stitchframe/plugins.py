@@ -29,6 +29,8 @@ __all__ = [
     "get_plugin_manager",
     "import_plugin",
     "load_registries",
+    "KNOWN_PREFIXES",
+    "prefix_provider",
 ]
 
 ENTRY_POINT_GROUP = "stitchframe"
@@ -47,6 +49,16 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
 _BUILTIN_HOOKS = {
     "stitchframe.stitch_layers": "stitchframe.builtins:StitchLayerHooks",
     "stitchframe.datasets": "stitchframe.builtins:DatasetHooks",
+}
+
+#: Anchor source prefixes of known plugins: prefix -> (distribution, how to install it).  Named in the
+#: error for a source whose prefix no installed plugin registers.
+KNOWN_PREFIXES: dict[str, tuple[str, str]] = {
+    "timm": ("stitchframe-timm", "pip install -e plugins/timm"),
+    "hf": ("stitchframe-transformers", "pip install -e plugins/transformers"),
+    "hf-config": ("stitchframe-transformers", "pip install -e plugins/transformers"),
+    "learngene": ("stitchframe-learngene", "pip install -e plugins/learngene"),
+    "torchvision": ("stitchframe-torchvision", "pip install -e docs/examples/stitchframe-torchvision"),
 }
 
 _REGISTER_HOOKS = {
@@ -90,10 +102,18 @@ class PluginManager(pluggy.PluginManager):
         closest real hook.
         """
         name = name or getattr(plugin, "__name__", None) or repr(plugin)
+        if self.is_registered(plugin):
+            raise PluginError(f"Plugin {name!r} is already registered as {self.get_name(plugin)!r} (the same object); "
+                              "load it once (an installed plugin needs no --plugin or STITCHFRAME_PLUGINS)")
+        if self.has_plugin(name):
+            taken = self.get_plugin(name)
+            where = getattr(taken, "__name__", type(taken).__name__)
+            raise PluginError(f"Plugin name {name!r} is taken by {where!r}; two plugins cannot share a name "
+                              "(rename one entry point, or uninstall the duplicate)")
         try:
             self.register(plugin, name=name)
-        except ValueError as exc:  # pluggy: name or object registered twice
-            raise PluginError(f"Plugin {name!r} could not be registered: {exc}") from exc
+        except ValueError as exc:  # pluggy's own checks, first line only (the rest lists every plugin)
+            raise PluginError(f"Plugin {name!r} could not be registered: {str(exc).splitlines()[0]}") from exc
         except pluggy.PluginValidationError as exc:
             raise PluginError(f"Plugin {name!r} is invalid: {exc}") from exc
         known = set(_hook_names())
@@ -199,6 +219,8 @@ def get_plugin_manager(
             continue
         try:
             plugin = import_plugin(obj) if isinstance(obj, str) else obj
+            if isinstance(obj, str) and pm.is_registered(plugin):
+                continue  # --plugin naming an installed plugin's module: it is loaded already
             pm.register_plugin(plugin, name=name)
         except PluginError as exc:
             if not isinstance(obj, str):
@@ -327,13 +349,17 @@ def load_registries(pm: PluginManager | None = None) -> Registries:
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
             plugin = impl.plugin_name
 
-            def register(name, obj, *, options=None, aliases=(), replace=False, _plugin=plugin, _reg=registry,
-                         _attr=attr):
+            def register(name, obj, *, options=None, aliases=(), replace=False, check_identifier=None,
+                         _plugin=plugin, _reg=registry, _attr=attr):
                 expected = None if isinstance(obj, str) else _wrong_kind(_attr, obj)  # str: checked when imported
                 if expected is not None:
                     raise PluginError(f"Plugin {_plugin!r} registered {_reg.kind} {name!r} as {_what(obj)}; "
                                       f"it must be {expected}")
-                return _reg.register(name, obj, options=options, aliases=aliases, plugin=_plugin, replace=replace)
+                if check_identifier is not None and _attr != "anchor_adapters":
+                    raise PluginError(f"Plugin {_plugin!r} registered {_reg.kind} {name!r} with check_identifier; "
+                                      "only anchor adapters take one")
+                return _reg.register(name, obj, options=options, aliases=aliases, plugin=_plugin, replace=replace,
+                                     check_identifier=check_identifier)
 
             try:
                 kwargs = {"register": register}
@@ -369,17 +395,26 @@ def _what(obj: Any) -> str:
     return text if isinstance(obj, type) else f"{type(obj).__name__} {text}"
 
 
+def prefix_provider(prefix: str | None) -> str:
+    """``" The stitchframe-timm plugin provides prefix 'timm' (pip install ...)."`` for a known prefix, else ``""``."""
+    known = KNOWN_PREFIXES.get(prefix or "")
+    if known is None:
+        return ""
+    dist, install = known
+    return f" The {dist} plugin provides prefix {prefix!r}; install it ({install}) or load it with --plugin."
+
+
 def unknown_source_error(source: str, regs: Registries, where: str = "") -> UnknownNameError:
-    """Error for an anchor source no adapter or resolver claims."""
+    """Error for an anchor source no adapter or resolver claims (naming the plugin that provides a known prefix)."""
     at = f" at {where}" if where else ""
     prefixes = regs.anchor_adapters.names()
     prefix = source.split(":", 1)[0] if ":" in source else None
     if prefix is None:
         what = f"Anchor source {source!r}{at} has no 'prefix:'"
     else:
-        hint = did_you_mean(prefix, prefixes).strip()
+        hint = did_you_mean(prefix, prefixes).strip() if prefix not in KNOWN_PREFIXES else ""
         what = f"Unknown anchor prefix {prefix!r} in source {source!r}{at}" + (f"; {hint}" if hint else "")
     return UnknownNameError(
-        f"{what}. Write it as 'prefix:identifier' with a registered prefix: "
+        f"{what}.{prefix_provider(prefix)} Write it as 'prefix:identifier' with a registered prefix: "
         f"{', '.join(prefixes) or '(none: install a plugin such as stitchframe-timm)'}.{regs.broken_note()}"
     )

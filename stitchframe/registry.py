@@ -15,14 +15,19 @@ from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Callable, Iterator
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import attrs
 
 from .errors import PluginError, UnknownNameError, did_you_mean
 
-__all__ = ["Entry", "Registry", "NoOptions"]
+if TYPE_CHECKING:
+    from .anchors import Anchor, Preprocess
+    from .datasets import DatasetSplits
+    from .plugins import Registries
+
+__all__ = ["Entry", "Registry", "NoOptions", "Register", "AnchorLoader", "DatasetLoader", "IdentifierCheck"]
 
 T = TypeVar("T")
 
@@ -40,6 +45,82 @@ class NoOptions:
     """Options class for registered objects that take no options."""
 
 
+class IdentifierCheck(Protocol):
+    """``check(identifier, options)``: a cheap check of an anchor source, run by ``stitchframe validate``.
+
+    Registered with an anchor adapter (``register(prefix, load, ...,
+    check_identifier=check)``).  It must not build a model, download or
+    import torch: it looks the identifier up (a model name list, a local
+    file) and raises :class:`~stitchframe.UnknownNameError` or
+    :class:`~stitchframe.SpecError` with a one-line message when the
+    identifier cannot work; it returns ``None`` when it can (or when it cannot
+    tell without the network).  The engine adds where in the spec it was.
+    """
+
+    def __call__(self, identifier: str, options: Any) -> None: ...
+
+
+class AnchorLoader(Protocol):
+    """``load(identifier, options, registries)``: an adapter's loader, returning a :class:`~stitchframe.Anchor`.
+
+    ``identifier`` is the source after ``prefix:``; ``options`` an instance of
+    the adapter's options class; ``registries`` the engine's
+    :class:`~stitchframe.Registries`, for an adapter built on other sources
+    (``stitchframe.load_anchor(source, registries)``).  A loader that does not
+    need them declares ``registries=None``.
+    """
+
+    def __call__(self, identifier: str, options: Any, registries: Registries) -> Anchor: ...
+
+
+class DatasetLoader(Protocol):
+    """``load(options, preprocess)``: a dataset's loader, returning :class:`~stitchframe.DatasetSplits`.
+
+    ``preprocess`` is the :class:`~stitchframe.Preprocess` the anchors agree on
+    (input size, mean, std).
+    """
+
+    def __call__(self, options: Any, preprocess: Preprocess) -> DatasetSplits: ...
+
+
+class Register(Protocol):
+    """The ``register`` callback every ``stitchframe_register_*`` hook receives.
+
+    ``register(name, obj, *, options=None, aliases=(), replace=False,
+    check_identifier=None)`` records ``obj`` under ``name`` with the calling
+    plugin as its origin and returns the :class:`Entry`; see :meth:`__call__`.
+    """
+
+    def __call__(self, name: str, obj: Any, *, options: type | None = None, aliases: Sequence[str] = (),
+                 replace: bool = False, check_identifier: IdentifierCheck | str | None = None) -> Entry:
+        """Register ``obj`` under ``name``.
+
+        Args:
+            name: Lowercase snake_case (anchor prefixes may contain ``-``), unique
+                across all plugins.
+            obj: What the hook registers: an :class:`AnchorLoader`, a
+                :class:`~stitchframe.StitchLayer` subclass, a
+                :class:`~stitchframe.StitchSpace` subclass or a
+                :class:`DatasetLoader`; or a lazy reference
+                ``"package.module:attribute"`` to one, imported on first use.
+            options: The attrs class of its options (default ``obj.Options``,
+                else :class:`NoOptions`); give it with a lazy reference, so
+                registering imports nothing.
+            aliases: Other names for the same entry.
+            replace: Override an entry another plugin registered, deliberately.
+            check_identifier: Anchor adapters only: an :class:`IdentifierCheck`
+                (or a lazy reference to one) that ``stitchframe validate`` runs on
+                every source with this prefix.
+
+        Returns:
+            The new entry.
+
+        Raises:
+            PluginError: A malformed or taken name, an ``obj`` of the wrong kind,
+                or ``check_identifier`` given to another registry.
+        """
+
+
 @attrs.frozen(kw_only=True)
 class Entry(Generic[T]):
     """One registered object.
@@ -55,6 +136,9 @@ class Entry(Generic[T]):
         kind: What the registry holds (``"stitch layer"``), for messages.
         check: ``check(obj)`` returns what ``obj`` should have been, or
             ``None`` when it fits; lazy references are checked when imported.
+        check_identifier: Anchor adapters: the :class:`IdentifierCheck` that
+            ``stitchframe validate`` runs (``None``: identifiers are not
+            checked before loading); a lazy reference is imported on first use.
     """
 
     name: str
@@ -65,6 +149,14 @@ class Entry(Generic[T]):
     _doc: str = attrs.field(default="", alias="doc")
     kind: str = attrs.field(default="object", eq=False, repr=False)
     check: Callable[[Any], str | None] | None = attrs.field(default=None, eq=False, repr=False)
+    _check_identifier: Any = attrs.field(default=None, eq=False, repr=False, alias="check_identifier")
+
+    @property
+    def check_identifier(self) -> IdentifierCheck | None:
+        """The identifier check (a lazy reference is imported now), or ``None``."""
+        if isinstance(self._check_identifier, str):
+            object.__setattr__(self, "_check_identifier", self._resolve(self._check_identifier, kind_check=False))
+        return self._check_identifier
 
     @property
     def lazy(self) -> bool:
@@ -84,7 +176,7 @@ class Entry(Generic[T]):
             object.__setattr__(self, "_doc", _first_doc_line(self.obj))
         return self._doc
 
-    def _resolve(self, ref: str) -> Any:
+    def _resolve(self, ref: str, *, kind_check: bool = True) -> Any:
         modname, _, attr = ref.partition(":")
         try:
             obj = importlib.import_module(modname)
@@ -95,7 +187,10 @@ class Entry(Generic[T]):
                 f"Plugin {self.plugin!r} registered {self.kind} {self.name!r} as {ref!r}, which cannot be imported: "
                 f"{type(exc).__name__}: {exc}. Reinstall the plugin or fix the reference ('package.module:attribute')"
             ) from exc
-        expected = self.check(obj) if self.check is not None else None
+        if not kind_check:
+            expected = None if callable(obj) else "a callable"
+        else:
+            expected = self.check(obj) if self.check is not None else None
         if expected is not None:
             raise PluginError(f"Plugin {self.plugin!r} registered {self.kind} {self.name!r} as {ref!r}, "
                               f"a {type(obj).__name__}; it must be {expected}")
@@ -142,6 +237,7 @@ class Registry(Generic[T]):
         aliases: tuple[str, ...] | list[str] = (),
         plugin: str = "?",
         replace: bool = False,
+        check_identifier: IdentifierCheck | str | None = None,
     ) -> Entry[T]:
         """Register ``obj`` under ``name``.
 
@@ -157,6 +253,8 @@ class Registry(Generic[T]):
             plugin: Name of the registering plugin (filled in by the plugin
                 manager's callback).
             replace: Deliberately override an existing entry.
+            check_identifier: An :class:`IdentifierCheck` or a lazy reference
+                to one (anchor adapters).
 
         Returns:
             The new entry.
@@ -169,9 +267,13 @@ class Registry(Generic[T]):
             if not isinstance(n, str) or not self.name_pattern.match(n):
                 rule = _RULES.get(self.name_pattern, f"match {self.name_pattern.pattern}")
                 raise PluginError(f"Plugin {plugin!r} registered {self.kind} name {n!r}; names must be {rule}.")
-        if isinstance(obj, str) and not _lazy_reference(obj):
-            raise PluginError(f"Plugin {plugin!r} registered {self.kind} {name!r} as the string {obj!r}; a lazy "
-                              "reference is written 'package.module:attribute'")
+        for what, value in (("", obj), (" check_identifier", check_identifier)):
+            if isinstance(value, str) and not _lazy_reference(value):
+                raise PluginError(f"Plugin {plugin!r} registered {self.kind} {name!r}{what} as the string {value!r}; "
+                                  "a lazy reference is written 'package.module:attribute'")
+        if check_identifier is not None and not isinstance(check_identifier, str) and not callable(check_identifier):
+            raise PluginError(f"Plugin {plugin!r} registered {self.kind} {name!r} with check_identifier="
+                              f"{check_identifier!r}; it must be a callable check(identifier, options)")
         if options is None and isinstance(obj, str):
             obj = Entry(name=name, obj=obj, plugin=plugin, kind=self.kind, check=self.check).obj
         if options is None:
@@ -202,6 +304,7 @@ class Registry(Generic[T]):
             aliases=tuple(aliases),
             kind=self.kind,
             check=self.check,
+            check_identifier=check_identifier,
         )
         self._entries[name] = entry
         for a in aliases:

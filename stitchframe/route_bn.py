@@ -249,7 +249,7 @@ def plain_batchnorm(module: nn.Module, route: int) -> None:
             bn.running_mean.copy_(bn.route_mean[row])
             bn.running_var.copy_(bn.route_var[row])
         for name in ("route_rows", "route_mean", "route_var"):
-            del bn._buffers[name]
+            delattr(bn, name)  # nn.Module drops the buffer
         for name in ("_route_bn_state", "_rows", "_owner", "_sums", "_loaded_row", "_skip_row0"):
             bn.__dict__.pop(name, None)
         bn.__class__ = next(c for c in type(bn).__mro__[1:] if not issubclass(c, _RouteBNMixin))

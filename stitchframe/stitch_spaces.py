@@ -1,20 +1,18 @@
 """Stitch spaces: generators of the routes an SN-Net offers.
 
 A stitch space is constructed as ``cls(options)`` and asked for routes with
-``space.routes(anchors, can_stitch)``:
+``space.routes(anchors, can_stitch, context=context)``:
 
 * ``anchors`` - the loaded :class:`~stitchframe.Anchor` objects in spec
   order (each has ``name``, ``depth`` and ``graph``);
 * ``can_stitch(src, src_pos, dst, dst_pos)`` - true when the chosen stitching
   layer can bridge those two cut points (the space should skip pairs it
-  cannot).
-
-A space that chooses routes by running the anchors (DeRy-style reassembly
-ranks candidates on data) declares a third parameter, ``context``; the engine
-then passes a :class:`SpaceContext` with probe inputs, a factory of the
-stitching layers it will build, the seed and the final-norm policy.  Spaces
-whose ``routes`` takes no ``context`` are called with two arguments, as
-before (see :func:`space_routes`).
+  cannot);
+* ``context`` - a :class:`SpaceContext`: probe inputs, a factory of the
+  stitching layers the engine will build, the seed and the final-norm policy,
+  for spaces that choose routes by running the anchors (DeRy-style
+  reassembly ranks candidates on data).  Spaces that do not need it ignore
+  it; declare it ``context=None`` so the space can also be called directly.
 
 Built-ins (this module is also the plugin that registers them):
 
@@ -28,11 +26,10 @@ Built-ins (this module is also the plugin that registers them):
 
 from __future__ import annotations
 
-import inspect
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from itertools import combinations
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 
@@ -57,18 +54,28 @@ __all__ = [
     "paired_windows",
 ]
 
-CanStitch = Callable[[str, int, str, int], bool]
-#: ``make_stitch(src, src_pos, dst, dst_pos)``: a fresh stitching layer, or ``None`` when none fits.
-MakeStitch = Callable[[str, int, str, int], Any]
+class CanStitch(Protocol):
+    """``can_stitch(src, src_pos, dst, dst_pos)``: whether the chosen stitching layer can bridge two cut points.
+
+    ``src`` and ``dst`` are anchor names; the positions are cut points
+    (``0`` after the stem, ``depth`` after the last block).
+    """
+
+    def __call__(self, src: str, src_pos: int, dst: str, dst_pos: int) -> bool: ...
+
+
+class MakeStitch(Protocol):
+    """``make_stitch(src, src_pos, dst, dst_pos)``: a fresh stitching layer for a stitch, or ``None`` when none fits."""
+
+    def __call__(self, src: str, src_pos: int, dst: str, dst_pos: int) -> Any: ...
 
 
 @attrs.define(kw_only=True)
 class SpaceContext:
     """What the engine offers a stitch space besides the anchors and ``can_stitch``.
 
-    Passed as ``routes(anchors, can_stitch, context=...)`` to spaces whose
-    ``routes`` declares a ``context`` parameter.  Built by
-    :func:`stitchframe.build_snnet` (and :func:`stitchframe.assemble`).
+    Passed to every space as ``routes(anchors, can_stitch, context=...)``.
+    Built by :func:`stitchframe.build_snnet` (and :func:`stitchframe.assemble`).
 
     Attributes:
         probe: Probe inputs for spaces that run the anchors to choose routes:
@@ -117,35 +124,27 @@ class StitchSpace:
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()
 
-    def routes(self, anchors: Sequence[Any], can_stitch: CanStitch) -> Iterable[Route]:
+    def routes(self, anchors: Sequence[Any], can_stitch: CanStitch,
+               context: SpaceContext | None = None) -> Iterable[Route]:
         """Yield the routes of this space.
 
-        Subclasses that need probe data, a stitching-layer factory or the seed
-        declare a third parameter ``context`` (a :class:`SpaceContext`; give it
-        a default of ``None`` so the space can be called directly).
+        Args:
+            anchors: The anchors, in spec order.
+            can_stitch: Whether the stitching layer can bridge two cut points.
+            context: Probe data, a stitching-layer factory, the seed (the
+                engine always passes one; ``None`` when called directly).
         """
         raise NotImplementedError
-
-
-def _takes_context(routes: Callable[..., Any]) -> bool:
-    try:
-        params = inspect.signature(routes).parameters
-    except (TypeError, ValueError):  # builtins without a signature
-        return False
-    return "context" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def space_routes(
     space: StitchSpace, anchors: Sequence[Any], can_stitch: CanStitch, context: SpaceContext | None = None
 ) -> list[Route]:
-    """Call ``space.routes``, passing ``context`` only to spaces that declare it.
+    """The routes of ``space``: ``space.routes(anchors, can_stitch, context=context)`` as a list.
 
-    This is how the engine (and :func:`stitchframe.testing.check_stitch_space`)
-    runs a space, so spaces written before ``context`` existed keep working.
+    This is how the engine (and :func:`stitchframe.testing.check_stitch_space`) runs a space.
     """
-    if context is not None and _takes_context(space.routes):
-        return list(space.routes(list(anchors), can_stitch, context=context))
-    return list(space.routes(list(anchors), can_stitch))
+    return list(space.routes(list(anchors), can_stitch, context=context))
 
 
 def by_flops(anchors: Sequence[Any]) -> list[Any]:
@@ -202,7 +201,7 @@ def _check_stride(stride: int, limit: int, front: Any) -> None:
 class AnchorsSpace(StitchSpace):
     """Every anchor alone: no stitching (a baseline, or an ensemble to switch between)."""
 
-    def routes(self, anchors, can_stitch):
+    def routes(self, anchors, can_stitch, context=None):
         for a in anchors:
             yield Route([Segment(a.name, 0, a.depth)], meta={"kind": "anchor"})
 
@@ -278,7 +277,7 @@ class SNNetSpace(StitchSpace):
             _warn_no_stitch(front, end)
         return out
 
-    def routes(self, anchors, can_stitch):
+    def routes(self, anchors, can_stitch, context=None):
         o = self.options
         ordered = by_flops(anchors)
         if o.include_anchors:
@@ -357,7 +356,7 @@ class SNNet2Space(StitchSpace):
             _warn_no_stitch(front, end)
         return out
 
-    def routes(self, anchors, can_stitch):
+    def routes(self, anchors, can_stitch, context=None):
         o = self.options
         ordered = by_flops(anchors)
         if o.include_anchors:

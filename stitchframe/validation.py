@@ -2,14 +2,17 @@
 
 This module imports no torch: plugins register lazy references and torch-free
 options classes, so validating a spec costs the time to read it and to load
-the plugins' registrations.
+the plugins' registrations.  Anchor identifiers are checked by the adapter's
+``check_identifier`` (:class:`stitchframe.IdentifierCheck`), when it
+registered one: a name list or a file lookup, no model is built.
 """
 
 from __future__ import annotations
 
-from .plugins import Registries, load_registries, unknown_source_error
+from .errors import plugin_call
+from .plugins import Registries, load_registries, prefix_provider, unknown_source_error
 from .registry import Entry
-from .spec import Spec, structure_options
+from .spec import AnchorSpec, Spec, structure_options
 
 __all__ = ["validate_spec", "AUTO_LAYER"]
 
@@ -31,6 +34,24 @@ def adapter_for(source: str, regs: Registries) -> tuple[Entry | None, str]:
     return None, source
 
 
+def check_anchor_identifier(entry: Entry, anchor: AnchorSpec, where: str) -> None:
+    """Structure an anchor's options and run its adapter's identifier check (if any) on its source.
+
+    Raises:
+        SpecError, UnknownNameError: Bad options or an identifier the adapter
+            says cannot load, with ``where`` and the source in the message.
+        PluginError: The check itself failed (a bug in the plugin).
+    """
+    options = structure_options(entry.options, anchor.options, f"{where}.options")
+    check = entry.check_identifier
+    if check is None:
+        return
+    identifier = anchor.source.split(":", 1)[1]
+    with plugin_call(f"{where} ({anchor.source!r})", (where,),
+                     f"Plugin {entry.plugin!r} failed to check anchor source {anchor.source!r} at {where}"):
+        check(identifier, options)
+
+
 def validate_spec(spec: Spec, registries: Registries | None = None) -> list[str]:
     """Check names and plugin options of a spec without loading any model.
 
@@ -47,9 +68,11 @@ def validate_spec(spec: Spec, registries: Registries | None = None) -> list[str]
         if entry is None:
             if regs.pm is None or not regs.pm.hook.stitchframe_resolve_anchor.get_hookimpls():
                 raise unknown_source_error(a.source, regs, f"anchors[{i}].source")
-            notes.append(f"anchors[{i}]: {a.source!r} is left to the stitchframe_resolve_anchor hook")
+            prefix = a.source.split(":", 1)[0] if ":" in a.source else None
+            notes.append(f"anchors[{i}]: {a.source!r} is left to the stitchframe_resolve_anchor hook "
+                         f"(no installed plugin registers its prefix).{prefix_provider(prefix)}")
         else:
-            structure_options(entry.options, a.options, f"anchors[{i}].options")
+            check_anchor_identifier(entry, a, f"anchors[{i}]")
     space = regs.stitch_spaces.get(spec.stitch.space, where="stitch.space")
     structure_options(space.options, spec.stitch.space_options, "stitch.space_options")
     if spec.stitch.layer != AUTO_LAYER:

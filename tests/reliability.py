@@ -75,14 +75,14 @@ def load_signal_synthetic(options: SyntheticOptions, preprocess) -> stitchframe.
 class EmptySpace(StitchSpace):
     """Yields nothing."""
 
-    def routes(self, anchors, can_stitch):
+    def routes(self, anchors, can_stitch, context=None):
         return iter(())
 
 
 class ForcedSpace(StitchSpace):
     """One stitched route, first anchor's block 0 into the second anchor's block 1, unchecked."""
 
-    def routes(self, anchors, can_stitch):
+    def routes(self, anchors, can_stitch, context=None):
         a, b = anchors[0], anchors[1]
         yield Route([Segment(a.name, 0, 1), Segment(b.name, 1, b.depth)])
 
@@ -169,4 +169,4 @@ class WrongTypePlugin:
     @staticmethod
     @stitchframe.hookimpl
     def stitchframe_register_anchor_adapters(register):
-        register("wrongtype", lambda identifier, options: f"model {identifier}")
+        register("wrongtype", lambda identifier, options, registries: f"model {identifier}")

@@ -34,6 +34,7 @@ def test_user_text_is_printed_literally(tmp_path, capsys):
     assert cli.main(["validate", str(path)]) == 2
     err = capsys.readouterr().err
     assert f"{source!r}" in err and "\N{PACKAGE}" not in err and "[bold]spec.yaml" in err
+    assert "The stitchframe-transformers plugin provides prefix 'hf'" in err
 
 
 def test_notes_print_user_text_literally(tmp_path, monkeypatch, capsys):

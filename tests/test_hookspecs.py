@@ -50,7 +50,7 @@ def mlp_anchor(model: nn.Sequential, name: str) -> stitchframe.Anchor:
     )
 
 
-def load_mlp(identifier: str, options: MLPOptions) -> stitchframe.Anchor:
+def load_mlp(identifier: str, options: MLPOptions, registries=None) -> stitchframe.Anchor:
     """``mlp:<width>``, e.g. ``mlp:64``."""
     torch.manual_seed(options.seed)
     width = int(identifier)
@@ -126,7 +126,7 @@ def test_hook_stitchframe_register_stitch_layers(pm, vit_family):
 class HalfwaySpace(stitchframe.StitchSpace):
     """Each anchor alone, plus every ordered pair of anchors joined halfway."""
 
-    def routes(self, anchors, can_stitch):
+    def routes(self, anchors, can_stitch, context=None):
         for a in anchors:
             yield stitchframe.Route.chain((a.name, 0, a.depth))
         for a in anchors:

@@ -49,7 +49,7 @@ class ScaledStitch(StitchLayer):
 class FirstHalfSpace(StitchSpace):
     """One route per pair: the first anchor's first half, then the second's second half."""
 
-    def routes(self, anchors, can_stitch):
+    def routes(self, anchors, can_stitch, context=None):
         a, b = anchors[0], anchors[1]
         yield Route.chain((a.name, 0, a.depth), meta={"kind": "anchor"})
         p = a.depth // 2
@@ -61,7 +61,7 @@ class ThirdParty:
     @staticmethod
     @stitchframe.hookimpl
     def stitchframe_register_anchor_adapters(register):
-        register("toyvit", lambda ident, opts: tiny.vit_anchor(tiny.tiny_vit(int(ident)), f"toy{ident}"))
+        register("toyvit", lambda ident, opts, regs: tiny.vit_anchor(tiny.tiny_vit(int(ident)), f"toy{ident}"))
 
     @staticmethod
     @stitchframe.hookimpl
@@ -157,6 +157,102 @@ def test_misspelled_hook_is_an_error_naming_the_plugin(pm):
     assert not pm.has_plugin("typo")
 
 
+def test_a_plugin_registered_twice_gets_a_one_line_message(pm):
+    """Not pluggy's whole name -> module table; loading an installed module again by reference is skipped."""
+    pm.register_plugin(ThirdParty, name="thirdparty")
+    with pytest.raises(PluginError) as same:
+        pm.register_plugin(ThirdParty, name="again")
+    assert str(same.value).startswith("Plugin 'again' is already registered as 'thirdparty'")
+    with pytest.raises(PluginError) as taken:
+        pm.register_plugin(FirstHalfSpace, name="thirdparty")
+    for message in (str(same.value), str(taken.value)):
+        assert "\n" not in message and "{" not in message and "stitchframe.stitch_layers" not in message
+    twice = get_plugin_manager(load_entrypoints=False, plugins=["tests.tiny:TinyPlugin", "tests.tiny:TinyPlugin"])
+    assert not twice.problems
+
+
+def _check_toy(identifier, options):
+    """The toy adapter's identifier check: digits only."""
+    if not identifier.isdigit():
+        raise UnknownNameError(f"Unknown toy size {identifier!r}; write toyvit:<digits>")
+
+
+class CheckedAdapter:
+    @staticmethod
+    @stitchframe.hookimpl
+    def stitchframe_register_anchor_adapters(register):
+        register("toyvit", lambda ident, opts, regs: tiny.vit_anchor(tiny.tiny_vit(int(ident)), f"toy{ident}"),
+                 check_identifier=_check_toy)
+        register("lazytoy", "tests.tiny:load_tiny", options=tiny.TinyOptions,
+                 check_identifier="tests.test_plugins:_check_toy")
+        register("buggy", "tests.tiny:load_tiny", options=tiny.TinyOptions, check_identifier=lambda i, o: 1 / 0)
+
+
+def _spec(*sources):
+    return stitchframe.parse_spec({"anchors": list(sources), "stitch": {"space": "snnet"}})
+
+
+def test_validate_runs_the_adapters_identifier_check(pm):
+    """check_identifier runs at validate, without loading a model; its errors carry the spec path."""
+    pm.register_plugin(CheckedAdapter, name="checked")
+    regs = load_registries(pm)
+    assert not regs.problems
+    assert stitchframe.validate_spec(_spec("toyvit:32", "lazytoy:7"), regs) == []
+    assert regs.anchor_adapters.get("lazytoy").check_identifier is _check_toy  # the lazy reference, imported
+    with pytest.raises(UnknownNameError, match=r"^anchors\[1\] \('toyvit:big'\): Unknown toy size 'big'"):
+        stitchframe.validate_spec(_spec("toyvit:32", "toyvit:big"), regs)
+    with pytest.raises(UnknownNameError, match=r"anchors\[0\] \('lazytoy:x'\): Unknown toy size 'x'"):
+        stitchframe.validate_spec(_spec("lazytoy:x"), regs)
+    with pytest.raises(PluginError, match="Plugin 'checked' failed to check anchor source 'buggy:1' at anchors.0.: "
+                                          "ZeroDivisionError"):
+        stitchframe.validate_spec(_spec("buggy:1"), regs)
+
+
+def test_check_identifier_is_for_anchor_adapters_only(pm):
+    class Misplaced:
+        @staticmethod
+        @stitchframe.hookimpl
+        def stitchframe_register_stitch_layers(register):
+            register("scaled", ScaledStitch, check_identifier=_check_toy)
+
+    pm.register_plugin(Misplaced, name="misplaced")
+    (problem,) = load_registries(pm).problems
+    assert "with check_identifier; only anchor adapters take one" in problem.message
+
+
+def test_an_unknown_prefix_names_the_plugin_that_provides_it(pm):
+    """hf: without stitchframe-transformers: the error says which plugin to install, not a close match."""
+    regs = load_registries(pm)
+    with pytest.raises(UnknownNameError) as info:
+        stitchframe.validate_spec(_spec("hf:bert-base-uncased"), regs)
+    msg = str(info.value)
+    assert "Unknown anchor prefix 'hf' in source 'hf:bert-base-uncased' at anchors[0].source." in msg
+    assert "The stitchframe-transformers plugin provides prefix 'hf'; install it (pip install -e plugins/transformers)" \
+        in msg
+    with pytest.raises(UnknownNameError, match="stitchframe-timm plugin provides prefix 'timm'"):
+        stitchframe.validate_spec(_spec("timm:resnet18"), regs)
+    with pytest.raises(UnknownNameError) as other:
+        stitchframe.validate_spec(_spec("nosuch:x"), regs)
+    assert "plugin provides" not in str(other.value)
+
+
+def test_known_prefixes_are_what_the_in_tree_plugins_register():
+    """The table behind those errors agrees with the plugins that are installed here."""
+    import importlib.util
+
+    from stitchframe.plugins import KNOWN_PREFIXES
+
+    pm = get_plugin_manager()
+    regs = load_registries(pm)
+    for prefix, (dist, _install) in KNOWN_PREFIXES.items():
+        module = dist.replace("-", "_")
+        if importlib.util.find_spec(module) is None:
+            continue
+        assert prefix in regs.anchor_adapters, (prefix, dist)
+        plugin = pm.get_plugin(regs.anchor_adapters.get(prefix).plugin)
+        assert getattr(plugin, "__name__", "").split(".")[0] == module, (prefix, dist)
+
+
 def test_explicit_plugins_by_reference(monkeypatch):
     pm = get_plugin_manager(load_entrypoints=False, plugins=["tests.tiny:TinyPlugin"])
     assert "tiny" in load_registries(pm).anchor_adapters
@@ -204,8 +300,8 @@ def test_adapter_returning_wrong_type_or_raising(pm):
         @staticmethod
         @stitchframe.hookimpl
         def stitchframe_register_anchor_adapters(register):
-            register("notanchor", lambda ident, opts: nn.Linear(2, 2))
-            register("raises", lambda ident, opts: 1 / 0)
+            register("notanchor", lambda ident, opts, regs: nn.Linear(2, 2))
+            register("raises", lambda ident, opts, regs: 1 / 0)
 
     pm.register_plugin(Bad, name="bad")
     regs = load_registries(pm)
@@ -234,7 +330,7 @@ def test_resolve_anchor_hook_claims_unprefixed_sources(pm):
 
 def test_space_yielding_non_routes_and_layer_that_cannot_bridge(pm, vit_family, cnn_family):
     class BadSpace(StitchSpace):
-        def routes(self, anchors, can_stitch):
+        def routes(self, anchors, can_stitch, context=None):
             yield "not a route"
 
     class P:
@@ -250,7 +346,7 @@ def test_space_yielding_non_routes_and_layer_that_cannot_bridge(pm, vit_family, 
     mixed = [vit_family[0], cnn_family[1]]
 
     class Forced(StitchSpace):
-        def routes(self, anchors, can_stitch):
+        def routes(self, anchors, can_stitch, context=None):
             yield Route.chain(("vit32", 0, 2), ("cnn16", 1, 3))
 
     regs.stitch_spaces.register("forced", Forced, plugin="test")

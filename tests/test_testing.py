@@ -212,7 +212,7 @@ def _two_segment(anchors, p):
 class _Asks(StitchSpace):
     """Asks can_stitch, then does what a subclass's bug says."""
 
-    def routes(self, anchors, can_stitch):
+    def routes(self, anchors, can_stitch, context=None):
         a, b = anchors[0], anchors[-1]
         yield Route.chain((b.name, 0, b.depth))
         for p in range(1, min(a.depth, b.depth)):
@@ -229,12 +229,12 @@ class _IgnoresAnswer(_Asks):
 
 
 class _NeverAsks(StitchSpace):
-    def routes(self, anchors, can_stitch):
+    def routes(self, anchors, can_stitch, context=None):
         yield _two_segment(anchors, 1)
 
 
 class _Twice(_Asks):
-    def routes(self, anchors, can_stitch):
+    def routes(self, anchors, can_stitch, context=None):
         routes = list(super().routes(anchors, can_stitch))
         return routes + routes[:1]
 
@@ -242,29 +242,29 @@ class _Twice(_Asks):
 class _Shuffles(_Asks):
     calls = 0
 
-    def routes(self, anchors, can_stitch):
+    def routes(self, anchors, can_stitch, context=None):
         type(self).calls += 1
         routes = list(super().routes(anchors, can_stitch))
         return routes[::-1] if type(self).calls % 2 else routes
 
 
 class _StopsEarly(StitchSpace):
-    def routes(self, anchors, can_stitch):
+    def routes(self, anchors, can_stitch, context=None):
         yield Route.chain((anchors[0].name, 0, anchors[0].depth - 1))
 
 
 class _SkipsTheStem(StitchSpace):
-    def routes(self, anchors, can_stitch):
+    def routes(self, anchors, can_stitch, context=None):
         yield Route.chain((anchors[0].name, 1, anchors[0].depth))
 
 
 class _Tuples(StitchSpace):
-    def routes(self, anchors, can_stitch):
+    def routes(self, anchors, can_stitch, context=None):
         yield (anchors[0].name, 0, anchors[0].depth)
 
 
 class _SharesAcrossSpecs(StitchSpace):
-    def routes(self, anchors, can_stitch):
+    def routes(self, anchors, can_stitch, context=None):
         a, b = anchors
         for p, q in ((1, 1), (2, 3)):
             can_stitch(a.name, p, b.name, q)

@@ -176,7 +176,7 @@ class TinyOptions:
     classes: int = attrs.field(default=10, metadata={"help": "Output classes."})
 
 
-def load_tiny(identifier: str, options: TinyOptions) -> Anchor:
+def load_tiny(identifier: str, options: TinyOptions, registries=None) -> Anchor:
     """``tiny:vit<dim>`` or ``tiny:cnn<width>``."""
     name = identifier.replace("-", "_")
     match = re.fullmatch(r"(vit|cnn)([1-9][0-9]{0,2})", identifier)

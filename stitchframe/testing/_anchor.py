@@ -11,7 +11,7 @@ from ..anchors import Anchor, device_of, to_device, count_flops
 from ..errors import ShapeMismatchError
 from ..routes import Route, Segment
 from ..snnet import SNNet
-from ._common import ConformanceError, _eval_mode, _fail, _first_tensor, _max_diff, _unique_params
+from ._common import ConformanceError, eval_mode, fail, first_tensor, max_diff, unique_params
 
 __all__ = ["check_anchor"]
 
@@ -49,9 +49,9 @@ def check_anchor(
         ConformanceError: The anchor breaks the contract.
     """
     if not isinstance(anchor, Anchor):
-        _fail(f"check_anchor got {type(anchor).__name__}; an adapter must return a stitchframe.Anchor")
+        fail(f"check_anchor got {type(anchor).__name__}; an adapter must return a stitchframe.Anchor")
     if anchor.example_inputs is None:
-        _fail(f"Anchor {anchor.name!r} has no example_inputs; pass a batch-1 example to Anchor(example_inputs=...)")
+        fail(f"Anchor {anchor.name!r} has no example_inputs; pass a batch-1 example to Anchor(example_inputs=...)")
     try:
         graph = anchor.graph
     except Exception as exc:  # a part that fails on example_inputs, or an activation off its layout
@@ -59,13 +59,13 @@ def check_anchor(
     _check_graph_structure(anchor)
     device = device_of(anchor)
     inputs = to_device(inputs if inputs is not None else anchor.example_inputs, device)
-    with _eval_mode(anchor, model):
+    with eval_mode(anchor, model):
         acts = anchor.activations(inputs, list(graph.positions()))
         for pos, x in acts.items():
             _check_activation(anchor, pos, x)
-        out = _first_tensor(anchor(inputs), f"Anchor {anchor.name!r}")
+        out = first_tensor(anchor(inputs), f"Anchor {anchor.name!r}")
         if not torch.isfinite(out).all():
-            _fail(f"Anchor {anchor.name!r}: the anchor route's output holds NaN or infinite values")
+            fail(f"Anchor {anchor.name!r}: the anchor route's output holds NaN or infinite values")
         _check_in_snnet(anchor, inputs, out)
         if model is not None:
             _check_against_model(anchor, model, inputs, out, acts, atol=atol, rtol=rtol)
@@ -76,25 +76,25 @@ def _check_graph_structure(anchor: Anchor) -> None:
     graph = anchor.graph
     name = anchor.name
     if graph.depth != anchor.depth or graph.nx.number_of_nodes() != anchor.depth + 2:
-        _fail(f"Anchor {name!r}: the block graph has {graph.depth} blocks but the anchor has {anchor.depth}")
+        fail(f"Anchor {name!r}: the block graph has {graph.depth} blocks but the anchor has {anchor.depth}")
     stages = graph.stages()
     for pos in range(1, len(stages)):
         if stages[pos] < stages[pos - 1]:
-            _fail(
+            fail(
                 f"Anchor {name!r}: stage goes down from {stages[pos - 1]} to {stages[pos]} at "
                 f"{graph.name_at(pos)}; stages must never decrease (pass Anchor(stages=...) in block order)"
             )
     for info in graph.blocks:
         if info.flops <= 0:
-            _fail(
+            fail(
                 f"Anchor {name!r}: {info.name} (module {info.path!r}) has {info.flops} FLOPs; torch's counter "
                 "missed its computation (a fused or custom op?) or the block does nothing"
             )
     if graph.flops <= 0:
-        _fail(f"Anchor {name!r}: the whole anchor counts {graph.flops} FLOPs")
-    own = sum(p.numel() for p in _unique_params(anchor).values())
+        fail(f"Anchor {name!r}: the whole anchor counts {graph.flops} FLOPs")
+    own = sum(p.numel() for p in unique_params(anchor).values())
     if graph.params != own:
-        _fail(
+        fail(
             f"Anchor {name!r}: stem, blocks and head hold {graph.params} parameters but the anchor holds {own}; "
             "a module is counted twice (shared between parts?) or held outside stem/blocks/norm/head/prepare"
         )
@@ -104,50 +104,50 @@ def _check_activation(anchor: Anchor, pos: int, x: Any) -> None:
     graph = anchor.graph
     where = graph.name_at(pos)
     if not isinstance(x, torch.Tensor):
-        _fail(f"Anchor {anchor.name!r}: {where} returns {type(x).__name__}; blocks must return one tensor")
+        fail(f"Anchor {anchor.name!r}: {where} returns {type(x).__name__}; blocks must return one tensor")
     try:
         graph.spec_at(pos).check(x, where=f"{where} (cut position {pos})")
     except ShapeMismatchError as exc:
         raise ConformanceError(f"Anchor {anchor.name!r}: {exc} The graph was traced on example_inputs.") from exc
     if not torch.isfinite(x).all():
-        _fail(f"Anchor {anchor.name!r}: {where} (cut position {pos}) outputs NaN or infinite values")
+        fail(f"Anchor {anchor.name!r}: {where} (cut position {pos}) outputs NaN or infinite values")
 
 
 def _check_in_snnet(anchor: Anchor, inputs: Any, out: torch.Tensor) -> None:
     route = Route([Segment(anchor.name, 0, anchor.depth)])
     net = SNNet([anchor], [route], {}).eval()
     for what, result in (("SNNet's anchor route", net(inputs)), ("the exported anchor route", net.export()(inputs))):
-        got = _first_tensor(result, what)
+        got = first_tensor(result, what)
         if got.shape != out.shape or not torch.equal(got, out):
-            _fail(f"Anchor {anchor.name!r}: {what} differs from anchor(inputs); stem/blocks/head must be stateless")
+            fail(f"Anchor {anchor.name!r}: {what} differs from anchor(inputs); stem/blocks/head must be stateless")
 
 
 def _check_against_model(anchor, model, inputs, out, acts, *, atol: float, rtol: float) -> None:
     name = anchor.name
-    model_params = _unique_params(model)
+    model_params = unique_params(model)
     for pname, p in anchor.named_parameters():
         if id(p) not in model_params:
-            _fail(
+            fail(
                 f"Anchor {name!r}: parameter {pname!r} is not one of the model's; build the anchor from the "
                 "model's own modules (do not copy or re-create them)"
             )
     captured = _run_with_block_hooks(anchor, model, inputs)
-    expected = _first_tensor(captured.pop("__output__"), "The model")
+    expected = first_tensor(captured.pop("__output__"), "The model")
     graph = anchor.graph
     for i, got in captured.items():
         mine = acts[i + 1]
         comparable = isinstance(got, torch.Tensor) and got.shape == mine.shape
         if comparable and not torch.allclose(mine, got, atol=atol, rtol=rtol):
-            _fail(
+            fail(
                 f"Anchor {name!r}: {graph.blocks[i].name} (module {graph.blocks[i].path!r}) outputs differently "
-                f"when run by the anchor than inside the model (max |diff| {_max_diff(mine, got):.3g}); "
+                f"when run by the anchor than inside the model (max |diff| {max_diff(mine, got):.3g}); "
                 "the adapter runs it with other inputs, in another order, or without an argument (a mask?)"
             )
     if expected.shape != out.shape:
-        _fail(f"Anchor {name!r}: the anchor route outputs {tuple(out.shape)}, the model {tuple(expected.shape)}")
+        fail(f"Anchor {name!r}: the anchor route outputs {tuple(out.shape)}, the model {tuple(expected.shape)}")
     if not torch.allclose(out, expected, atol=atol, rtol=rtol):
-        _fail(
-            f"Anchor {name!r}: the anchor route differs from the model (max |diff| {_max_diff(out, expected):.3g}); "
+        fail(
+            f"Anchor {name!r}: the anchor route differs from the model (max |diff| {max_diff(out, expected):.3g}); "
             "check that stem, blocks, norm and head cover the model's forward in order"
         )
 
@@ -175,16 +175,16 @@ def _check_model_costs(anchor: Anchor, model: nn.Module, flops_rtol: float) -> N
     example = to_device(anchor.example_inputs, device_of(anchor))
     _, model_flops = count_flops(model, example)
     if abs(model_flops - graph.flops) > flops_rtol * max(model_flops, 1):
-        _fail(
+        fail(
             f"Anchor {anchor.name!r}: stem, blocks and head count {graph.flops} FLOPs but the model counts "
             f"{model_flops} on example_inputs; a part of the model's forward is missing or counted twice"
         )
-    model_params = sum(p.numel() for p in _unique_params(model).values())
+    model_params = sum(p.numel() for p in unique_params(model).values())
     if graph.params != model_params:
-        held = _unique_params(anchor)
+        held = unique_params(anchor)
         missing = [name for name, p in model.named_parameters() if id(p) not in held]
         listed = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        _fail(
+        fail(
             f"Anchor {anchor.name!r}: stem, blocks and head hold {graph.params} parameters but the model holds "
             f"{model_params}; a module of the model is missing from the anchor"
             + (f" (model parameters not in the anchor: {listed})" if missing else "")

@@ -18,12 +18,13 @@ class ConformanceError(AssertionError):
     __module__ = "stitchframe.testing"  # where users import it from
 
 
-def _fail(message: str) -> None:
+def fail(message: str) -> None:
+    """Raise :class:`ConformanceError` with ``message``."""
     raise ConformanceError(message)
 
 
 @contextmanager
-def _eval_mode(*modules: nn.Module | None) -> Iterator[None]:
+def eval_mode(*modules: nn.Module | None) -> Iterator[None]:
     """Put modules in eval mode, no grad; restore their modes afterwards."""
     present = [m for m in modules if m is not None]
     modes = [m.training for m in present]
@@ -37,34 +38,37 @@ def _eval_mode(*modules: nn.Module | None) -> Iterator[None]:
             m.train(mode)
 
 
-def _first_tensor(obj: Any, what: str) -> torch.Tensor:
+def first_tensor(obj: Any, what: str) -> torch.Tensor:
     """The tensor to compare from a model output: a tensor, ``logits``, or the first element."""
     if isinstance(obj, torch.Tensor):
         return obj
     if isinstance(obj, Mapping):
         if "logits" in obj:
-            return _first_tensor(obj["logits"], what)
+            return first_tensor(obj["logits"], what)
         for value in obj.values():
             if isinstance(value, torch.Tensor):
                 return value
     if isinstance(obj, (tuple, list)) and obj:
-        return _first_tensor(obj[0], what)
+        return first_tensor(obj[0], what)
     raise ConformanceError(
         f"{what} returned {type(obj).__name__}, which holds no tensor to compare; return a tensor, "
         "a mapping with 'logits', or a tuple whose first element is the output"
     )
 
 
-def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest absolute difference of two tensors."""
     return float((a.detach().float() - b.detach().float()).abs().max())
 
 
-def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative error of ``a`` against ``b`` (in float64)."""
     a, b = a.detach().double(), b.detach().double()
     return float((a - b).norm() / b.norm().clamp_min(1e-12))
 
 
-def _unique_params(*modules: nn.Module | None) -> dict[int, nn.Parameter]:
+def unique_params(*modules: nn.Module | None) -> dict[int, nn.Parameter]:
+    """The parameters of ``modules`` by id, each once."""
     out: dict[int, nn.Parameter] = {}
     for m in modules:
         if m is not None:

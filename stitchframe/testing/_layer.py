@@ -14,7 +14,7 @@ from ..errors import ShapeMismatchError
 from ..graph import ActivationSpec
 from ..io import load_module_state, save_module
 from ..stitch_layers import LeastSquaresStitch, StitchLayer
-from ._common import ConformanceError, _eval_mode, _fail, _rel_err
+from ._common import ConformanceError, eval_mode, fail, rel_err
 
 __all__ = ["check_stitch_layer"]
 
@@ -56,13 +56,13 @@ def check_stitch_layer(
         ConformanceError: The layer breaks the contract.
     """
     if not (isinstance(cls, type) and issubclass(cls, StitchLayer)):
-        _fail(f"check_stitch_layer got {cls!r}; a stitching layer must subclass stitchframe.StitchLayer")
+        fail(f"check_stitch_layer got {cls!r}; a stitching layer must subclass stitchframe.StitchLayer")
     pair = f"{cls.__name__} {src.describe()} {src.layout} -> {dst.describe()} {dst.layout}"
     reason = cls.supports(src, dst)
     if reason is not None:
         if not isinstance(reason, str):
-            _fail(f"{cls.__name__}.supports returned {reason!r}; return None or a one-line reason (str)")
-        _fail(f"{pair}: supports() refuses the pair: {reason}")
+            fail(f"{cls.__name__}.supports returned {reason!r}; return None or a one-line reason (str)")
+        fail(f"{pair}: supports() refuses the pair: {reason}")
     options = options if options is not None else cls.Options()
     torch.manual_seed(seed)
     layer = cls(src, dst, options)
@@ -78,23 +78,23 @@ def check_stitch_layer(
 def _check_layer_forward(layer: StitchLayer, x: torch.Tensor, pair: str) -> None:
     y = layer(x)
     if not isinstance(y, torch.Tensor):
-        _fail(f"{pair}: forward returned {type(y).__name__}, not a tensor")
+        fail(f"{pair}: forward returned {type(y).__name__}, not a tensor")
     try:
         layer.dst.check(y, where=f"the output of {type(layer).__name__}")
     except ShapeMismatchError as exc:
         raise ConformanceError(f"{pair}: {exc}") from exc
     if not torch.isfinite(y).all():
-        _fail(f"{pair}: the output holds NaN or infinite values")
-    with _eval_mode(layer):
+        fail(f"{pair}: the output holds NaN or infinite values")
+    with eval_mode(layer):
         whole, first = layer(x), layer(x[:1])
     if not torch.allclose(whole[:1], first, atol=1e-5, rtol=1e-4):
-        _fail(f"{pair}: in eval mode a sample's output depends on the rest of the batch; work per sample")
+        fail(f"{pair}: in eval mode a sample's output depends on the rest of the batch; work per sample")
 
 
 def _check_layer_gradients(layer: StitchLayer, x: torch.Tensor, pair: str) -> None:
     trainable = [(n, p) for n, p in layer.named_parameters() if p.requires_grad]
     if not trainable:
-        _fail(f"{pair}: the layer has no trainable parameters; training could not adapt it")
+        fail(f"{pair}: the layer has no trainable parameters; training could not adapt it")
     layer.zero_grad(set_to_none=True)
     xg = x.clone().requires_grad_(True)
     out = layer(xg)
@@ -102,14 +102,14 @@ def _check_layer_gradients(layer: StitchLayer, x: torch.Tensor, pair: str) -> No
     (out * weights).sum().backward()
     missing = [n for n, p in trainable if p.grad is None]
     if missing:
-        _fail(f"{pair}: trainable parameter(s) {', '.join(missing)} get no gradient; use them in forward or freeze")
+        fail(f"{pair}: trainable parameter(s) {', '.join(missing)} get no gradient; use them in forward or freeze")
     bad = [n for n, p in trainable if not torch.isfinite(p.grad).all()]
     if bad:
-        _fail(f"{pair}: the gradient of {', '.join(bad)} holds NaN or infinite values")
+        fail(f"{pair}: the gradient of {', '.join(bad)} holds NaN or infinite values")
     if all(float(p.grad.abs().max()) == 0.0 for _, p in trainable):
-        _fail(f"{pair}: every parameter gradient is zero; the output does not depend on the weights")
+        fail(f"{pair}: every parameter gradient is zero; the output does not depend on the weights")
     if xg.grad is None or float(xg.grad.abs().max()) == 0.0:
-        _fail(f"{pair}: no gradient reaches the input, so the front anchor cannot train through the stitch")
+        fail(f"{pair}: no gradient reaches the input, so the front anchor cannot train through the stitch")
     layer.zero_grad(set_to_none=True)
 
 
@@ -143,7 +143,7 @@ def _check_layer_fit(cls, src, dst, options, pair: str, *, batch: int, rtol: flo
             }
         )
     x_fit, x_test = src.example(n), src.example(batch)
-    with _eval_mode(teacher):
+    with eval_mode(teacher):
         y_fit, y_test = teacher(x_fit), teacher(x_test)
     torch.manual_seed(seed + 3)
     student = cls(src, dst, options)
@@ -151,12 +151,12 @@ def _check_layer_fit(cls, src, dst, options, pair: str, *, batch: int, rtol: flo
         student.fit(x_fit, y_fit)
     bad = [name for name, p in student.named_parameters() if not torch.isfinite(p).all()]
     if bad:
-        _fail(f"{pair}: after fit, parameter(s) {', '.join(bad)} hold NaN or infinite values")
+        fail(f"{pair}: after fit, parameter(s) {', '.join(bad)} hold NaN or infinite values")
     x_eval, y_eval = (x_test, y_test) if determined else (x_fit, y_fit)
-    with _eval_mode(student):
-        err = _rel_err(student(x_eval), y_eval)
+    with eval_mode(student):
+        err = rel_err(student(x_eval), y_eval)
     if not err <= rtol:
-        _fail(
+        fail(
             f"{pair}: least squares does not recover a map the layer can represent (relative error {err:.3g} > "
             f"{rtol:g}); check fit_update/fit_end (or ls_rows/ls_targets/ls_assign)"
         )
@@ -172,7 +172,7 @@ def _check_layer_export(cls, layer: StitchLayer, x: torch.Tensor, pair: str, *, 
         raise ConformanceError(f"{pair}: torch.export.export fails: {type(exc).__name__}: {exc}") from exc
     with torch.no_grad():
         if not torch.allclose(exported.module()(x), ref, atol=1e-5, rtol=1e-4):
-            _fail(f"{pair}: the torch.export program computes something else than the layer")
+            fail(f"{pair}: the torch.export program computes something else than the layer")
     with tempfile.TemporaryDirectory() as tmp:
         path = save_module(layer, Path(tmp) / "layer.safetensors", kind="stitch")
         clone = cls(layer.src, layer.dst, layer.options)
@@ -180,7 +180,7 @@ def _check_layer_export(cls, layer: StitchLayer, x: torch.Tensor, pair: str, *, 
     clone.eval()
     with torch.no_grad():
         if not torch.equal(clone(x), ref):
-            _fail(f"{pair}: a copy loaded from safetensors computes something else; keep all state in the state_dict")
+            fail(f"{pair}: a copy loaded from safetensors computes something else; keep all state in the state_dict")
         trained = copy.deepcopy(layer)  # as if trained: every trainable weight moved
         gen = torch.Generator().manual_seed(4)
         for p in trained.parameters():
@@ -188,6 +188,6 @@ def _check_layer_export(cls, layer: StitchLayer, x: torch.Tensor, pair: str, *, 
                 p.add_(0.1 * torch.randn(p.shape, generator=gen).to(p))
         before = trained(x)
         trained.merge()
-        err = _rel_err(trained(x), before)
+        err = rel_err(trained(x), before)
     if not err <= rtol:
-        _fail(f"{pair}: merge() changes the output (relative error {err:.3g}); it must fold, not alter, the map")
+        fail(f"{pair}: merge() changes the output (relative error {err:.3g}); it must fold, not alter, the map")

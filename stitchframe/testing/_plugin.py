@@ -10,7 +10,7 @@ from ..errors import PluginError
 from ..plugins import Registries, get_plugin_manager, load_registries
 from ..stitch_layers import StitchLayer
 from ..stitch_spaces import StitchSpace
-from ._common import ConformanceError, _fail
+from ._common import ConformanceError, fail
 
 __all__ = ["check_plugin"]
 
@@ -45,7 +45,7 @@ def check_plugin(plugin: Any, name: str = "plugin_under_test") -> Registries:
     regs = load_registries(pm)
     for problem in regs.problems:
         if problem.plugin == name:
-            _fail(problem.message)
+            fail(problem.message)
     kinds = {
         "anchor adapter": (regs.anchor_adapters, None),
         "stitch layer": (regs.stitch_layers, StitchLayer),
@@ -61,19 +61,19 @@ def check_plugin(plugin: Any, name: str = "plugin_under_test") -> Registries:
             _check_entry(kind, entry, base)
     resolves = any(impl.plugin_name == name for impl in pm.hook.stitchframe_resolve_anchor.get_hookimpls())
     if count == 0 and not resolves:
-        _fail(f"Plugin {name!r} registers nothing and resolves no anchors; implement a stitchframe_* hook")
+        fail(f"Plugin {name!r} registers nothing and resolves no anchors; implement a stitchframe_* hook")
     return regs
 
 
 def _check_entry(kind: str, entry: Any, base: type | None) -> None:
     where = f"{kind} {entry.name!r} (plugin {entry.plugin!r})"
     if base is not None and not (isinstance(entry.obj, type) and issubclass(entry.obj, base)):
-        _fail(f"{where} is {entry.obj!r}; it must be a subclass of stitchframe.{base.__name__}")
+        fail(f"{where} is {entry.obj!r}; it must be a subclass of stitchframe.{base.__name__}")
     if base is None and not callable(entry.obj):
-        _fail(f"{where} is {entry.obj!r}; it must be callable")
+        fail(f"{where} is {entry.obj!r}; it must be callable")
     for field in attrs.fields(entry.options):
         if not field.metadata.get("help"):
-            _fail(
+            fail(
                 f"{where}: option {field.name!r} of {entry.options.__name__} has no help; "
                 'declare it with attrs.field(..., metadata={"help": "..."}) so the docs can list it'
             )

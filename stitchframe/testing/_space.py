@@ -9,11 +9,11 @@ from typing import Any
 import torch
 
 from ..anchors import Anchor, device_of, to_device
-from ..engine import _Layers, build_snnet
+from ..engine import LayerFactory, build_snnet
 from ..plugins import Registries, get_plugin_manager, load_registries
 from ..routes import Route
 from ..stitch_spaces import SpaceContext, StitchSpace, space_routes
-from ._common import ConformanceError, _eval_mode, _fail, _first_tensor
+from ._common import ConformanceError, eval_mode, fail, first_tensor
 
 __all__ = ["check_stitch_space"]
 
@@ -63,12 +63,12 @@ def check_stitch_space(
         ConformanceError: The space breaks the contract.
     """
     if not (isinstance(cls, type) and issubclass(cls, StitchSpace)):
-        _fail(f"check_stitch_space got {cls!r}; a stitch space must subclass stitchframe.StitchSpace")
+        fail(f"check_stitch_space got {cls!r}; a stitch space must subclass stitchframe.StitchSpace")
     options = options if options is not None else cls.Options()
     anchors = list(anchors)
     asked: set[tuple[str, int, str, int]] = set()
     regs = _base_registries(registries)
-    layers = _Layers(anchors, layer, None, regs, "check_stitch_space")
+    layers = LayerFactory(anchors, layer, None, regs, "check_stitch_space")
 
     def run(can_stitch: Callable[[str, int, str, int], bool]) -> list[Route]:
         context = SpaceContext(probe=probe, make_stitch=layers.make_stitch, seed=seed, anchors=anchors)
@@ -80,12 +80,12 @@ def check_stitch_space(
 
     routes = run(allow_all)
     if not routes:
-        _fail(f"{cls.__name__}: yields no routes for anchors {[a.name for a in anchors]}")
+        fail(f"{cls.__name__}: yields no routes for anchors {[a.name for a in anchors]}")
     for route in routes:
         _check_route(cls, route, anchors, asked)
     _check_unique(cls, routes)
     if run(lambda *a: True) != routes:
-        _fail(f"{cls.__name__}: yields different routes (or another order) on a second call; route ids depend on it")
+        fail(f"{cls.__name__}: yields different routes (or another order) on a second call; route ids depend on it")
     _check_shared_keys(cls, routes, {a.name: a for a in anchors})
     _check_refusals(cls, run, sorted(asked))
     if build:
@@ -107,34 +107,34 @@ def _yield_routes(cls, options, anchors, can_stitch: Callable[[str, int, str, in
 def _check_route(cls, route: Any, anchors: Sequence[Anchor], asked: set) -> None:
     depths = {a.name: a.depth for a in anchors}
     if not isinstance(route, Route):
-        _fail(f"{cls.__name__}: yielded {type(route).__name__}; routes() must yield stitchframe.Route objects")
+        fail(f"{cls.__name__}: yielded {type(route).__name__}; routes() must yield stitchframe.Route objects")
     text = str(route)
     if not text:
-        _fail(f"{cls.__name__}: a route prints as an empty string")
+        fail(f"{cls.__name__}: a route prints as an empty string")
     for seg in route.segments:
         if seg.anchor not in depths:
-            _fail(f"{cls.__name__}: route {text} uses anchor {seg.anchor!r}, not one of {sorted(depths)}")
+            fail(f"{cls.__name__}: route {text} uses anchor {seg.anchor!r}, not one of {sorted(depths)}")
         if seg.end > depths[seg.anchor]:
-            _fail(f"{cls.__name__}: route {text} runs {seg} past {seg.anchor}'s {depths[seg.anchor]} blocks")
+            fail(f"{cls.__name__}: route {text} runs {seg} past {seg.anchor}'s {depths[seg.anchor]} blocks")
     last = route.segments[-1]
     if last.end != depths[last.anchor]:
-        _fail(f"{cls.__name__}: route {text} must end at {last.anchor}'s last block ({depths[last.anchor]})")
+        fail(f"{cls.__name__}: route {text} must end at {last.anchor}'s last block ({depths[last.anchor]})")
     for src, p, dst, q, _link in route.stitch_points():
         if (src, p, dst, q) not in asked:
-            _fail(f"{cls.__name__}: route {text} stitches {src}:{p} -> {dst}:{q} without asking can_stitch")
+            fail(f"{cls.__name__}: route {text} stitches {src}:{p} -> {dst}:{q} without asking can_stitch")
     try:
         data = json.loads(json.dumps(route.to_dict()))
     except (TypeError, ValueError) as exc:
         raise ConformanceError(f"{cls.__name__}: route {text} is not JSON-serialisable (meta?): {exc}") from exc
     if Route.from_dict(data) != route:
-        _fail(f"{cls.__name__}: route {text} does not round-trip through to_dict/from_dict")
+        fail(f"{cls.__name__}: route {text} does not round-trip through to_dict/from_dict")
 
 
 def _check_unique(cls, routes: list[Route]) -> None:
     seen: set[Route] = set()
     for route in routes:
         if route in seen:
-            _fail(f"{cls.__name__}: yields route {route} twice; each route must appear once")
+            fail(f"{cls.__name__}: yields route {route} twice; each route must appear once")
         seen.add(route)
 
 
@@ -148,7 +148,7 @@ def _check_shared_keys(cls, routes: list[Route], by_name: dict[str, Anchor]) -> 
             first = specs.setdefault(link.key, pair)
             if first != pair:
                 shapes = [f"{a.describe()} -> {b.describe()}" for a, b in (first, pair)]
-                _fail(
+                fail(
                     f"{cls.__name__}: link key {link.key!r} is shared by {shapes[0]} and {shapes[1]}; "
                     "only equal spec pairs can share a layer"
                 )
@@ -160,7 +160,7 @@ def _check_refusals(cls, run, asked: list[tuple[str, int, str, int]]) -> None:
         for route in run(allowed):
             for src, p, dst, q, _link in route.stitch_points():
                 if not allowed(src, p, dst, q):
-                    _fail(
+                    fail(
                         f"{cls.__name__}: with {why} of the stitches refused it still yields route {route} through "
                         f"{src}:{p} -> {dst}:{q}; skip the stitches can_stitch refuses"
                     )
@@ -175,8 +175,8 @@ def _build_and_run(cls, options, anchors, layer: str, inputs: Any, base: Registr
     device = device_of(anchors[0])
     net.to(device)  # new stitching layers join the anchors' device
     inputs = to_device(inputs if inputs is not None else anchors[0].example_inputs, device)
-    with _eval_mode(net):
+    with eval_mode(net):
         for i, route in enumerate(net.routes):
-            out = _first_tensor(net.forward_route(inputs, i), f"route {route}")
+            out = first_tensor(net.forward_route(inputs, i), f"route {route}")
             if not torch.isfinite(out).all():
-                _fail(f"{cls.__name__}: route {i} ({route}) outputs NaN or infinite values")
+                fail(f"{cls.__name__}: route {i} ({route}) outputs NaN or infinite values")

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import stitchframe
-from stitchframe.spec import AnchorSpec
+from stitchframe import AnchorSpec
 
 PREPROCESS = stitchframe.Preprocess(input_size=(3, 32, 32), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 

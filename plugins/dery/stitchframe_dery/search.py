@@ -32,13 +32,12 @@ from typing import Any
 import attrs
 import torch
 
-from stitchframe import Anchor, Route, Segment, SNNet, calibrate, count_flops
-from stitchframe.snnet import stitch_key
+from stitchframe import Anchor, Route, SNNet, Segment, calibrate, count_flops, stitch_key
 
 from .options import Budget, DeryOptions
 from .partition import Partition
 from .proxies import mean_ranks, score_route
-from .similarity import _move
+from .similarity import move_to
 
 __all__ = ["Assembly", "Reassembler", "Scorer", "effective_budgets", "search_assemblies"]
 
@@ -198,7 +197,7 @@ class Scorer:
     def __init__(self, reassembler: Reassembler, probe: Sequence[Any], inputs: tuple[Any, int],
                  proxies: Sequence[str], stitch_init: str) -> None:
         self.r, self.probe, self.proxies, self.stitch_init = reassembler, probe, tuple(proxies), stitch_init
-        self.inputs = _move(inputs[0], reassembler.device)
+        self.inputs = move_to(inputs[0], reassembler.device)
         self.batch = inputs[1]
         self.cache: dict[Route, dict[str, float]] = {}
         self._fitted: set[str] = set()

@@ -85,13 +85,14 @@ def normalized_gram(features: torch.Tensor) -> torch.Tensor:
     return k / norm if norm > 0 else torch.zeros_like(k)
 
 
-def _move(obj: Any, device: torch.device) -> Any:
+def move_to(obj: Any, device: torch.device) -> Any:
+    """``obj`` (a tensor, or tensors in a mapping or sequence) on ``device``."""
     if isinstance(obj, torch.Tensor):
         return obj.to(device)
     if isinstance(obj, Mapping):
-        return obj.to(device) if hasattr(obj, "to") else type(obj)({k: _move(v, device) for k, v in obj.items()})
+        return obj.to(device) if hasattr(obj, "to") else type(obj)({k: move_to(v, device) for k, v in obj.items()})
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_move(v, device) for v in obj)
+        return type(obj)(move_to(v, device) for v in obj)
     return obj
 
 
@@ -115,7 +116,7 @@ def anchor_features(anchor: Anchor, batches: Iterable[Any], token_pool: str = "p
     anchor.eval()
     try:
         for inputs in batches:
-            inputs = _move(inputs, device)
+            inputs = move_to(inputs, device)
             mask = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
             ctx = anchor.prepare(inputs)
             x = anchor.run_stem(inputs, ctx)

@@ -26,10 +26,21 @@ from typing import Any
 import attrs
 import torch
 
-from stitchframe import Anchor, Route, SpaceContext, SpecError, StitchLayer, StitchSpace, choose_layer
-from stitchframe.calibration import batch_inputs
-from stitchframe.stitch_layers import Conv1x1Stitch, LinearStitch
-from stitchframe.stitch_spaces import AnchorsSpace, CanStitch, by_flops
+from stitchframe import (
+    Anchor,
+    AnchorsSpace,
+    CanStitch,
+    Conv1x1Stitch,
+    LinearStitch,
+    Route,
+    SpaceContext,
+    SpecError,
+    StitchLayer,
+    StitchSpace,
+    batch_inputs,
+    by_flops,
+    choose_layer,
+)
 
 from .options import DeryOptions
 from .partition import Partition, eligible, partition

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 import stitchframe
-from stitchframe.pipeline import build, load_snnet
+from stitchframe import build, load_snnet
 from tests import tiny
 
 

@@ -6,9 +6,7 @@ import pytest
 import torch
 from _dery_cases import FAST, images, timm_zoo
 
-from stitchframe import build_snnet, calibrate
-from stitchframe.spec import TrainSpec
-from stitchframe.train import train
+from stitchframe import TrainSpec, build_snnet, calibrate, train_snnet
 from tests import tiny
 
 
@@ -66,7 +64,7 @@ def test_a_chosen_assembly_trains(hetero_net, tmp_path):
     with torch.no_grad():
         before = [float(torch.nn.functional.cross_entropy(hetero_net.eval().forward_route(x, i), y))
                   for i in range(len(hetero_net.routes))]
-    result = train(hetero_net, data, cfg, device="cpu", checkpoint_dir=tmp_path, seed=0)
+    result = train_snnet(hetero_net, data, cfg, device="cpu", checkpoint_dir=tmp_path, seed=0)
     assert result.steps == 40
     with torch.no_grad():
         after = [float(torch.nn.functional.cross_entropy(hetero_net.eval().forward_route(x, i), y))

@@ -19,9 +19,17 @@ import logging
 
 import torch
 
-from stitchframe import Anchor, PluginError, Registries, StitchframeError, UnknownNameError, load_anchor
-from stitchframe.errors import did_you_mean
-from stitchframe.spec import AnchorSpec, structure_options
+from stitchframe import (
+    Anchor,
+    AnchorSpec,
+    PluginError,
+    Registries,
+    StitchframeError,
+    UnknownNameError,
+    did_you_mean,
+    load_anchor,
+    structure_options,
+)
 
 from .cache import cache_path, load_student, save_student, student_key, teacher_fingerprint
 from .distill import DistilledStudent, distil

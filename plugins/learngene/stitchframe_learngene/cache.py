@@ -18,7 +18,7 @@ import attrs
 import torch
 from torch import nn
 
-from stitchframe.io import load_module_state, save_module
+from stitchframe import load_module_state, save_module
 
 from .options import PoolOptions, StudentSpec
 

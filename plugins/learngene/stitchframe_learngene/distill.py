@@ -38,9 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from stitchframe import Anchor, StitchframeError, TrainingError
-from stitchframe.objectives import output_logits
-from stitchframe.stitch_layers import NormalEquations
+from stitchframe import Anchor, NormalEquations, StitchframeError, TrainingError, output_logits
 
 from .options import DistillOptions
 from .transforms import PoolTransforms, aligned_position

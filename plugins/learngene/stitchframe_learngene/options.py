@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import attrs
 
-from stitchframe.layer_options import ProjectionOptions
+from stitchframe import ProjectionOptions
 
 __all__ = ["BUILDERS", "DataOptions", "DistillOptions", "LearngeneStitchOptions", "PoolOptions", "StudentSpec"]
 

@@ -18,8 +18,7 @@ from itertools import combinations, pairwise
 
 import attrs
 
-from stitchframe import Route, StitchSpace
-from stitchframe.stitch_spaces import AnchorsSpace, by_flops
+from stitchframe import AnchorsSpace, Route, StitchSpace, by_flops
 
 
 __all__ = ["LearngeneSpace", "LearngeneSpaceOptions", "relative_depth"]
@@ -66,7 +65,7 @@ class LearngeneSpace(StitchSpace):
                     out.append((p, q))
         return out
 
-    def routes(self, anchors, can_stitch):
+    def routes(self, anchors, can_stitch, context=None):
         o = self.options
         ordered = by_flops(anchors)
         if o.include_anchors:

@@ -27,8 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stitchframe import Anchor, SpecError, StitchframeError
-from stitchframe.objectives import output_logits
+from stitchframe import Anchor, SpecError, StitchframeError, output_logits
 
 from .options import PoolOptions, StudentSpec
 

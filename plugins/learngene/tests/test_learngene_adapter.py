@@ -12,8 +12,7 @@ from stitchframe_learngene.distill import refit_transforms, run_with_activations
 from stitchframe_learngene.students import STUDENT_BUILDERS, build_student
 
 import stitchframe
-from stitchframe import SpecError, UnknownNameError
-from stitchframe.spec import AnchorSpec, structure_options
+from stitchframe import AnchorSpec, SpecError, UnknownNameError, structure_options
 
 
 def _pool(tmp_path, **kw):

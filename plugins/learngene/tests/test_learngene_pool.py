@@ -11,8 +11,7 @@ from safetensors.torch import save_file
 from stitchframe_learngene import PoolOptions
 
 import stitchframe
-from stitchframe.spec import TrainSpec, structure_options
-from stitchframe.train import train
+from stitchframe import TrainSpec, structure_options, train_snnet
 
 STUDENTS = [
     {"name": "s24", "width": 24, "depth": 2, "heads": 2},
@@ -95,7 +94,7 @@ def test_pool_routes_span_the_students(net, pool, regs, tmp_path):
     cfg = TrainSpec(
         epochs=100, max_steps=600, batch_size=32, lr=3e-4, stitch_lr=3e-3, weight_decay=0.0, log_every=10**6
     )
-    train(net, torch.utils.data.TensorDataset(x[:1400], y[:1400]), cfg, device="cpu", checkpoint_dir=tmp_path)
+    train_snnet(net, torch.utils.data.TensorDataset(x[:1400], y[:1400]), cfg, device="cpu", checkpoint_dir=tmp_path)
     accs = _accuracies(net)
     by_anchor = {r.segments[0].anchor: a for r, a in zip(net.routes, accs) if r.is_anchor}
     assert min(by_anchor.values()) > 0.6  # the students learned the task from the teacher alone
@@ -124,8 +123,8 @@ def test_a_cached_pool_is_not_distilled_again(net, pool, regs, monkeypatch):
 
 
 def test_the_teacher_joins_its_pool_with_identity_transformations(pool, regs):
-    teacher = stitchframe.load_anchor(stitchframe.spec.AnchorSpec(source="learngene:teacher", options=pool), regs)
-    student = stitchframe.load_anchor(stitchframe.spec.AnchorSpec(source="learngene:s32", options=pool), regs)
+    teacher = stitchframe.load_anchor(stitchframe.AnchorSpec(source="learngene:teacher", options=pool), regs)
+    student = stitchframe.load_anchor(stitchframe.AnchorSpec(source="learngene:s32", options=pool), regs)
     assert teacher.learngene.pool == student.learngene.pool
     net = stitchframe.build_snnet([student, teacher], space="learngene", layer="learngene", registries=regs)
     route = next(r for r in net.routes if r.describe().startswith("s32[0:2]"))

@@ -53,7 +53,8 @@ __all__ = [
 @stitchframe.hookimpl
 def stitchframe_register_anchor_adapters(register) -> None:
     """Register the ``timm`` source prefix."""
-    register("timm", "stitchframe_timm.adapter:load_timm_anchor", options=TimmOptions)
+    register("timm", "stitchframe_timm.adapter:load_timm_anchor", options=TimmOptions,
+             check_identifier="stitchframe_timm.names:check_timm_identifier")
 
 
 def __getattr__(name: str) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
 import timm
@@ -23,6 +22,7 @@ from stitchframe import (
 
 from . import efficientnet, resnet, swin, vit
 from .family import Family
+from .names import check_timm_identifier
 from .options import TimmOptions
 from .weights import load_weights
 
@@ -35,20 +35,6 @@ FAMILIES: tuple[Family, ...] = (vit.FAMILY, swin.FAMILY, resnet.FAMILY, efficien
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0].rstrip(".") if text else type(exc).__name__
-
-
-def _check_model_name(identifier: str) -> None:
-    """Raise :class:`UnknownNameError` for a name timm's registry lacks (prefixed names pass)."""
-    if ":" in identifier or timm.is_model(identifier):
-        return
-    if identifier.split(".", 1)[0] in timm.models.get_deprecated_models():
-        return
-    close = difflib.get_close_matches(identifier.split(".", 1)[0], timm.list_models(), n=5, cutoff=0.6)
-    hint = f"close matches: {', '.join(close)}" if close else "no close match"
-    raise UnknownNameError(
-        f"Unknown timm model {identifier!r} in source 'timm:{identifier}'; {hint}. "
-        "List names with timm.list_models('pattern*'), or write 'timm:hf-hub:<org>/<name>' for a Hub model."
-    )
 
 
 def _model_kwargs(options: TimmOptions) -> dict[str, Any]:
@@ -71,7 +57,7 @@ def create_model(identifier: str, options: TimmOptions) -> nn.Module:
         SpecError: timm rejected ``model_kwargs``.
         CheckpointError: ``pretrained: true`` but timm could not fetch the weights.
     """
-    _check_model_name(identifier)
+    check_timm_identifier(identifier)
     kwargs = _model_kwargs(options)
     source = f"timm:{identifier}"
     hub = bool(options.pretrained) or ":" in identifier
@@ -149,7 +135,7 @@ def preprocess_of(model: nn.Module, img_size: int | None = None) -> Preprocess:
     )
 
 
-def load_timm_anchor(identifier: str, options: TimmOptions | None = None) -> Anchor:
+def load_timm_anchor(identifier: str, options: TimmOptions | None = None, registries: Any = None) -> Anchor:
     """Build the anchor for ``timm:<identifier>``.
 
     Args:

@@ -25,7 +25,7 @@ def load(timm_regs):
     """``load(source, name=None, **options)``: an anchor through the engine's ``load_anchor``."""
 
     def _load(source: str, name: str | None = None, **options):
-        spec = stitchframe.spec.AnchorSpec(source=source, name=name, options=options)
+        spec = stitchframe.AnchorSpec(source=source, name=name, options=options)
         return stitchframe.load_anchor(spec, timm_regs)
 
     return _load

@@ -106,6 +106,41 @@ def test_unknown_model_name_suggests_close_matches(load):
     assert "timm.list_models" in msg
 
 
+def test_the_name_list_read_from_timms_sources_is_its_registry():
+    """validate reads timm's model names from its source files (no import); they must be the registry's."""
+    import timm
+    from stitchframe_timm.names import _from_registry, _from_sources
+
+    assert _from_sources() == _from_registry(timm)
+    assert {"tf_efficientnet_lite0", "deit_tiny_patch16_224"} <= _from_sources()
+
+
+def test_validate_rejects_an_unknown_model_without_importing_torch(tmp_path):
+    """``timm:tf_efficientnet_lite9`` fails at validate (exit 2, close matches), and validate imports no torch."""
+    import subprocess
+    import sys
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("anchors: [timm:tf_efficientnet_lite0, timm:tf_efficientnet_lite9]\nstitch: {space: snnet}\n")
+    code = ("import sys; from stitchframe.cli import main; code = main(['validate', sys.argv[1]]); "
+            "print('heavy:', sorted(m for m in ('torch', 'timm') if m in sys.modules)); sys.exit(code)")
+    proc = subprocess.run([sys.executable, "-c", code, str(spec)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "heavy: []" in proc.stdout
+    err = " ".join(proc.stderr.split())
+    assert "anchors[1] ('timm:tf_efficientnet_lite9'): Unknown timm model 'tf_efficientnet_lite9'" in err
+    assert "close matches: tf_efficientnet_lite" in err and "tf_efficientnet_lite0" in err
+
+
+def test_identifier_check_passes_tags_and_hub_models():
+    from stitchframe_timm.names import check_timm_identifier
+
+    check_timm_identifier("deit_tiny_patch16_224.fb_in1k")
+    check_timm_identifier("hf-hub:timm/some-model")
+    with pytest.raises(stitchframe.UnknownNameError, match="close matches: deit_tiny_patch16_224"):
+        check_timm_identifier("deit_tiny_patch16_244")
+
+
 def test_unsupported_model_class_lists_families(load):
     with pytest.raises(stitchframe.SpecError) as info:
         load("timm:convnext_atto", img_size=32)

@@ -38,14 +38,14 @@ __all__ = [
 ]
 
 
-def load_hf(identifier: str, options: HFOptions) -> Any:
+def load_hf(identifier: str, options: HFOptions, registries: Any = None) -> Any:
     """Load an ``hf:`` anchor (see :func:`stitchframe_transformers.adapter.load_hf`)."""
     from .adapter import load_hf as load
 
     return load(identifier, options)
 
 
-def load_hf_config(identifier: str, options: HFConfigOptions) -> Any:
+def load_hf_config(identifier: str, options: HFConfigOptions, registries: Any = None) -> Any:
     """Build an ``hf-config:`` anchor (see :func:`stitchframe_transformers.adapter.load_hf_config`)."""
     from .adapter import load_hf_config as load
 
@@ -62,8 +62,9 @@ def load_text_classification(options: Any, preprocess: Any) -> Any:
 @hookimpl
 def stitchframe_register_anchor_adapters(register) -> None:
     """Register ``hf`` and ``hf-config``."""
-    register("hf", load_hf, options=HFOptions)
-    register("hf-config", load_hf_config, options=HFConfigOptions)
+    register("hf", load_hf, options=HFOptions, check_identifier="stitchframe_transformers.checks:check_hf_identifier")
+    register("hf-config", load_hf_config, options=HFConfigOptions,
+             check_identifier="stitchframe_transformers.checks:check_hf_config_identifier")
 
 
 @hookimpl

@@ -16,7 +16,6 @@ a ``config.json`` file or a folder holding one, or a ``model_type`` (``bert``,
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from torch import nn
 
 from stitchframe import Anchor, Preprocess, SpecError, StitchframeError, anchor_name, hub_offline_mode
 
+from .checks import resolve_location
 from .families import Family, cut_model, family_of
 from .options import HFConfigOptions, HFOptions
 
@@ -36,34 +36,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 _CLASSIFICATION_SUFFIXES = ("ForSequenceClassification", "ForImageClassification", "ForImageClassificationWithTeacher")
 _LM_SUFFIXES = ("LMHeadModel", "ForCausalLM")
 _DEFAULT_MAX_LENGTH = 128
-_PACKAGE = "package:"
-
-
-def resolve_location(identifier: str, prefix: str = "hf") -> tuple[str, bool]:
-    """Where a model or tokenizer lives: ``(path or hub id, is_local)``.
-
-    Raises:
-        SpecError: A ``package:`` package is not installed, or a path that looks
-            local does not exist.
-    """
-    if identifier.startswith(_PACKAGE):
-        package, _, sub = identifier[len(_PACKAGE) :].partition("/")
-        spec = importlib.util.find_spec(package) if package else None
-        if spec is None or not spec.submodule_search_locations:
-            raise SpecError(
-                f"{prefix}:{identifier}: Python package {package!r} is not installed; "
-                f"install it or point at a folder ({prefix}:/path/to/model)"
-            )
-        path = Path(next(iter(spec.submodule_search_locations))) / sub
-        if not path.exists():
-            raise SpecError(f"{prefix}:{identifier}: {str(path)!r} does not exist inside package {package!r}")
-        return str(path), True
-    path = Path(identifier).expanduser()
-    if path.exists():
-        return str(path), True
-    if identifier.startswith((".", "/", "~")) or "\\" in identifier or identifier.count("/") > 1:
-        raise SpecError(f"{prefix}:{identifier}: local path {str(path)!r} does not exist")
-    return identifier, False
+_PACKAGE = "package:"  # as in .checks
 
 
 def _sentence_transformers_pooling(folder: Path) -> tuple[bool, bool]:

@@ -10,8 +10,7 @@ import transformers as T
 from hf_tiny import tiny_config
 
 import stitchframe
-from stitchframe import PluginError, SpecError, StitchframeError, load_anchor
-from stitchframe.spec import AnchorSpec, parse_spec
+from stitchframe import AnchorSpec, PluginError, SpecError, StitchframeError, load_anchor, parse_spec
 
 
 def _load(source, regs, **options):
@@ -110,12 +109,43 @@ def test_preprocess_of_text_and_image_models(hf_regs, tmp_path):
     assert image.preprocess.mean == (0.4, 0.4, 0.4) and image.preprocess.std == (0.2, 0.2, 0.2)
 
 
-def test_adapter_options_are_validated_in_specs(hf_regs):
+def test_adapter_options_are_validated_in_specs(hf_regs, tmp_path):
     spec = parse_spec({"anchors": [{"source": "hf-config:bert", "options": {"dtype": "float8"}}]})
     with pytest.raises(SpecError, match=r"anchors\[0\]\.options\.dtype"):
         stitchframe.validate_spec(spec, hf_regs)
-    ok = parse_spec({"anchors": [{"source": "hf:./m", "options": {"layers": [0, 2], "head": "pooled"}}]})
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    ok = parse_spec({"anchors": [{"source": f"hf:{tmp_path}", "options": {"layers": [0, 2], "head": "pooled"}}]})
     assert stitchframe.validate_spec(ok, hf_regs) == []
+
+
+def _validate(source, regs, **options):
+    return stitchframe.validate_spec(parse_spec({"anchors": [{"source": source, "options": options}]}), regs)
+
+
+def test_validate_checks_hf_sources_without_loading_a_model(hf_regs, tmp_path):
+    """A missing folder or config, an unsupported model type, a Hub id not cached while offline: errors at validate."""
+    with pytest.raises(SpecError, match=r"anchors\[0\] \('hf:/no/such/model'\): hf:/no/such/model: local path"):
+        _validate("hf:/no/such/model", hf_regs)
+    with pytest.raises(SpecError, match="holds no config.json; point at a folder saved with save_pretrained"):
+        _validate(f"hf:{tmp_path}", hf_regs)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "t5"}))
+    with pytest.raises(SpecError, match=r"model type 't5' .* is not supported by stitchframe-transformers; supported: bert"):
+        _validate(f"hf:{tmp_path}", hf_regs)
+    with pytest.raises(SpecError, match="not in the local Hugging Face cache and HF_HUB_OFFLINE is set"):
+        _validate("hf:stitchframe-no-such-org/no-such-model", hf_regs)  # conftest sets HF_HUB_OFFLINE=1
+    with pytest.raises(SpecError, match="model type 'mamba' is not supported"):
+        _validate("hf-config:mamba", hf_regs)
+    with pytest.raises(SpecError, match="Python package 'no_such_package_xyz' is not installed"):
+        _validate("hf:package:no_such_package_xyz/model", hf_regs)
+    assert _validate("hf-config:bert", hf_regs, config=tiny_config("bert")) == []
+
+
+def test_the_supported_model_types_are_the_families():
+    """validate's torch-free list of model types is the adapters' own."""
+    from stitchframe_transformers.checks import SUPPORTED_MODEL_TYPES
+    from stitchframe_transformers.families import FAMILIES
+
+    assert sorted(SUPPORTED_MODEL_TYPES) == sorted(FAMILIES)
 
 
 def test_broken_models_are_reported_as_plugin_errors(hf_regs):

@@ -17,8 +17,7 @@ from stitchframe_transformers.data_options import TextClassificationOptions
 from torch.utils.data import DataLoader
 
 import stitchframe
-from stitchframe import Preprocess, SpecError
-from stitchframe.spec import structure_options
+from stitchframe import Preprocess, SpecError, structure_options
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,7 @@ import transformers as T
 from hf_tiny import tiny_config
 
 import stitchframe
-from stitchframe import load_anchor
-from stitchframe.spec import AnchorSpec
+from stitchframe import AnchorSpec, load_anchor
 
 CASES = {
     # name: (model class, model_type, head, output attribute)

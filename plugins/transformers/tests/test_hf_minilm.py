@@ -9,8 +9,7 @@ import torch
 from stitchframe_transformers.data import load_tokenizer
 
 import stitchframe
-from stitchframe import load_anchor
-from stitchframe.spec import AnchorSpec
+from stitchframe import AnchorSpec, load_anchor
 
 SENTENCES = ["a quick test", "stitching two sentence encoders into one elastic network, at run time"]
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "minilm_depth.yaml"

@@ -177,11 +177,10 @@ def test_text_routes_run_on_cuda_with_bf16_autocast(llama_pair):
 
 def test_text_snnet_trains_through_stitchframe_train(hf_regs, minilm_dir, tmp_path):
     """Dict batches from text_classification go through the core's training loop."""
-    train_mod = pytest.importorskip("stitchframe.train")
     from stitchframe_transformers.data import build_text_datasets
     from stitchframe_transformers.data_options import TextClassificationOptions
 
-    from stitchframe.spec import AnchorSpec, TrainSpec
+    from stitchframe import AnchorSpec, TrainSpec, train_snnet
 
     def bert(width, depth, name):
         cfg = tiny_config("bert", width=width, depth=depth, vocab_size=30522)
@@ -192,7 +191,7 @@ def test_text_snnet_trains_through_stitchframe_train(hf_regs, minilm_dir, tmp_pa
     train, _, _, collate, _ = build_text_datasets(TextClassificationOptions(toy_size=60), net.anchors["small"].preprocess)
     stitchframe.calibrate(net, [collate([train[i] for i in range(16)])])
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    result = train_mod.train(net, train, TrainSpec(max_steps=4, batch_size=8), device="cpu",
+    result = train_snnet(net, train, TrainSpec(max_steps=4, batch_size=8), device="cpu",
                              checkpoint_dir=tmp_path, collate_fn=collate)
     assert result.steps == 4 and all(torch.isfinite(torch.tensor(result.losses)))
     changed = {k.split(".")[0] for k, v in net.state_dict().items() if not torch.equal(v, before[k])}

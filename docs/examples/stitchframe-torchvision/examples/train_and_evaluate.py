@@ -37,12 +37,11 @@ for route in sorted(net.routes, key=lambda r: r.flops):
 # --8<-- [end:evaluate]
 
 # --8<-- [start:train_api]
-from stitchframe.spec import TrainSpec
-from stitchframe.train import train
+from stitchframe import TrainSpec, train_snnet
 
 data = torch.utils.data.TensorDataset(images, labels)  # (inputs, target) pairs
 cfg = TrainSpec(epochs=1, batch_size=8, lr=1e-4, sampling="flops_grouped", flops_groups=4, checkpoint_every=2)
-result = train(net, data, cfg, device="cpu", checkpoint_dir="checkpoints", seed=0)
+result = train_snnet(net, data, cfg, device="cpu", checkpoint_dir="checkpoints", seed=0)
 print(f"{result.steps} steps, routes {result.routes}, last loss {result.final_loss:.3f}")
 # --8<-- [end:train_api]
 

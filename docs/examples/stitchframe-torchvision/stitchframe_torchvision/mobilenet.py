@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import attrs
 import torch
 import torchvision
 from torch import nn
@@ -110,7 +109,9 @@ def mobilenet_anchor(
 # --8<-- [end:anchor]
 
 
-def load_mobilenet(identifier: str, options: MobileNetOptions) -> stitchframe.Anchor:
+def load_mobilenet(
+    identifier: str, options: MobileNetOptions, registries: stitchframe.Registries | None = None
+) -> stitchframe.Anchor:
     """The adapter: ``torchvision:<identifier>`` -> an anchor."""
     return mobilenet_anchor(build_model(identifier, options), identifier, options)
 

@@ -48,7 +48,7 @@ class StagewiseSpace(stitchframe.StitchSpace):
 
     Options = StagewiseOptions
 
-    def routes(self, anchors, can_stitch):
+    def routes(self, anchors, can_stitch, context=None):
         ordered = sorted(anchors, key=lambda a: a.graph.flops)
         if self.options.include_anchors:
             for a in ordered:

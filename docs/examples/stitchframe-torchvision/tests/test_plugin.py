@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import stitchframe_torchvision
 import torch
 
 import stitchframe
-from stitchframe.cli import main
 from stitchframe.testing import check_plugin
 
 SPEC = Path(__file__).parents[1] / "examples" / "mobilenet.yaml"
+
+
+def stitchframe_command(*args: str) -> subprocess.CompletedProcess:
+    """Run the ``stitchframe`` command as a user would (``python -m stitchframe`` in this environment)."""
+    return subprocess.run([sys.executable, "-m", "stitchframe", *args], capture_output=True, text=True, timeout=120)
 
 
 def test_plugin_conforms():
@@ -21,17 +27,18 @@ def test_plugin_conforms():
     assert {"dwconv", "stagewise"} <= set(regs.stitch_layers.names()) | set(regs.stitch_spaces.names())
 
 
-def test_found_through_the_entry_point(capsys):
+def test_found_through_the_entry_point():
     pm = stitchframe.get_plugin_manager()
     assert "torchvision" in pm.plugin_names() and pm.versions["torchvision"] == "0.1.0"
-    assert main(["plugins"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert "torchvision" in json.dumps(report)
+    proc = stitchframe_command("plugins")
+    assert proc.returncode == 0, proc.stderr
+    assert "torchvision" in json.dumps(json.loads(proc.stdout))
 
 
-def test_the_example_spec_builds_calibrates_and_exports(capsys):
-    assert main(["validate", str(SPEC)]) == 0
-    assert "OK (2 anchors, space 'stagewise', layer 'dwconv')" in capsys.readouterr().out
+def test_the_example_spec_builds_calibrates_and_exports():
+    proc = stitchframe_command("validate", str(SPEC))
+    assert proc.returncode == 0, proc.stderr
+    assert "OK (2 anchors, space 'stagewise', layer 'dwconv')" in proc.stdout
     spec = stitchframe.load_spec(SPEC)
     net = stitchframe.assemble(spec)
     # two anchors, 10 small->large routes, 13 large->small (large's one inner stage-0 cut has no partner)
