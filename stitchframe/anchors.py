@@ -28,8 +28,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from .errors import StitchframeError
-from .graph import ActivationSpec, BlockGraph, BlockInfo
+from .errors import StitchframeError, did_you_mean
+from .graph import LAYOUTS, ActivationSpec, BlockGraph, BlockInfo
 
 __all__ = ["Anchor", "Preprocess", "count_flops", "anchor_name", "NORM_MACS", "BATCHNORM_EVAL_MACS"]
 
@@ -152,12 +152,25 @@ class Preprocess:
     max_length: int | None = None
 
 
-def _per_position(value, n: int, what: str) -> list:
+def _per_position(value, n: int, what: str, name: str) -> list:
     if isinstance(value, (list, tuple)) and not (what == "grid" and len(value) == 2 and isinstance(value[0], int)):
         if len(value) != n:
-            raise StitchframeError(f"Anchor {what} list has {len(value)} entries, expected {n} (one per position)")
+            raise StitchframeError(
+                f"Anchor {name!r}: {what} has {len(value)} entries, expected {n}, one per cut position (the stem's "
+                f"output and each of the {n - 1} blocks'); give one value for all positions, or {n} values"
+            )
         return list(value)
     return [value] * n
+
+
+def _layout_hint(x: torch.Tensor) -> str:
+    """Which layouts a tensor of ``x``'s rank can have, as a fix to suggest."""
+    if x.dim() == 4:
+        return "a 4-D activation is layout 'map' ([B, C, H, W]) or 'nhwc' ([B, H, W, C])"
+    if x.dim() == 3:
+        return ("a 3-D activation is layout 'tokens' ([B, prefix + H*W, C]; set prefix= for cls tokens and grid= "
+                "for a non-square grid) or 'sequence' ([B, L, C])")
+    return f"no layout takes a {x.dim()}-D activation; the part must output one tensor of the layouts in LAYOUTS"
 
 
 class Anchor(nn.Module):
@@ -224,12 +237,19 @@ class Anchor(nn.Module):
         self.prepare_fn = None if isinstance(prepare, nn.Module) else prepare
         self.uses_context = prepare is not None
         n = len(blocks) + 1
-        self.layouts = _per_position(layout, n, "layout")
-        self.prefixes = _per_position(prefix, n, "prefix")
-        self.grids = _per_position(grid, n, "grid")
+        self.layouts = _per_position(layout, n, "layout", name)
+        unknown = sorted({str(v) for v in self.layouts if v not in LAYOUTS})
+        if unknown:
+            raise StitchframeError(f"Anchor {name!r}: unknown layout {unknown[0]!r}; {did_you_mean(unknown[0], LAYOUTS)}"
+                                   f"choose one of {', '.join(LAYOUTS)}")
+        self.prefixes = _per_position(prefix, n, "prefix", name)
+        self.grids = _per_position(grid, n, "grid", name)
         self.stages = list(stages) if stages is not None else [0] * n
         if len(self.stages) != n:
-            raise StitchframeError(f"Anchor {name!r}: stages has {len(self.stages)} entries, expected {n}")
+            raise StitchframeError(
+                f"Anchor {name!r}: stages has {len(self.stages)} entries, expected {n}: the stage of the stem, then "
+                f"one per block ({n - 1} blocks); stages=[0] * {n} puts them all in one stage"
+            )
         self.example_inputs = example_inputs
         self.variable_length = variable_length
         self.preprocess = preprocess or Preprocess()
@@ -325,8 +345,29 @@ class Anchor(nn.Module):
         except Exception as exc:
             raise StitchframeError(
                 f"Anchor {self.name!r}: the activation at position {pos} has shape {tuple(x.shape)}, "
-                f"which does not fit layout {self.layouts[pos]!r}: {exc}"
+                f"which does not fit layout {self.layouts[pos]!r}: {exc}; {_layout_hint(x)}: pass Anchor(layout=...), "
+                "one value for all positions or one per position"
             ) from exc
+
+    def _run_part(self, part: str, fn: Callable[..., Any], *args: Any) -> tuple[Any, int]:
+        """``count_flops(fn, *args)``; a failure names the part and how to fix the example or the cut."""
+        try:
+            return count_flops(fn, *args)
+        except StitchframeError:
+            raise
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            shape = tuple(self.example_inputs.shape) if isinstance(self.example_inputs, torch.Tensor) else "given"
+            raise StitchframeError(
+                f"Anchor {self.name!r}: running the {part} on example_inputs (shape {shape}) failed: "
+                f"{type(exc).__name__}: {first}. example_inputs must be a batch-1 input the model takes, and each "
+                "part must take what the part before it returns (stem -> blocks in order -> norm -> head)"
+            ) from exc
+
+    def _info(self, kind: str, index: int, part: str, flops: int, params: int, spec: ActivationSpec | None) -> BlockInfo:
+        stage = self.stages[0] if kind == "stem" else self.stages[-1] if kind == "head" else self.stages[index + 1]
+        return BlockInfo(name=f"{self.name}.{part}", kind=kind, index=index, stage=stage, path=self._paths[part],
+                         flops=flops, params=params, out_spec=spec)
 
     def _trace(self) -> BlockGraph:
         if self.example_inputs is None:
@@ -344,43 +385,15 @@ class Anchor(nn.Module):
                     c = self.prepare(inputs)
                     return c, self.run_stem(inputs, c)
 
-                (ctx, x), stem_flops = count_flops(stem_step)
-                stem = BlockInfo(
-                    name=f"{self.name}.stem",
-                    kind="stem",
-                    index=-1,
-                    stage=self.stages[0],
-                    path=self._paths["stem"],
-                    flops=stem_flops,
-                    params=_nparams(self.stem, self.context),
-                    out_spec=self._spec(x, 0),
-                )
+                (ctx, x), flops = self._run_part("stem", stem_step)
+                stem = self._info("stem", -1, "stem", flops, _nparams(self.stem, self.context), self._spec(x, 0))
                 blocks = []
                 for i in range(self.depth):
-                    x, fl = count_flops(self.run_blocks, x, i, i + 1, ctx)
-                    blocks.append(
-                        BlockInfo(
-                            name=f"{self.name}.blocks[{i}]",
-                            kind="block",
-                            index=i,
-                            stage=self.stages[i + 1],
-                            path=self._paths[f"blocks[{i}]"],
-                            flops=fl,
-                            params=_nparams(self.blocks[i]),
-                            out_spec=self._spec(x, i + 1),
-                        )
-                    )
-                _, head_flops = count_flops(self.run_head, x, ctx)
-                head = BlockInfo(
-                    name=f"{self.name}.head",
-                    kind="head",
-                    index=self.depth,
-                    stage=self.stages[-1],
-                    path=self._paths["head"],
-                    flops=head_flops,
-                    params=_nparams(self.norm, self.head),
-                    out_spec=None,
-                )
+                    x, flops = self._run_part(f"blocks[{i}]", self.run_blocks, x, i, i + 1, ctx)
+                    blocks.append(self._info("block", i, f"blocks[{i}]", flops, _nparams(self.blocks[i]),
+                                             self._spec(x, i + 1)))
+                _, flops = self._run_part("head", self.run_head, x, ctx)
+                head = self._info("head", self.depth, "head", flops, _nparams(self.norm, self.head), None)
         finally:
             for m, mode in modes:
                 m.training = mode

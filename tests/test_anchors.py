@@ -30,6 +30,65 @@ def test_activations_stop_at_the_deepest_position(vit_family):
     assert a.activations(x, []) == {}
 
 
+# --8<-- [start:downsample]
+class ResidualBlock(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(width, width, 3, padding=1)
+
+    def forward(self, x):
+        return x + torch.relu(self.conv(x))
+
+
+class StagedCNN(nn.Module):
+    """Stages of blocks, each stage after the first opened by a downsampling layer outside its blocks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.stages = nn.ModuleList()
+        for i, width in enumerate((8, 16, 32)):
+            stage = nn.Module()
+            stage.downsample = nn.Conv2d(width // 2, width, 2, stride=2) if i else nn.Identity()
+            stage.blocks = nn.Sequential(ResidualBlock(width), ResidualBlock(width))
+            self.stages.append(stage)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+
+    def forward(self, x):
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage.blocks(stage.downsample(x))
+        return self.head(x)
+
+
+def staged_anchor(model: StagedCNN) -> Anchor:
+    """Each stage's downsampling runs with the stage's first block, wrapped as one block of the anchor."""
+    blocks, stages = [], [0]
+    for i, stage in enumerate(model.stages):
+        for j, block in enumerate(stage.blocks):
+            first = j == 0 and not isinstance(stage.downsample, nn.Identity)
+            blocks.append(nn.Sequential(stage.downsample, block) if first else block)
+            stages.append(i)
+    return Anchor("staged", stem=model.stem, blocks=blocks, head=model.head, layout="map", stages=stages,
+                  example_inputs=torch.randn(1, 3, 32, 32), model=model)
+# --8<-- [end:downsample]
+
+
+def test_downsampling_outside_the_blocks_is_wrapped_with_the_first_block():
+    """The docs' recipe: the anchor computes the model, and the graph records both wrapped modules."""
+    from stitchframe.testing import check_anchor
+
+    model = StagedCNN().eval()
+    anchor = staged_anchor(model)
+    check_anchor(anchor, model=model)
+    assert [b.path for b in anchor.graph.blocks] == [
+        "stages.0.blocks.0", "stages.0.blocks.1",
+        "stages.1.downsample+stages.1.blocks.0", "stages.1.blocks.1",
+        "stages.2.downsample+stages.2.blocks.0", "stages.2.blocks.1",
+    ]
+    assert [anchor.graph.spec_at(p).grid for p in (2, 3, 5)] == [(32, 32), (16, 16), (8, 8)]
+
+
 def test_block_paths_of_wrappers_name_the_wrapped_modules():
     """A block the adapter wraps around model modules records their paths joined by '+'."""
     model = tiny.tiny_cnn(8, seed=0)
@@ -125,6 +184,26 @@ def test_anchor_validation():
                example_inputs=torch.zeros(1, 5, 3))
     with pytest.raises(StitchframeError, match="position 0"):
         b.graph
+
+
+def test_cut_mistakes_say_how_to_fix_them():
+    """A short stages= or layout list, an unknown layout, a layout that does not fit, an example the stem refuses."""
+    model = tiny.tiny_cnn(8)
+    parts = {"stem": model.stem, "blocks": list(model.layers), "head": model.head}
+    example = torch.randn(1, 3, 16, 16)
+    with pytest.raises(StitchframeError, match=r"Anchor 'c': stages has 2 entries, expected 4: the stage of the "
+                                               r"stem, then one per block \(3 blocks\); stages=\[0\] \* 4"):
+        Anchor("c", **parts, layout="map", stages=[0, 1], example_inputs=example)
+    with pytest.raises(StitchframeError, match=r"Anchor 'c': layout has 2 entries, expected 4, one per cut position"):
+        Anchor("c", **parts, layout=["map", "map"], example_inputs=example)
+    with pytest.raises(StitchframeError, match=r"unknown layout 'maps'; did you mean 'map'\? choose one of tokens"):
+        Anchor("c", **parts, layout="maps", example_inputs=example)
+    with pytest.raises(StitchframeError, match=r"does not fit layout 'tokens'.*a 4-D activation is layout 'map' "
+                                               r"\(\[B, C, H, W\]\) or 'nhwc'.*pass Anchor\(layout=...\)"):
+        Anchor("c", **parts, layout="tokens", example_inputs=example).graph
+    with pytest.raises(StitchframeError, match=r"running the stem on example_inputs \(shape \(1, 5, 16, 16\)\) "
+                                               r"failed: RuntimeError: .*example_inputs must be a batch-1 input"):
+        Anchor("c", **parts, layout="map", example_inputs=torch.randn(1, 5, 16, 16)).graph
 
 
 @pytest.mark.parametrize(

@@ -81,6 +81,41 @@ def test_check_anchor_finds_blocks_out_of_order():
         check_anchor(anchor, model=model)
 
 
+class _LayerScaleBlock(nn.Module):
+    """``x + gamma * mlp(x)`` with gamma starting at 1e-6 (timm's ConvNeXt and CaiT start so): nearly the identity."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
+        self.gamma = nn.Parameter(torch.full((width,), 1e-6))
+
+    def forward(self, x):
+        return x + self.gamma * self.mlp(x)
+
+
+def _layer_scale_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), *[_LayerScaleBlock(16) for _ in range(4)], nn.Linear(16, 3))
+
+
+def test_check_anchor_finds_near_identity_blocks_out_of_order():
+    """Swapped blocks that start as the identity: found because the kit lifts the 1e-6 layer scales."""
+    model = _layer_scale_model()
+    blocks = list(model)[1:5]
+    anchor = Anchor(
+        "scaled", stem=model[0], blocks=[blocks[0], blocks[2], blocks[1], blocks[3]], head=model[5],
+        layout="sequence", example_inputs=torch.randn(1, 5, 6), model=model,
+    )
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    check_anchor(anchor, model=model, lift_near_zero=False)  # at 1e-6 the swap is invisible
+    with pytest.raises(ConformanceError, match=r"scaled\.blocks\[1\] \(module '3'\) outputs differently"):
+        check_anchor(anchor, model=model)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # restored after the check
+    right = Anchor("scaled", stem=model[0], blocks=blocks, head=model[5], layout="sequence",
+                   example_inputs=torch.randn(1, 5, 6), model=model)
+    check_anchor(right, model=model)
+
+
 def test_check_anchor_finds_a_block_without_flops():
     model = tiny.tiny_cnn(8)
     anchor = Anchor(

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..anchors import Anchor, device_of, to_device, count_flops
-from ..errors import ShapeMismatchError
+from ..errors import ShapeMismatchError, StitchframeError
 from ..routes import Route, Segment
 from ..snnet import SNNet
 from ._common import ConformanceError, eval_mode, fail, first_tensor, max_diff, unique_params
@@ -24,6 +26,7 @@ def check_anchor(
     atol: float = 1e-5,
     rtol: float = 1e-4,
     flops_rtol: float = 1e-3,
+    lift_near_zero: bool = True,
 ) -> None:
     """Check an anchor built by an adapter.
 
@@ -37,6 +40,14 @@ def check_anchor(
     block outputs what the model computes at that module, and that the
     graph's FLOPs and parameters add up to the whole model's.
 
+    Blocks that are nearly the identity at initialisation (a layer scale of
+    ``1e-6``, as timm's ConvNeXt starts, or a residual branch whose last norm
+    weight starts at zero) would let a block in the wrong place go unnoticed,
+    since skipping or swapping it changes nothing.  So, by default, every
+    parameter that is not a bias and whose values all lie within ``1e-4`` of
+    zero is given seeded values between 0.1 and 0.5 while the checks run, and
+    restored afterwards.
+
     Args:
         anchor: The anchor to check.
         model: The original model the adapter cut up (optional).
@@ -44,6 +55,7 @@ def check_anchor(
         atol: Absolute tolerance of output comparisons.
         rtol: Relative tolerance of output comparisons.
         flops_rtol: Relative tolerance between the graph's FLOPs and the model's.
+        lift_near_zero: Lift near-zero parameters (see above) during the checks.
 
     Raises:
         ConformanceError: The anchor breaks the contract.
@@ -54,12 +66,15 @@ def check_anchor(
         fail(f"Anchor {anchor.name!r} has no example_inputs; pass a batch-1 example to Anchor(example_inputs=...)")
     try:
         graph = anchor.graph
-    except Exception as exc:  # a part that fails on example_inputs, or an activation off its layout
-        raise ConformanceError(f"Anchor {anchor.name!r}: tracing the block graph failed: {exc}") from exc
+    except StitchframeError as exc:  # a part that fails on example_inputs, or an activation off its layout
+        raise ConformanceError(str(exc)) from exc
+    except Exception as exc:
+        raise ConformanceError(f"Anchor {anchor.name!r}: tracing the block graph failed: {type(exc).__name__}: {exc}") from exc
     _check_graph_structure(anchor)
     device = device_of(anchor)
     inputs = to_device(inputs if inputs is not None else anchor.example_inputs, device)
-    with eval_mode(anchor, model):
+    lifted = _lifted_near_zero(anchor, model) if lift_near_zero else contextlib.nullcontext()
+    with eval_mode(anchor, model), lifted:
         acts = anchor.activations(inputs, list(graph.positions()))
         for pos, x in acts.items():
             _check_activation(anchor, pos, x)
@@ -70,6 +85,27 @@ def check_anchor(
         if model is not None:
             _check_against_model(anchor, model, inputs, out, acts, atol=atol, rtol=rtol)
             _check_model_costs(anchor, model, flops_rtol)
+
+
+@contextlib.contextmanager
+def _lifted_near_zero(*modules: nn.Module | None, tiny: float = 1e-4) -> Iterator[int]:
+    """Non-bias parameters within ``tiny`` of zero get seeded values in [0.1, 0.5]; restored on exit."""
+    generator = torch.Generator().manual_seed(0)
+    saved: list[tuple[nn.Parameter, torch.Tensor]] = []
+    names = {id(p): n for m in modules if m is not None for n, p in m.named_parameters()}
+    try:
+        with torch.no_grad():
+            for pid, p in unique_params(*modules).items():
+                if names.get(pid, "").endswith("bias") or not p.is_floating_point() or p.numel() == 0:
+                    continue
+                if float(p.detach().abs().max()) < tiny:
+                    saved.append((p, p.detach().clone()))
+                    p.copy_(torch.empty(p.shape, dtype=torch.float32).uniform_(0.1, 0.5, generator=generator))
+        yield len(saved)
+    finally:
+        with torch.no_grad():
+            for p, value in saved:
+                p.copy_(value)
 
 
 def _check_graph_structure(anchor: Anchor) -> None:

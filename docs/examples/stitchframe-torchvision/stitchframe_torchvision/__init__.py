@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 import stitchframe
 
-from .options import DWConvOptions, MobileNetOptions
+from .options import MODELS, DWConvOptions, MobileNetOptions, check_mobilenet_name
 from .stagewise import StagewiseOptions, StagewiseSpace
 
 if TYPE_CHECKING:
     from .dwconv import DWConvStitch
-    from .mobilenet import MODELS, MobileNetHead, build_model, load_mobilenet, mobilenet_anchor
+    from .mobilenet import MobileNetHead, build_model, load_mobilenet, mobilenet_anchor
 
 __version__ = "0.1.0"
 
@@ -29,6 +29,7 @@ __all__ = [
     "StagewiseOptions",
     "StagewiseSpace",
     "build_model",
+    "check_mobilenet_name",
     "load_mobilenet",
     "mobilenet_anchor",
 ]
@@ -38,7 +39,8 @@ __all__ = [
 @stitchframe.hookimpl
 def stitchframe_register_anchor_adapters(register):
     """Own the ``torchvision:`` source prefix."""
-    register("torchvision", "stitchframe_torchvision.mobilenet:load_mobilenet", options=MobileNetOptions)
+    register("torchvision", "stitchframe_torchvision.mobilenet:load_mobilenet", options=MobileNetOptions,
+             check_identifier="stitchframe_torchvision.options:check_mobilenet_name")
 # --8<-- [end:adapter_hook]
 
 
@@ -61,7 +63,7 @@ def stitchframe_register_stitch_spaces(register):
 # --8<-- [start:lazy]
 # torch and torchvision load on first use (PEP 562): `stitchframe plugins` and `validate` import neither
 _LAZY = {"DWConvStitch": "dwconv", **dict.fromkeys(
-    ("MODELS", "MobileNetHead", "build_model", "load_mobilenet", "mobilenet_anchor"), "mobilenet")}
+    ("MobileNetHead", "build_model", "load_mobilenet", "mobilenet_anchor"), "mobilenet")}
 
 
 def __getattr__(name: str) -> Any:

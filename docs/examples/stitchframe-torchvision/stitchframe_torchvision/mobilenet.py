@@ -8,12 +8,7 @@ from torch import nn
 
 import stitchframe
 
-from .options import MobileNetOptions
-
-# --8<-- [start:models]
-#: Models this adapter cuts; the source is ``torchvision:<name>``.
-MODELS = ("mobilenet_v3_small", "mobilenet_v3_large")
-# --8<-- [end:models]
+from .options import MODELS, MobileNetOptions
 
 
 # --8<-- [start:head]
@@ -112,7 +107,7 @@ def mobilenet_anchor(
 def load_mobilenet(
     identifier: str, options: MobileNetOptions, registries: stitchframe.Registries | None = None
 ) -> stitchframe.Anchor:
-    """The adapter: ``torchvision:<identifier>`` -> an anchor."""
+    """The adapter: ``torchvision:<identifier>`` -> an anchor (it loads no other anchor: ``registries`` unused)."""
     return mobilenet_anchor(build_model(identifier, options), identifier, options)
 
 

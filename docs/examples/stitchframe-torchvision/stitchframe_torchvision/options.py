@@ -8,6 +8,21 @@ from __future__ import annotations
 
 import attrs
 
+import stitchframe
+
+# --8<-- [start:models]
+#: Models this adapter cuts; the source is ``torchvision:<name>``.
+MODELS = ("mobilenet_v3_small", "mobilenet_v3_large")
+
+
+def check_mobilenet_name(identifier: str, options: MobileNetOptions) -> None:
+    """The adapter's identifier check, run by ``stitchframe validate`` (no torchvision import, no model built)."""
+    if identifier not in MODELS:
+        raise stitchframe.UnknownNameError(
+            f"torchvision adapter: unknown model {identifier!r}; supported: {', '.join(MODELS)}"
+        )
+# --8<-- [end:models]
+
 
 # --8<-- [start:mobilenet]
 @attrs.frozen(kw_only=True)

@@ -60,3 +60,11 @@ def test_preprocess_from_torchvision_weights():
 def test_mistakes_are_spec_errors(identifier, options, message):
     with pytest.raises(stitchframe.SpecError, match=message):
         build_model(identifier, options)
+
+
+def test_validate_rejects_an_unknown_model_without_building_it(tmp_path):
+    """The adapter's identifier check runs at validate: the error names the spec field and the models."""
+    spec = stitchframe.parse_spec({"anchors": ["torchvision:mobilenet_v3_small", "torchvision:mobilenet_v9"]})
+    with pytest.raises(stitchframe.UnknownNameError, match=r"anchors\[1\] \('torchvision:mobilenet_v9'\): "
+                                                           r"torchvision adapter: unknown model 'mobilenet_v9'"):
+        stitchframe.validate_spec(spec)
