@@ -257,6 +257,12 @@ def cli_reference() -> str:
         "Offline: with no network, or `HF_HUB_OFFLINE=1`, a load from the Hugging Face Hub (timm "
         "`pretrained: true`, `hf:` hub ids) uses the local cache only and fails at once with its one-line "
         "message instead of retrying for a minute.\n",
+        "`validate` checks every anchor source through its adapter's identifier check, without building a "
+        "model (timm model names, `hf:` configs on disk or in the cache), and a source whose prefix no "
+        "installed plugin registers names the plugin that provides it (`hf:` needs stitchframe-transformers).\n",
+        "Costs: route tables print GMACs (multiply-adds, the SN-Net papers' unit) beside GFLOPs (torch's "
+        "convention, 2 per multiply-add), normalisation layers included; budgets take either unit "
+        "(`--max-flops`, `--max-macs`) with a `k`, `M`, `G` or `T` suffix.\n",
         "## Global options\n",
         _arguments(parser._actions) + "\n",
     ]

@@ -240,8 +240,8 @@ class Anchor(nn.Module):
         self.layouts = _per_position(layout, n, "layout", name)
         unknown = sorted({str(v) for v in self.layouts if v not in LAYOUTS})
         if unknown:
-            raise StitchframeError(f"Anchor {name!r}: unknown layout {unknown[0]!r}; {did_you_mean(unknown[0], LAYOUTS)}"
-                                   f"choose one of {', '.join(LAYOUTS)}")
+            raise StitchframeError(f"Anchor {name!r}: unknown layout {unknown[0]!r}; "
+                                   f"{did_you_mean(unknown[0], LAYOUTS)}choose one of {', '.join(LAYOUTS)}")
         self.prefixes = _per_position(prefix, n, "prefix", name)
         self.grids = _per_position(grid, n, "grid", name)
         self.stages = list(stages) if stages is not None else [0] * n
@@ -364,7 +364,8 @@ class Anchor(nn.Module):
                 "part must take what the part before it returns (stem -> blocks in order -> norm -> head)"
             ) from exc
 
-    def _info(self, kind: str, index: int, part: str, flops: int, params: int, spec: ActivationSpec | None) -> BlockInfo:
+    def _info(self, kind: str, index: int, part: str, flops: int, params: int,
+              spec: ActivationSpec | None) -> BlockInfo:
         stage = self.stages[0] if kind == "stem" else self.stages[-1] if kind == "head" else self.stages[index + 1]
         return BlockInfo(name=f"{self.name}.{part}", kind=kind, index=index, stage=stage, path=self._paths[part],
                          flops=flops, params=params, out_spec=spec)

@@ -273,4 +273,5 @@ class BlockGraph:
             raise IndexError(f"{self.anchor}: cut position {pos} outside 0..{self.depth}")
 
     def __repr__(self) -> str:
-        return f"BlockGraph({self.anchor!r}, depth={self.depth}, gmacs={self.macs / 1e9:.3f}, gflops={self.flops / 1e9:.3f})"
+        return (f"BlockGraph({self.anchor!r}, depth={self.depth}, gmacs={self.macs / 1e9:.3f}, "
+                f"gflops={self.flops / 1e9:.3f})")

@@ -236,16 +236,22 @@ def write_report(routes: Sequence[Route], out_dir: str | os.PathLike[str], *, ti
 
 
 def route_table(routes: Sequence[Route], *, title: str = "routes") -> Any:
-    """A rich table of routes, cheapest first: id, route, GMACs, GFLOPs, M params, and any recorded metrics."""
+    """A rich table of routes, cheapest first: id, route, GMACs, GFLOPs, M params, and any recorded metrics.
+
+    Every cell and the title are :class:`rich.text.Text`, so route names and paths print literally on any
+    console (no markup, no ``:emoji:`` codes).
+    """
     from rich.table import Table
+    from rich.text import Text
 
     metrics = sorted({k for r in routes for k, v in r.meta.items() if isinstance(v, (int, float)) and k != "kind"})
-    table = Table(title=title)
+    table = Table(title=Text(title))
     for col in ("id", "route", "GMACs", "GFLOPs", "M params", *metrics):
-        table.add_column(col, justify="left" if col == "route" else "right")
+        table.add_column(Text(col), justify="left" if col == "route" else "right")
     for i, r in sorted(enumerate(routes), key=lambda ir: ir[1].flops or 0):
         vals = [f"{r.meta[m]:.4g}" if isinstance(r.meta.get(m), (int, float)) else "" for m in metrics]
         flops = r.flops or 0
-        table.add_row(str(i), r.describe(), f"{flops / 2e9:.3f}", f"{flops / 1e9:.3f}", f"{(r.params or 0) / 1e6:.2f}",
-                      *vals)
+        cells = [str(i), r.describe(), f"{flops / 2e9:.3f}", f"{flops / 1e9:.3f}", f"{(r.params or 0) / 1e6:.2f}",
+                 *vals]
+        table.add_row(*(Text(c) for c in cells))
     return table

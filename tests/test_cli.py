@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import yaml
@@ -123,6 +125,9 @@ def test_every_error_class_has_its_exit_code(monkeypatch, capsys):
     }
     classes = {n: c for n, c in inspect.getmembers(errors, inspect.isclass) if issubclass(c, errors.StitchframeError)}
     assert set(classes) == set(expected), "decide the exit code of every new error class here"
+    page = (Path(__file__).parents[1] / "docs" / "reference" / "api" / "errors.md").read_text(encoding="utf-8")
+    documented = {m[0]: int(m[1]) for m in re.findall(r"^\| `(\w+)` \| (\d+)", page, re.MULTILINE)}
+    assert documented == expected, "the table in docs/reference/api/errors.md must give every class its exit code"
     for name, cls in classes.items():
         exc = cls("boom", signal_name="SIGINT") if cls is errors.BuildInterrupted else cls("boom")
 

@@ -141,10 +141,10 @@ def test_export_by_macs_budget_is_half_the_flops_budget(built, tmp_path, capsys)
     routes = json.loads((out / "routes.json").read_text())["routes"]
     assert all(r["macs"] == r["flops"] / 2 for r in routes)
     budget = sorted(r["flops"] for r in routes)[10]
-    assert cli.main([*PLUGIN, "export", str(out), "--max-flops", str(budget), "-o", str(tmp_path / "f.safetensors")]) == 0
+    flops_file, macs_file = str(tmp_path / "f.safetensors"), str(tmp_path / "m.safetensors")
+    assert cli.main([*PLUGIN, "export", str(out), "--max-flops", str(budget), "-o", flops_file]) == 0
     by_flops = capsys.readouterr().out.splitlines()[0]
-    assert cli.main([*PLUGIN, "export", str(out), "--max-macs", f"{budget / 2e6}M",
-                     "-o", str(tmp_path / "m.safetensors")]) == 0
+    assert cli.main([*PLUGIN, "export", str(out), "--max-macs", f"{budget / 2e6}M", "-o", macs_file]) == 0
     by_macs = capsys.readouterr().out.splitlines()[0]
     assert by_flops == by_macs and "GMACs (" in by_macs and "GFLOPs)" in by_macs
     assert cli.main([*PLUGIN, "export", str(out), "--max-macs", "1"]) == 2

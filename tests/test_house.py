@@ -99,7 +99,7 @@ def test_private_attributes_are_read_only_by_their_own_class():
             if isinstance(root, ast.Call) and getattr(root.func, "id", None) == "super":
                 continue
             found.add((rel, node.attr))
-    assert found <= PRIVATE_READS_ALLOWED, f"private attributes read from outside: {sorted(found - PRIVATE_READS_ALLOWED)}"
+    assert found <= PRIVATE_READS_ALLOWED, f"private attributes read outside: {sorted(found - PRIVATE_READS_ALLOWED)}"
 
 
 def _core_references(path: Path):

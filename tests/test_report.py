@@ -77,3 +77,7 @@ def test_reports_give_macs_beside_flops(tmp_path):
     console.print(route_table(routes))
     text = console.export_text()
     assert "GMACs" in text and "GFLOPs" in text and "1.258" in text and "2.516" in text
+    markup = Console(width=200, record=True, file=io.StringIO(), markup=True, emoji=True)  # a user's own console
+    markup.print(route_table([Route.chain(("a", 0, 4), flops=1, params=1, meta={"kind": "anchor"})],
+                             title="[bold]runs/:package:"))
+    assert "[bold]runs/:package:" in markup.export_text()  # printed literally

@@ -69,7 +69,9 @@ def check_anchor(
     except StitchframeError as exc:  # a part that fails on example_inputs, or an activation off its layout
         raise ConformanceError(str(exc)) from exc
     except Exception as exc:
-        raise ConformanceError(f"Anchor {anchor.name!r}: tracing the block graph failed: {type(exc).__name__}: {exc}") from exc
+        raise ConformanceError(
+            f"Anchor {anchor.name!r}: tracing the block graph failed: {type(exc).__name__}: {exc}"
+        ) from exc
     _check_graph_structure(anchor)
     device = device_of(anchor)
     inputs = to_device(inputs if inputs is not None else anchor.example_inputs, device)

@@ -56,7 +56,8 @@ def _check_model_type(config_file: Path, source: str) -> None:
     try:
         model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
     except (OSError, ValueError, AttributeError) as exc:
-        raise SpecError(f"{source}: {str(config_file)!r} is not a readable JSON config ({type(exc).__name__})") from None
+        raise SpecError(f"{source}: {str(config_file)!r} is not a readable JSON config "
+                        f"({type(exc).__name__})") from None
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise SpecError(f"{source}: model type {model_type!r} (from {str(config_file)!r}) is not supported by "
                         f"stitchframe-transformers; supported: {', '.join(sorted(SUPPORTED_MODEL_TYPES))}.")

