@@ -462,7 +462,7 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
 
 def _stop_if_interrupted(result: Any) -> None:
     """Training returns early (with a checkpoint) on SIGINT/SIGTERM: the build must stop there too."""
-    stopped = getattr(result, "stopped_early", None)
+    stopped = result.stopped_early if result is not None else None  # None: training was skipped
     if stopped in ("SIGINT", "SIGTERM"):
         raise BuildInterrupted(
             f"Build interrupted by {stopped} during training at step {result.steps} of {result.total_steps}; "

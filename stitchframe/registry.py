@@ -155,7 +155,8 @@ class Entry(Generic[T]):
     def check_identifier(self) -> IdentifierCheck | None:
         """The identifier check (a lazy reference is imported now), or ``None``."""
         if isinstance(self._check_identifier, str):
-            object.__setattr__(self, "_check_identifier", self._resolve(self._check_identifier, kind_check=False))
+            check = self._resolve(self._check_identifier, kind_check=False, what=" check_identifier")
+            object.__setattr__(self, "_check_identifier", check)
         return self._check_identifier
 
     @property
@@ -176,7 +177,7 @@ class Entry(Generic[T]):
             object.__setattr__(self, "_doc", _first_doc_line(self.obj))
         return self._doc
 
-    def _resolve(self, ref: str, *, kind_check: bool = True) -> Any:
+    def _resolve(self, ref: str, *, kind_check: bool = True, what: str = "") -> Any:
         modname, _, attr = ref.partition(":")
         try:
             obj = importlib.import_module(modname)
@@ -184,15 +185,16 @@ class Entry(Generic[T]):
                 obj = getattr(obj, part)
         except Exception as exc:  # noqa: BLE001 - reported with the plugin and the reference
             raise PluginError(
-                f"Plugin {self.plugin!r} registered {self.kind} {self.name!r} as {ref!r}, which cannot be imported: "
-                f"{type(exc).__name__}: {exc}. Reinstall the plugin or fix the reference ('package.module:attribute')"
+                f"Plugin {self.plugin!r} registered {self.kind} {self.name!r}{what} as {ref!r}, which cannot be "
+                f"imported: {type(exc).__name__}: {exc}. Reinstall the plugin or fix the reference "
+                "('package.module:attribute')"
             ) from exc
         if not kind_check:
             expected = None if callable(obj) else "a callable"
         else:
             expected = self.check(obj) if self.check is not None else None
         if expected is not None:
-            raise PluginError(f"Plugin {self.plugin!r} registered {self.kind} {self.name!r} as {ref!r}, "
+            raise PluginError(f"Plugin {self.plugin!r} registered {self.kind} {self.name!r}{what} as {ref!r}, "
                               f"a {type(obj).__name__}; it must be {expected}")
         return obj
 

@@ -111,6 +111,21 @@ def test_evaluation_reads_every_image_once(ctx, tmp_path):
     assert space["shared_block_forwards"] < space["naive_block_forwards"]
 
 
+def test_zeroshot_measures_the_default_share_fit_against_the_other(ctx, tmp_path):
+    """The same routes calibrated with pooled and with mean: a goal says whether the default starts closest."""
+    from stitchframe.spec import CalibrationSpec
+
+    result = run_benchmark("zeroshot", TINY["zeroshot"], ctx, tmp_path)
+    default, other = zeroshot.DEFAULT_SHARE_FIT, zeroshot.OTHER_SHARE_FIT
+    assert default == CalibrationSpec().share_fit and {default, other} == {"pooled", "mean"}
+    assert result["calibration_options"][f"other_photos, share_fit {other}"]["share_fit"] == other
+    assert result["calibration_options"]["other_photos"]["share_fit"] == default
+    mine, theirs = result["summaries"]["other_photos"], result["summaries"][f"other_photos, share_fit {other}"]
+    (goal,) = [g for g in result["goals"] if "share_fit" in g["name"]]
+    assert goal["met"] == ((mine["median"], mine["mean"]) >= (theirs["median"], theirs["mean"]))
+    assert f"{default} {mine['median']:.0%} median" in goal["measured"]
+
+
 def test_calibration_matches_the_pinv_reference(ctx, tmp_path):
     result = run_benchmark("calibration", TINY["calibration"], ctx, tmp_path)
     assert all(r["relative_weight_difference"] < 1e-3 for r in result["rows"])

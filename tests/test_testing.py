@@ -384,6 +384,13 @@ class _Nothing:
     pass
 
 
+class _BrokenCheck:
+    @staticmethod
+    @stitchframe.hookimpl
+    def stitchframe_register_anchor_adapters(register):
+        register("tinycheck", tiny.load_tiny, options=tiny.TinyOptions, check_identifier="tests.tiny:no_such_check")
+
+
 @pytest.mark.parametrize(
     ("plugin", "message"),
     [
@@ -392,6 +399,7 @@ class _Nothing:
         (_NotALayer, "must be a subclass of stitchframe.StitchLayer"),
         (_Raises, "failed in hook 'stitchframe_register_stitch_spaces': RuntimeError: boom"),
         (_Nothing, "registers nothing"),
+        (_BrokenCheck, r"anchor adapter 'tinycheck' check_identifier as 'tests.tiny:no_such_check', which cannot be"),
     ],
     ids=lambda v: getattr(v, "__name__", ""),
 )

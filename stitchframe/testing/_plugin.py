@@ -22,7 +22,9 @@ def check_plugin(plugin: Any, name: str = "plugin_under_test") -> Registries:
     it registers or resolves something, every registered object has an attrs
     ``Options`` class whose fields all carry ``metadata={"help": ...}``,
     stitching layers subclass :class:`~stitchframe.StitchLayer`, stitch spaces
-    :class:`~stitchframe.StitchSpace`, and adapters and datasets are callables.
+    :class:`~stitchframe.StitchSpace`, adapters and datasets are callables,
+    and an adapter's ``check_identifier`` (a lazy reference imported here) is
+    a callable too.
 
     Args:
         plugin: The plugin (module, class or instance with hook implementations).
@@ -71,6 +73,10 @@ def _check_entry(kind: str, entry: Any, base: type | None) -> None:
         fail(f"{where} is {entry.obj!r}; it must be a subclass of stitchframe.{base.__name__}")
     if base is None and not callable(entry.obj):
         fail(f"{where} is {entry.obj!r}; it must be callable")
+    try:
+        entry.check_identifier  # noqa: B018 - imports a lazy reference, which the registry checks is callable
+    except PluginError as exc:
+        raise ConformanceError(str(exc)) from exc
     for field in attrs.fields(entry.options):
         if not field.metadata.get("help"):
             fail(
