@@ -9,13 +9,15 @@ records how far the build got, so ``--resume`` can continue it.
 
 from __future__ import annotations
 
+import secrets
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from .errors import CheckpointError, OutputExistsError, SpecError
+from .errors import CheckpointError, OutputExistsError, SpecError, UsageError
 from .io import read_json, write_json
 from .spec import EvalSpec, Spec, TrainSpec, spec_hash
 
@@ -88,6 +90,7 @@ def _read_state(partial: Path) -> dict[str, Any]:
         raise CheckpointError(f"{str(path)!r} holds a {type(found).__name__}, expected a JSON object; "
                               "rerun with --overwrite instead of --resume to start over")
     checks = {"stage": lambda v: v in _STAGES, "train": lambda v: v is None or isinstance(v, dict),
+              "run": lambda v: isinstance(v, str),
               "spec_hash": lambda v: isinstance(v, str), "resume_key": lambda v: isinstance(v, str)}
     for field, ok in checks.items():
         if field in found and not ok(found[field]):
@@ -106,11 +109,24 @@ def _holds_work(partial: Path) -> bool:
     return stage != "started" or (ckpt / "latest").exists() or any(ckpt.glob("step-*"))
 
 
-def _prepare_partial(output: Path, spec: Spec, resume: bool, overwrite: bool, main: bool,
+def _open_output(output: Path, spec: Spec, resume: bool, overwrite: bool, console) -> dict[str, Any]:
+    """Everything a build does to its output folder before any work (rank 0 alone under ``torchrun``).
+
+    Finishes an interrupted swap, checks the output may be written, and
+    creates (or reuses) the partial folder; returns its state.
+    """
+    _recover(output)
+    _check_output(output, overwrite)
+    return _prepare_partial(output, spec, resume, overwrite, console)[1]
+
+
+def _prepare_partial(output: Path, spec: Spec, resume: bool, overwrite: bool,
                      console) -> tuple[Path, dict[str, Any]]:
     """Create (or reuse, when resuming) the partial folder; returns it and its state (``stage``, ``train``).
 
     An unfinished build that holds work is discarded only with ``overwrite``.
+    The state carries a fresh ``run`` token, which lets the other ranks check
+    that they see the same folder (:func:`_check_shared`).
     """
     partial = partial_dir(output)
     key = resume_key(spec)
@@ -126,7 +142,7 @@ def _prepare_partial(output: Path, spec: Spec, resume: bool, overwrite: bool, ma
         state.update(found, spec_hash=spec_hash(spec), resume_key=key)
         if console is not None:
             console.print(f"resuming the unfinished build in {partial} (stage: {state['stage']})")
-    elif partial.exists() and main:
+    elif partial.exists():
         if _holds_work(partial):
             if not overwrite:
                 raise OutputExistsError(
@@ -136,10 +152,40 @@ def _prepare_partial(output: Path, spec: Spec, resume: bool, overwrite: bool, ma
             if console is not None:
                 console.print(f"discarding the unfinished build in {partial} (--overwrite)")
         shutil.rmtree(partial)
-    if main:
-        (partial / "checkpoints").mkdir(parents=True, exist_ok=True)
-        write_json(partial / _STATE, state)
+    state["run"] = secrets.token_hex(8)
+    (partial / "checkpoints").mkdir(parents=True, exist_ok=True)
+    write_json(partial / _STATE, state)
     return partial, state
+
+
+def _check_shared(partial: Path, state: dict[str, Any]) -> None:
+    """Under ``torchrun``: every rank must see the partial folder rank 0 just wrote (a shared file system).
+
+    Every rank reads the ``run`` token of the state file; all ranks learn
+    which ones could not, and all raise the same error.  A no-op when not
+    distributed.
+
+    Raises:
+        UsageError: A rank (on another node, say) cannot see the folder.
+    """
+    from .distributed import all_gather_objects, dist_info, is_distributed
+
+    if not is_distributed():
+        return
+    try:
+        seen = read_json(partial / _STATE).get("run") == state["run"]
+    except (OSError, CheckpointError, AttributeError):
+        seen = False
+    views = all_gather_objects((seen, socket.gethostname()))
+    blind = [f"{rank} (host {host!r})" for rank, (ok, host) in enumerate(views) if not ok]
+    if blind:
+        exc = UsageError(
+            f"rank(s) {', '.join(blind)} cannot see {str(partial)!r}, which rank 0 (host {views[0][1]!r}) just "
+            "wrote: under torchrun the output folder must be on a file system every node shares, at the same "
+            "path (NFS, Lustre, ...). Pass --output DIR on such a file system"
+        )
+        exc.on_rank_zero = dist_info().rank != 0  # every rank knows; rank 0 reports it
+        raise exc
 
 
 def _swap(partial: Path, output: Path) -> None:

@@ -131,7 +131,8 @@ class _StopSignals:
     """SIGINT/SIGTERM set a flag; the loop saves a checkpoint and stops. A second SIGINT raises at once."""
 
     def __init__(self) -> None:
-        self.received: str | None = None
+        self.received: str | None = None  # the signal this process got
+        self.agreed: str | None = None  # the signal any rank got (SIGTERM first), known after a step
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _StopSignals:
@@ -327,10 +328,13 @@ class _Trainer:
                 if trainable:
                     (loss / acc).backward()
             total += loss.detach() / acc
-        stats = torch.stack([total, torch.tensor(float(signals.received is not None), device=self.device)])
+        flags = [float(signals.received == name) for name in ("SIGINT", "SIGTERM")]
+        stats = torch.cat([total[None], torch.tensor(flags, device=self.device)])
         if self.dist.distributed:
             torch.distributed.all_reduce(stats)
             stats[0] /= self.dist.world_size
+        if stats[2] > 0 or stats[1] > 0:  # every rank stops with the same reason, whichever ranks got the signal
+            signals.agreed = "SIGTERM" if stats[2] > 0 else "SIGINT"
         value = float(stats[0])
         if not math.isfinite(value):
             self._fail(f"the loss is {value}", route)
@@ -348,7 +352,7 @@ class _Trainer:
         self.losses.append(value)
         self.routes.append(route)
         self.step += 1
-        return bool(stats[1] > 0)
+        return signals.agreed is not None
 
     def _fail(self, what: str, route: int) -> None:
         epoch = self.step / self.order.steps_per_epoch
@@ -403,7 +407,7 @@ class _Trainer:
                 if every and self.step % every == 0:
                     self._save()
                 if stop:
-                    return signals.received or "signal"
+                    return signals.agreed
                 if self.step >= end:
                     break
             del it
