@@ -329,7 +329,7 @@ def _report(message: str, show_traceback: bool) -> None:
 
 def _report_error(exc: StitchframeError, show_traceback: bool) -> None:
     """Report a stitchframe error, except on the ranks that got it from rank 0 (which prints it) under torchrun."""
-    if not getattr(exc, "on_rank_zero", False):
+    if not exc.on_rank_zero:
         _report(str(exc), show_traceback)
 
 

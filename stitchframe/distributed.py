@@ -158,7 +158,7 @@ def _rebuild_error(kind: str, message: str, extra: dict[str, Any]) -> BaseExcept
         exc = KeyboardInterrupt()
     else:
         exc = errors.StitchframeError(f"rank 0 failed: {kind}: {message}")
-    exc.on_rank_zero = True  # type: ignore[attr-defined]  # the CLI prints it on rank 0 only
+    exc.on_rank_zero = True  # type: ignore[attr-defined]  # rank 0 reports it; the CLI stays quiet here
     return exc
 
 

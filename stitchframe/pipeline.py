@@ -500,11 +500,13 @@ def _stop_if_interrupted(result: Any) -> None:
     """Training returns early (with a checkpoint) on SIGINT/SIGTERM: the build must stop there too."""
     stopped = getattr(result, "stopped_early", None)
     if stopped in ("SIGINT", "SIGTERM"):
-        raise BuildInterrupted(
+        exc = BuildInterrupted(
             f"Build interrupted by {stopped} during training at step {result.steps} of {result.total_steps}; "
             f"the checkpoint {str(result.checkpoint)!r} holds it. Rerun with --resume (resume=True) to continue",
             signal_name=stopped,
         )
+        exc.on_rank_zero = not dist_info().is_main  # every rank stops at the same step; rank 0 reports it
+        raise exc
 
 
 # ---------------------------------------------------------------------------

@@ -127,12 +127,19 @@ def _ignore_sigint(_worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+#: A SIGINT this soon after the first stop signal is the same stop (under torchrun a Ctrl-C reaches each
+#: rank twice: from the terminal and passed on by torchrun), not a second Ctrl-C.
+_SAME_STOP_S = 1.0
+
+
 class _StopSignals:
-    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint and stops. A second SIGINT raises at once."""
+    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint and stops. A second SIGINT (a second
+    later or more) raises at once."""
 
     def __init__(self) -> None:
         self.received: str | None = None  # the signal this process got
         self.agreed: str | None = None  # the signal any rank got (SIGTERM first), known after a step
+        self._first = 0.0
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _StopSignals:
@@ -142,8 +149,13 @@ class _StopSignals:
         return self
 
     def _handle(self, signum: int, _frame: Any) -> None:
+        now = time.monotonic()
         if self.received is not None and signum == signal.SIGINT:
+            if now - self._first < _SAME_STOP_S:  # one Ctrl-C seen twice: from the terminal and from torchrun
+                return
             raise KeyboardInterrupt
+        if self.received is None:
+            self._first = now
         self.received = signal.Signals(signum).name
 
     def __exit__(self, *exc: Any) -> None:

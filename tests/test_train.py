@@ -416,3 +416,15 @@ def test_progress_goes_to_plain_lines_when_not_a_terminal(tmp_path):
     lines = [line for line in out.getvalue().splitlines() if line.startswith("train step")]
     assert [line.split()[2] for line in lines] == ["2/4", "4/4"]
     assert all("loss" in line and "img/s" in line for line in lines)
+
+
+def test_one_ctrl_c_delivered_twice_is_one_stop_and_a_later_one_interrupts():
+    from stitchframe.train import _StopSignals
+
+    with _StopSignals() as signals:
+        os.kill(os.getpid(), signal.SIGINT)  # from the terminal
+        os.kill(os.getpid(), signal.SIGINT)  # the same Ctrl-C passed on by torchrun: not a second one
+        assert signals.received == "SIGINT"
+        signals._first -= 2.0  # a second Ctrl-C, two seconds later
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
