@@ -30,10 +30,9 @@ Under ``torchrun`` the process group starts first.  Rank 0 alone touches
 the output folder (the others wait and receive its result or its error) and
 the other ranks then check that they see the same folder.  Every rank loads
 the anchors and the data, calibrates on the same batches and takes rank 0's
-weights (bit for bit); all train
-together (DDP); the evaluation's batches are split over the ranks and
-gathered; rank 0 writes the report and swaps the folder into place.  Every
-rank returns the same :class:`BuildResult`.
+weights (bit for bit); all train together (DDP); the evaluation's batches
+are split over the ranks and gathered; rank 0 writes the report and swaps
+the folder into place.  Every rank returns the same :class:`BuildResult`.
 """
 
 from __future__ import annotations
@@ -369,6 +368,10 @@ def build(
         console: A :class:`rich.console.Console` for progress and the route
             table (``None``: silent); used on rank 0 only under ``torchrun``.
 
+    Under ``torchrun`` every rank calls this with the same arguments; it
+    starts the process group unless one exists (and then destroys it when it
+    returns), and every rank returns the same result.
+
     Returns:
         The output folder, the SN-Net, the evaluation and the report summary.
 
@@ -381,7 +384,7 @@ def build(
     out = _resolve_output(spec, output)
     if spec.data is None:
         raise SpecError("data: building needs a data section, e.g. data: {name: fashion_mnist}")
-    started = not torch.distributed.is_initialized()
+    started = not _in_process_group()
     info = setup_distributed(resolve_device(spec.device))  # under torchrun: before anything shared
     main = info.is_main
     if not main:
@@ -402,6 +405,10 @@ def build(
     finally:
         if started:
             cleanup_distributed()
+
+
+def _in_process_group() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def _load(spec: Spec, regs: Registries) -> tuple[SNNet, Preprocess, list[str], DatasetSplits]:
@@ -639,7 +646,7 @@ def evaluate_build(
     out = Path(output_dir)
     regs = registries if registries is not None else load_registries()
     spec = load_spec(out / "spec.yaml") if (out / "spec.yaml").is_file() else None
-    started = not torch.distributed.is_initialized()
+    started = not _in_process_group()
     info = setup_distributed(resolve_device(spec.device) if spec is not None else None)
     console = console if info.is_main else None
     try:
