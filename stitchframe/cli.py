@@ -335,6 +335,12 @@ def _report(message: str, show_traceback: bool) -> None:
     _console(err=True).print(f"error: {one_line}", markup=False)
 
 
+def _report_error(exc: StitchframeError, show_traceback: bool) -> None:
+    """Report a stitchframe error, except on the ranks that got it from rank 0 (which prints it) under torchrun."""
+    if not exc.on_rank_zero:
+        _report(str(exc), show_traceback)
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Python warnings as one ``warning:`` line, like the command's other messages (no source lines)."""
     one_line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
@@ -360,13 +366,13 @@ def _run_command(args: argparse.Namespace) -> int:
         _silence_stdout()
         return EXIT_BROKEN_PIPE
     except BuildInterrupted as exc:
-        _report(str(exc), args.traceback)
+        _report_error(exc, args.traceback)
         return exc.exit_code
     except USAGE_ERRORS as exc:
-        _report(str(exc), args.traceback)
+        _report_error(exc, args.traceback)
         return EXIT_USAGE
     except StitchframeError as exc:
-        _report(str(exc), args.traceback)
+        _report_error(exc, args.traceback)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         _report("interrupted (SIGINT)", args.traceback)

@@ -28,7 +28,15 @@ __all__ = [
 
 
 class StitchframeError(Exception):
-    """Base class of every error stitchframe reports to users."""
+    """Base class of every error stitchframe reports to users.
+
+    Attributes:
+        on_rank_zero: Under ``torchrun``, true on the ranks other than 0 when
+            rank 0 raises the same error and reports it (the command prints it
+            once, from rank 0).
+    """
+
+    on_rank_zero: bool = False
 
 
 class SpecError(StitchframeError, ValueError):

@@ -11,6 +11,13 @@ passes, and every route's outputs are bit-identical to
 
 Per-batch partial sums are appended to a JSONL file as they come, so an
 evaluation that is interrupted resumes where it stopped.
+
+Under ``torchrun`` (``distributed=True``) the batches are dealt out to the
+ranks in turn (batch ``b`` to rank ``b mod world_size``), every rank runs all
+routes through the trie on its batches, and the per-batch sums are gathered
+after each round and added in batch order; rank 0 alone writes the JSONL.
+Splitting batches rather than routes keeps the prefix sharing whole, and
+the sums, the file and the results are those of a single-process run.
 """
 
 from __future__ import annotations
@@ -27,9 +34,10 @@ from typing import Any, NamedTuple
 import attrs
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from .anchors import device_of, to_device
+from .distributed import all_gather_objects, is_distributed, on_main
 from .errors import StitchframeError
 from .snnet import SNNet
 
@@ -330,6 +338,7 @@ def evaluate_routes(
     latency_repeats: int = 10,
     record: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    distributed: bool = False,
 ) -> Evaluation:
     """Evaluate every route of ``snnet`` on ``dataset`` in one pass.
 
@@ -352,6 +361,12 @@ def evaluate_routes(
         record: Record ``accuracy``, ``loss`` (and ``latency_ms``) on the
             routes with :meth:`SNNet.set_route_meta`, so ``select_for`` uses them.
         progress: Called as ``progress(batches_done, batches_total)``.
+        distributed: Under an initialised process group of several ranks
+            (``torchrun``), split the batches over the ranks and gather the
+            sums; every rank must call this with the same arguments and the
+            same weights, and every rank returns the whole evaluation.  Rank 0
+            alone reads and writes ``partial_path`` and measures latency.
+            Without a process group this changes nothing.
 
     Returns:
         The per-route results and compute statistics.
@@ -363,22 +378,23 @@ def evaluate_routes(
         total = min(total, max_batches)
     header = {"fingerprint": fingerprint, "routes": names, "batch_size": batch_size, "dataset_size": len(dataset)}
     path = Path(partial_path) if partial_path is not None else None
+    split = distributed and is_distributed()
+    main = not split or torch.distributed.get_rank() == 0
+    first = on_main if split else (lambda fn: fn())  # rank 0 alone touches the file and times routes
     sums = _Sums(len(names))
-    for record_ in _read_partial(path, header)[:total] if path is not None else []:
+    for record_ in first(lambda: _read_partial(path, header)[:total] if path is not None else []):
         sums.add(record_)
     resumed = sums.batches
-    writer = _PartialWriter(path, header, fresh=resumed == 0)
+    writer = _PartialWriter(path if main else None, header, fresh=resumed == 0)
     modes = [(m, m.training) for m in snnet.modules()]  # restored one by one afterwards
     snnet.eval()
     try:
-        remaining = range(resumed * batch_size, min(len(dataset), total * batch_size))
-        loader = DataLoader(Subset(dataset, remaining), batch_size=batch_size, shuffle=False,
-                            collate_fn=collate_fn, num_workers=num_workers)
-        _run_batches(RouteTrie(snnet), loader, sums, writer, device, names, progress, total)
+        batches = _Batches(dataset, batch_size, range(resumed, total), split, collate_fn, num_workers)
+        _run_batches(RouteTrie(snnet), batches, sums, writer, device, names, progress, total)
         if sums.samples == 0:
             raise StitchframeError("Evaluation got no data: the validation split is empty")
-        lat = measure_latency(snnet, dataset, device=device, repeats=latency_repeats,
-                              collate_fn=collate_fn) if latency else {}
+        lat = first(lambda: measure_latency(snnet, dataset, device=device, repeats=latency_repeats,
+                                            collate_fn=collate_fn)) if latency else {}
     finally:
         writer.close()
         for m, mode in modes:
@@ -387,6 +403,25 @@ def evaluate_routes(
     if record:
         record_results(snnet, evaluation)
     return evaluation
+
+
+class _Batches:
+    """This rank's share of the batches to evaluate (all of them when not split), and how to gather.
+
+    Batch ``b`` covers examples ``b * batch_size`` onwards; ranks take the
+    batches in turn, so the ``r``-th batch of rank ``k`` is batch
+    ``ids[r * world + k]`` and gathering one round in rank order keeps
+    batch order.
+    """
+
+    def __init__(self, dataset: Any, batch_size: int, ids: range, split: bool, collate_fn, num_workers: int) -> None:
+        world, rank = (torch.distributed.get_world_size(), torch.distributed.get_rank()) if split else (1, 0)
+        self.split, self.rounds = split, -(-len(ids) // world)
+        mine = [list(range(b * batch_size, min((b + 1) * batch_size, len(dataset)))) for b in ids[rank::world]]
+        self.loader = DataLoader(dataset, batch_sampler=mine, collate_fn=collate_fn, num_workers=num_workers)
+
+    def gather(self, item: Any) -> list[Any]:
+        return all_gather_objects(item) if self.split else [item]
 
 
 @attrs.define
@@ -429,23 +464,34 @@ class _Sums:
                           block_forwards=self.block_forwards, naive_block_forwards=self.naive_block_forwards)
 
 
-def _run_batches(trie: RouteTrie, loader: DataLoader, sums: _Sums, writer: _PartialWriter, device: torch.device,
+def _run_batches(trie: RouteTrie, batches: _Batches, sums: _Sums, writer: _PartialWriter, device: torch.device,
                  names: list[str], progress: Callable[[int, int], None] | None, total: int) -> None:
-    """Evaluate the loader's batches, appending each batch's sums to ``writer`` and ``sums``."""
+    """Evaluate this rank's batches round by round; every round's sums (all ranks', in batch order) go
+    to ``writer`` and ``sums``."""
     if progress is not None:
         progress(sums.batches, total)
+    it = iter(batches.loader)
     with torch.no_grad():
-        for inputs, target in loader:
-            inputs = to_device(inputs, device)
-            target = torch.as_tensor(target)
-            _check_labels(target)
-            target = target.to(device=device, dtype=torch.long)
-            correct, loss, blocks = _batch_metrics(inputs, target, trie, names)
-            record = {"batch": sums.batches, "samples": int(target.shape[0]), "correct": correct, "loss": loss}
-            writer.write(record)
-            sums.add(record)
-            sums.block_forwards += blocks
-            sums.naive_block_forwards += trie.naive_blocks
+        for _ in range(batches.rounds):
+            item = None
+            batch = next(it, None)
+            if batch is not None:
+                inputs, target = batch
+                inputs = to_device(inputs, device)
+                target = torch.as_tensor(target)
+                _check_labels(target)
+                target = target.to(device=device, dtype=torch.long)
+                correct, loss, blocks = _batch_metrics(inputs, target, trie, names)
+                item = (int(target.shape[0]), correct, loss, blocks)
+            for got in batches.gather(item):
+                if got is None:  # a rank without a batch in the last round
+                    continue
+                samples, correct, loss, blocks = got
+                record = {"batch": sums.batches, "samples": samples, "correct": correct, "loss": loss}
+                writer.write(record)
+                sums.add(record)
+                sums.block_forwards += blocks
+                sums.naive_block_forwards += trie.naive_blocks
             if progress is not None:
                 progress(sums.batches, total)
 

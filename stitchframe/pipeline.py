@@ -26,8 +26,13 @@ Output folder::
     build.json          manifest: version, spec hash, data, timings, summary
     checkpoints/        training checkpoints and evaluation partial sums
 
-Under ``torchrun`` every rank loads, calibrates and trains; only rank 0
-prepares folders, evaluates and writes.
+Under ``torchrun`` the process group starts first.  Rank 0 alone touches
+the output folder (the others wait and receive its result or its error) and
+the other ranks then check that they see the same folder.  Every rank loads
+the anchors and the data, calibrates on the same batches and takes rank 0's
+weights (bit for bit); all train together (DDP); the evaluation's batches
+are split over the ranks and gathered; rank 0 writes the report and swaps
+the folder into place.  Every rank returns the same :class:`BuildResult`.
 """
 
 from __future__ import annotations
@@ -35,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from itertools import islice
@@ -50,23 +54,12 @@ from torch.utils.data import DataLoader
 from .anchors import Preprocess, device_of, to_device
 from .calibration import calibrate, calibrate_heads
 from .datasets import DatasetSplits, agreed_preprocess, load_data
-from .distributed import dist_info, is_main_process
+from .distributed import DistInfo, broadcast_state, dist_info, on_main, process_group
 from .engine import assemble
 from .errors import BuildInterrupted, CheckpointError, SpecError
 from .evaluate import Evaluation, evaluate_routes, logits_of, state_fingerprint
 from .io import atomic_write, load_module_state, read_json, read_metadata, save_module, write_json
-from .outputs import (
-    STAGES,
-    STATE_FILE,
-    MANIFEST,
-    check_output,
-    holds_work,
-    prepare_partial,
-    recover,
-    resolve_output,
-    swap,
-    partial_dir,
-)
+from .outputs import MANIFEST, STAGES, STATE_FILE, partial_build, partial_dir, resolve_output, swap
 from .plugins import Registries, load_registries
 from .report import route_table, summary_sentence, write_report
 from .route_bn import recalibrate_route_bn
@@ -96,7 +89,7 @@ class BuildResult:
     Attributes:
         output: The output folder.
         snnet: The calibrated, trained SN-Net with per-route metrics recorded.
-        evaluation: The evaluation of every route (``None`` on ranks other than 0).
+        evaluation: The evaluation of every route (the same on every rank under ``torchrun``).
         summary: The report summary (stitched routes vs the anchors' line).
         train_result: What training returned, as plain data (``None`` when skipped).
         data: One line describing the dataset.
@@ -280,6 +273,7 @@ def _evaluate(snnet: SNNet, spec: Spec, splits: DatasetSplits, partial_path: Pat
             fingerprint=f"{spec_hash(spec)}:{state_fingerprint(snnet)}",
             latency=spec.eval.latency if latency is None else latency,
             progress=tick,
+            distributed=True,
         )
 
 
@@ -356,6 +350,10 @@ def build(
         console: A :class:`rich.console.Console` for progress and the route
             table (``None``: silent); used on rank 0 only under ``torchrun``.
 
+    Under ``torchrun`` every rank calls this with the same arguments; it
+    starts the process group unless one exists (and then destroys it when it
+    returns), and every rank returns the same result.
+
     Returns:
         The output folder, the SN-Net, the evaluation and the report summary.
 
@@ -366,33 +364,17 @@ def build(
     """
     regs = registries if registries is not None else load_registries()
     out = resolve_output(spec, output)
-    main = is_main_process()
-    if not main:
-        console = None  # under torchrun only rank 0 reports
-    if main:
-        recover(out)
-        check_output(out, overwrite)
     if spec.data is None:
         raise SpecError("data: building needs a data section, e.g. data: {name: fashion_mnist}")
-    partial, state = prepare_partial(out, spec, resume, overwrite, main, console)
-    try:
-        return _run(spec, regs, out, partial, state, resume, main, console)
-    except BaseException:
-        if main and partial.exists() and not holds_work(partial):
-            shutil.rmtree(partial, ignore_errors=True)  # failed before any work worth resuming
-        elif console is not None and main and partial.exists():
-            console.print(f"build failed; the unfinished build stays in {partial} (rerun with --resume)",
-                          style="yellow", markup=False, emoji=False)
-        raise
+    with process_group(resolve_device(spec.device)) as info:  # under torchrun: before anything shared
+        if not info.is_main:
+            console = None  # under torchrun only rank 0 reports
+        with partial_build(out, spec, resume=resume, overwrite=overwrite, console=console) as (partial, state):
+            return _run(spec, regs, out, partial, state, resume, console)
 
 
-def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str, Any], resume: bool, main: bool,
-         console) -> BuildResult:
-    spec_h = spec_hash(spec)
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    _seed_everything(spec.seed)
-    device = dist_info().device(resolve_device(spec.device))  # under torchrun: this rank's GPU, cuda:LOCAL_RANK
+def _load(spec: Spec, regs: Registries) -> tuple[SNNet, Preprocess, list[str], DatasetSplits]:
+    """Assemble the SN-Net and load the data (on every rank at once: the hub clients lock their caches)."""
     loaded: dict[str, Any] = {}
 
     def data_for(anchors) -> tuple[Any, list[str], DatasetSplits]:
@@ -405,10 +387,33 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
         # spaces that choose routes on data (e.g. dery) get the calibration batches' inputs, re-read on every pass
         return _CalibrationBatches(spec, data_for(anchors)[2], inputs_only=True)
 
-    snnet = assemble(spec, regs, probe=probe).to(device)
+    snnet = assemble(spec, regs, probe=probe)
+    preprocess, notes, splits = data_for(snnet.anchors.values())
+    return snnet, preprocess, notes, splits
+
+
+def _save_stage(snnet: SNNet, spec_h: str, partial: Path, state: dict[str, Any]) -> None:
+    """Rank 0 saves the weights and the state of a finished stage; the other ranks wait for it."""
+    broadcast_state(snnet)  # every rank goes on with rank 0's weights, bit for bit
+
+    def save() -> None:
+        save_module(snnet, partial / WEIGHTS, kind="snnet", metadata={"spec_hash": spec_h, "stage": state["stage"]})
+        write_json(partial / STATE_FILE, state)
+
+    on_main(save)
+
+
+def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str, Any], resume: bool,
+         console) -> BuildResult:
+    spec_h = spec_hash(spec)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    _seed_everything(spec.seed)
+    device = dist_info().device(resolve_device(spec.device))  # under torchrun: this rank's GPU, cuda:LOCAL_RANK
+    snnet, preprocess, notes, splits = _load(spec, regs)
+    snnet.to(device)
     if spec.train.route_bn_batches:
         snnet.enable_route_bn()
-    preprocess, notes, splits = data_for(snnet.anchors.values())
     if console is not None:
         for note in notes:
             console.print(f"note: {note}")
@@ -425,9 +430,7 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
         _calibrate(snnet, spec, splits, device, console)
         timings["calibrate"] = time.perf_counter() - t
         state["stage"] = "calibrated"
-        if main:
-            save_module(snnet, weights, kind="snnet", metadata={"spec_hash": spec_h, "stage": "calibrated"})
-            write_json(partial / STATE_FILE, state)
+        _save_stage(snnet, spec_h, partial, state)
     train_result = state.get("train")
     if state["stage"] != "trained":
         t = time.perf_counter()
@@ -440,18 +443,18 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
             _recalibrate_bn(snnet, spec, splits, device, console)
             timings["route_bn"] = time.perf_counter() - t
         state.update(stage="trained", train=train_result)
-        if main:
-            save_module(snnet, weights, kind="snnet", metadata={"spec_hash": spec_h, "stage": "trained"})
-            write_json(partial / STATE_FILE, state)
-    if not main:
-        return BuildResult(output=out, snnet=snnet, evaluation=None, summary=None, train_result=train_result,
-                           data=splits.description)
+        _save_stage(snnet, spec_h, partial, state)
     t = time.perf_counter()
     evaluation = _evaluate(snnet, spec, splits, partial / "checkpoints" / "evaluation.jsonl", console)
     timings["evaluate"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
-    summary = _write_outputs(partial, snnet, spec, splits, preprocess, evaluation, train_result, timings)
-    swap(partial, out)
+
+    def finish() -> dict[str, Any]:
+        summary = _write_outputs(partial, snnet, spec, splits, preprocess, evaluation, train_result, timings)
+        swap(partial, out)
+        return summary
+
+    summary = on_main(finish)
     if console is not None:
         console.print(route_table(snnet.routes, title=f"{len(snnet.routes)} routes ({splits.description})"))
         console.print(f"On {_data_used(spec, splits)[1]}: {summary_sentence(summary)}")
@@ -464,11 +467,13 @@ def _stop_if_interrupted(result: Any) -> None:
     """Training returns early (with a checkpoint) on SIGINT/SIGTERM: the build must stop there too."""
     stopped = result.stopped_early if result is not None else None  # None: training was skipped
     if stopped in ("SIGINT", "SIGTERM"):
-        raise BuildInterrupted(
+        exc = BuildInterrupted(
             f"Build interrupted by {stopped} during training at step {result.steps} of {result.total_steps}; "
             f"the checkpoint {str(result.checkpoint)!r} holds it. Rerun with --resume (resume=True) to continue",
             signal_name=stopped,
         )
+        exc.on_rank_zero = not dist_info().is_main  # every rank stops at the same step; rank 0 reports it
+        raise exc
 
 
 # ---------------------------------------------------------------------------
@@ -600,18 +605,25 @@ def evaluate_build(
     """
     out = Path(output_dir)
     regs = registries if registries is not None else load_registries()
+    spec = load_spec(out / "spec.yaml") if (out / "spec.yaml").is_file() else None
+    with process_group(resolve_device(spec.device) if spec is not None else None) as info:
+        return _evaluate_output(out, regs, info, latency, max_batches, console if info.is_main else None)
+
+
+def _evaluate_output(out: Path, regs: Registries, info: DistInfo, latency: bool | None, max_batches: int | None,
+                     console) -> Evaluation:
     snnet = load_snnet(out, regs)
     spec = load_spec(out / "spec.yaml")
     if spec.data is None:
         raise SpecError(f"{str(out / 'spec.yaml')!r}: data: the spec has no data section to evaluate on")
-    snnet.to(resolve_device(spec.device))
     preprocess, _ = agreed_preprocess(list(snnet.anchors.values()), spec.data.img_size)
     splits = load_data(spec, regs, preprocess)
+    snnet.to(info.device(resolve_device(spec.device)))
     evaluation = _evaluate(snnet, spec, splits, out / "evaluation" / "progress.jsonl", console,
                            max_batches=max_batches, latency=latency)
     used, label = _data_used(spec, splits)
-    summary = write_report(snnet.routes, out / "evaluation", title=f"{' / '.join(snnet.anchors)} on {label}",
-                           data=used)
+    summary = on_main(lambda: write_report(snnet.routes, out / "evaluation",
+                                           title=f"{' / '.join(snnet.anchors)} on {label}", data=used))
     if console is not None:
         evaluated = min(len(splits.val), evaluation.batches * spec.eval.batch_size)
         size = "" if evaluated >= len(splits.val) else f"; evaluated on {evaluated} of the {len(splits.val)} val images"

@@ -122,11 +122,19 @@ def _ignore_sigint(_worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+#: A SIGINT this soon after the first stop signal is the same stop (under torchrun a Ctrl-C reaches each
+#: rank twice: from the terminal and passed on by torchrun), not a second Ctrl-C.
+_SAME_STOP_S = 1.0
+
+
 class _StopSignals:
-    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint and stops. A second SIGINT raises at once."""
+    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint and stops. A second SIGINT (a second
+    later or more) raises at once."""
 
     def __init__(self) -> None:
-        self.received: str | None = None
+        self.received: str | None = None  # the signal this process got
+        self.agreed: str | None = None  # the signal any rank got (SIGTERM first), known after a step
+        self._first = 0.0
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _StopSignals:
@@ -136,8 +144,13 @@ class _StopSignals:
         return self
 
     def _handle(self, signum: int, _frame: Any) -> None:
+        now = time.monotonic()
         if self.received is not None and signum == signal.SIGINT:
+            if now - self._first < _SAME_STOP_S:  # one Ctrl-C seen twice: from the terminal and from torchrun
+                return
             raise KeyboardInterrupt
+        if self.received is None:
+            self._first = now
         self.received = signal.Signals(signum).name
 
     def __exit__(self, *exc: Any) -> None:
@@ -322,10 +335,13 @@ class _Trainer:
                 if trainable:
                     (loss / acc).backward()
             total += loss.detach() / acc
-        stats = torch.stack([total, torch.tensor(float(signals.received is not None), device=self.device)])
+        flags = [float(signals.received == name) for name in ("SIGINT", "SIGTERM")]
+        stats = torch.cat([total[None], torch.tensor(flags, device=self.device)])
         if self.dist.distributed:
             torch.distributed.all_reduce(stats)
             stats[0] /= self.dist.world_size
+        if stats[2] > 0 or stats[1] > 0:  # every rank stops with the same reason, whichever ranks got the signal
+            signals.agreed = "SIGTERM" if stats[2] > 0 else "SIGINT"
         value = float(stats[0])
         if not math.isfinite(value):
             self._fail(f"the loss is {value}", route)
@@ -343,7 +359,7 @@ class _Trainer:
         self.losses.append(value)
         self.routes.append(route)
         self.step += 1
-        return bool(stats[1] > 0)
+        return signals.agreed is not None
 
     def _fail(self, what: str, route: int) -> None:
         epoch = self.step / self.order.steps_per_epoch
@@ -398,7 +414,7 @@ class _Trainer:
                 if every and self.step % every == 0:
                     self._save()
                 if stop:
-                    return signals.received or "signal"
+                    return signals.agreed
                 if self.step >= end:
                     break
             del it

@@ -35,7 +35,7 @@ TINY = {
                               dispatch_calls=50, dispatch_repeats=2),
     "switching": switching.Params(anchors=VITS, calls=200, repeats=1, alloc_calls=200, rounds=2),
     "evaluation": evaluation.Params(anchors=VITS[:2], spaces=(evaluation.Space(space="snnet", images=4, rounds=1),),
-                                    batch=2),
+                                    batch=2, distributed=evaluation.Distributed(space="snnet", images=6, rounds=1)),
     "training": training.Params(anchors=VITS[:2], batch=4, routes=2, steps_per_route=1,
                                 cpu_variants=("fp32", "bf16")),
     "calibration": calibration.Params(anchors=VITS[:2], images=(4, 8), batch=4, repeats=1, repeats_large=1,
@@ -109,6 +109,9 @@ def test_evaluation_reads_every_image_once(ctx, tmp_path):
     assert space["getitem_calls"] == {"shared": 4, "per_route": 4 * space["routes"]}
     assert space["same_accuracy"] and space["bound"] > 1
     assert space["shared_block_forwards"] < space["naive_block_forwards"]
+    split = result["distributed"]  # 2 gloo processes vs 1: 3 batches, at most 2 on one rank
+    assert split["same_accuracy"] and split["getitem_calls"] == {"1": 6, "2": 6} and split["ideal"] == 1.5
+    assert split["speedup"]["n"] == 1 and split["speedup"]["median"] > 0
 
 
 def test_zeroshot_measures_the_default_share_fit_against_the_other(ctx, tmp_path):

@@ -222,20 +222,6 @@ def test_spec_mistakes_are_reported_before_any_work(regs, tmp_path):
         build(parse_spec(tiny_spec()), registries=regs)
 
 
-def test_only_rank_zero_writes_and_prints(regs, tmp_path, monkeypatch):
-    from io import StringIO
-
-    from rich.console import Console
-
-    monkeypatch.setenv("RANK", "1")
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    printed = StringIO()
-    res = _build(regs, tmp_path / "out", console=Console(file=printed))
-    assert res.evaluation is None and not (tmp_path / "out").exists()
-    assert not pipeline.partial_dir(tmp_path / "out").exists()
-    assert printed.getvalue() == ""
-
-
 def test_cnn_build_with_fitted_heads_and_frozen_batchnorm(regs, tmp_path):
     from stitchframe import assemble
 

@@ -24,7 +24,15 @@ from stitchframe.optim import build_optimizer, lr_factor
 from stitchframe.spec import TrainSpec, parse_spec
 from stitchframe.train import train
 from tests import tiny
-from tests._training import DDP_SPEC, SignalAt, cnn_snnet, prototype_data, state_of, vit_snnet
+from tests._training import (
+    DDP_SPEC,
+    SignalAt,
+    assert_equivalent_training,
+    cnn_snnet,
+    prototype_data,
+    state_of,
+    vit_snnet,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,20 +46,6 @@ def assert_same_weights(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-
-
-def assert_equivalent_training(a: dict, b: dict) -> None:
-    """Weights of two equivalent runs that sum gradients in a different order agree to float rounding.
-
-    The key third of an attention ``qkv.bias`` is left out: softmax ignores it, so its exact
-    gradient is zero and Adam (dividing by ``sqrt(v)``) turns rounding noise into real steps.
-    """
-    assert a.keys() == b.keys()
-    for k in a:
-        x, y = a[k], b[k]
-        if k.endswith("attn.qkv.bias"):
-            x, y = (torch.cat([t[: len(t) // 3], t[2 * len(t) // 3 :]]) for t in (x, y))
-        torch.testing.assert_close(x, y, atol=2e-6, rtol=0, msg=k)
 
 
 # ---------------------------------------------------------------------------
@@ -422,3 +416,15 @@ def test_progress_goes_to_plain_lines_when_not_a_terminal(tmp_path):
     lines = [line for line in out.getvalue().splitlines() if line.startswith("train step")]
     assert [line.split()[2] for line in lines] == ["2/4", "4/4"]
     assert all("loss" in line and "img/s" in line for line in lines)
+
+
+def test_one_ctrl_c_delivered_twice_is_one_stop_and_a_later_one_interrupts():
+    from stitchframe.train import _StopSignals
+
+    with _StopSignals() as signals:
+        os.kill(os.getpid(), signal.SIGINT)  # from the terminal
+        os.kill(os.getpid(), signal.SIGINT)  # the same Ctrl-C passed on by torchrun: not a second one
+        assert signals.received == "SIGINT"
+        signals._first -= 2.0  # a second Ctrl-C, two seconds later
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
