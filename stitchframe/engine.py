@@ -6,6 +6,8 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import torch
+
 from .anchors import Anchor, anchor_name
 from .errors import PluginError, ShapeMismatchError, SpecError, StitchframeError, UnknownNameError, _plugin_call
 from .graph import ActivationSpec
@@ -22,13 +24,27 @@ __all__ = ["load_anchor", "choose_layer", "build_snnet", "assemble", "validate_s
 
 
 
-def _call_loader(load: Callable[..., Any], identifier: str, options: Any, regs: Registries) -> Any:
-    """``load(identifier, options)``, plus ``registries=`` when the loader declares that parameter."""
+def _declares(load: Callable[..., Any], name: str) -> bool:
+    """Whether ``load`` declares a parameter ``name`` (builtins and some callables have no signature)."""
     try:
-        wants = "registries" in inspect.signature(load).parameters
-    except (TypeError, ValueError):  # builtins and some callables have no signature
-        wants = False
-    return load(identifier, options, registries=regs) if wants else load(identifier, options)
+        return name in inspect.signature(load).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _call_loader(load: Callable[..., Any], identifier: str, options: Any, regs: Registries,
+                 structure_only: bool = False) -> Any:
+    """``load(identifier, options)``, plus ``registries=`` and ``structure_only=True`` when the loader declares them.
+
+    A structure-only build runs on the meta device, so the modules cost no memory until a route's
+    weights are loaded into them; a loader that does not declare ``structure_only`` is called as
+    usual (it loads its weights).
+    """
+    kwargs: dict[str, Any] = {"registries": regs} if _declares(load, "registries") else {}
+    if structure_only and _declares(load, "structure_only"):
+        with torch.device("meta"):
+            return load(identifier, options, structure_only=True, **kwargs)
+    return load(identifier, options, **kwargs)
 
 
 def load_anchor(
@@ -36,6 +52,7 @@ def load_anchor(
     registries: Registries | None = None,
     *,
     where: str = "anchors[0]",
+    structure_only: bool = False,
 ) -> Anchor:
     """Load one anchor through the adapter that owns its source prefix.
 
@@ -43,10 +60,22 @@ def load_anchor(
     hook before failing.  A loader that declares a ``registries`` parameter is
     called with these registries too (to load other anchors or datasets).
 
+    The anchor records how to build its modules again in ``anchor.structure``
+    (``(source, options)``): what its adapter set, else ``spec``'s source and
+    options.  :func:`stitchframe.export_route` writes it down, so
+    :func:`stitchframe.load_route` rebuilds an exported route's modules with
+    ``structure_only=True``.
+
     Args:
         spec: An :class:`AnchorSpec` or a source string.
         registries: The registries (default: all installed plugins).
         where: Spec path for error messages.
+        structure_only: Build only the modules, on the meta device, without
+            reading or downloading weights (their values are to be loaded
+            afterwards): the adapter is called with ``structure_only=True``
+            when its loader declares that parameter.  Adapters that do not
+            declare it, and sources resolved by the ``stitchframe_resolve_anchor``
+            hook, are loaded as usual, weights included.
 
     Raises:
         UnknownNameError: No adapter or resolver claims the source.
@@ -61,7 +90,7 @@ def load_anchor(
         options = structure_options(entry.options, spec.options, f"{where}.options")
         with _plugin_call(f"{where} ({spec.source!r})", (where,),
                           f"Plugin {entry.plugin!r} failed to load anchor {spec.source!r} at {where}"):
-            anchor = _call_loader(entry.obj, ident, options, regs)
+            anchor = _call_loader(entry.obj, ident, options, regs, structure_only)
         origin = f"plugin {entry.plugin!r} (adapter {entry.name!r})"
     else:
         anchor = regs.resolve_anchor(spec.source, dict(spec.options))
@@ -77,6 +106,8 @@ def load_anchor(
     elif not anchor.name:
         anchor.name = anchor_name(ident)
     anchor.source = anchor.source or spec.source
+    if anchor.structure is None:
+        anchor.structure = (spec.source, dict(spec.options))
     return anchor
 
 

@@ -109,6 +109,17 @@ class _SegmentModule(nn.Module):
         )
 
 
+def _route_segments(route: Route, anchors: Mapping[str, Anchor], stitches: Sequence[Any], *,
+                    norm: bool) -> list[_SegmentModule]:
+    """The segment modules of ``route`` over ``anchors`` (by name) and one stitching layer per link (no copies)."""
+    n = len(route.segments)
+    return [
+        _SegmentModule(anchors[seg.anchor], seg.start, seg.end, first=i == 0, last=i == n - 1,
+                       stitch=None if i == n - 1 else stitches[i], norm=norm)
+        for i, seg in enumerate(route.segments)
+    ]
+
+
 class RouteModule(nn.Module):
     """A standalone module computing one route; holds only that route's weights.
 
@@ -422,21 +433,8 @@ class SNNet(nn.Module):
         :func:`torch.export.export` and ONNX export.
         """
         r = self.routes[self.routes.index_of(route)] if route is not None else self.selected
-        n = len(r.segments)
-        segs = []
-        for i, seg in enumerate(r.segments):
-            a: Anchor = self.anchors[seg.anchor]
-            segs.append(
-                _SegmentModule(
-                    a,
-                    seg.start,
-                    seg.end,
-                    first=i == 0,
-                    last=i == n - 1,
-                    stitch=None if i == n - 1 else self.stitch_for(r, i),
-                    norm=self._uses_norm(r),
-                )
-            )
+        stitches = [self.stitch_for(r, i) for i in range(len(r.links))]
+        segs = _route_segments(r, self.anchors, stitches, norm=self._uses_norm(r))
         module = copy.deepcopy(RouteModule(r, segs))
         plain_batchnorm(module, self.routes.index_of(r))  # the route's own BatchNorm statistics, if any
         module.train(self.training)
