@@ -110,35 +110,33 @@ def _check_onnx_extra() -> None:
         )
 
 
-def _batch_dim() -> dict[str, dict[int, Any]]:
-    return {"inputs": {0: torch.export.Dim("batch", min=1)}}
+def _program(module: RouteModule, example: torch.Tensor) -> torch.export.ExportedProgram:
+    """The route traced by :func:`torch.export.export`, with a dynamic batch dimension."""
+    try:
+        return torch.export.export(module, (example,), dynamic_shapes={"inputs": {0: torch.export.Dim("batch", min=1)}})
+    except Exception as exc:  # reported with the route
+        raise StitchframeError(f"torch.export of route {module.route} failed: {type(exc).__name__}: {exc}") from exc
 
 
-def _export_onnx(module: RouteModule, example: torch.Tensor, path: Path) -> Path:
+def _export_pt2(program: torch.export.ExportedProgram, path: Path) -> Path:
+    torch.export.save(program, str(path))
+    return path
+
+
+def _export_onnx(module: RouteModule, program: torch.export.ExportedProgram, path: Path) -> Path:
     weight_bytes = sum(t.numel() * t.element_size() for t in module.state_dict().values())
     try:
         torch.onnx.export(
-            module,
-            (example,),
-            str(path),
+            program,  # the program traced once for both files
             input_names=["inputs"],
             output_names=["logits"],
-            dynamic_shapes=_batch_dim(),
+            f=str(path),
             dynamo=True,
             external_data=weight_bytes > 1 << 30,  # one self-contained file below 1 GiB (the protobuf limit is 2)
             verbose=False,
         )
     except Exception as exc:  # reported with the route
         raise StitchframeError(f"ONNX export of route {module.route} failed: {type(exc).__name__}: {exc}") from exc
-    return path
-
-
-def _export_pt2(module: RouteModule, example: torch.Tensor, path: Path) -> Path:
-    try:
-        program = torch.export.export(module, (example,), dynamic_shapes=_batch_dim())
-        torch.export.save(program, str(path))
-    except Exception as exc:  # reported with the route
-        raise StitchframeError(f"torch.export of route {module.route} failed: {type(exc).__name__}: {exc}") from exc
     return path
 
 
@@ -247,8 +245,9 @@ def _write_export(weights: Path, module: RouteModule, route: Route, rid: int, re
     save_module(module, weights, kind="route", non_persistent=True,
                 metadata={"route": route.to_dict(), "route_id": rid, "spec_hash": record["spec_hash"],
                           "merged": record["merged"]})
-    pt2_path = _export_pt2(module, example, weights.with_suffix(".pt2")) if pt2 else None
-    onnx_path = _export_onnx(module, example, weights.with_suffix(".onnx")) if onnx else None
+    program = _program(module, example) if (pt2 or onnx) else None
+    pt2_path = _export_pt2(program, weights.with_suffix(".pt2")) if pt2 else None
+    onnx_path = _export_onnx(module, program, weights.with_suffix(".onnx")) if onnx else None
     description = write_json(weights.with_suffix(".json"), {
         "format": ROUTE_FORMAT,
         "route_id": rid,

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import attrs
@@ -43,15 +40,18 @@ def _roundtrip(net, regs, tmp_path, rid, **kwargs):
     ],
     ids=["snnet", "snnet2", "cross"],
 )
-def test_every_route_of_a_core_space_reloads_alone_bit_for_bit(regs, tmp_path, anchors, space, stitch):
+def test_routes_of_every_core_space_reload_alone_bit_for_bit(regs, tmp_path, anchors, space, stitch):
     net = _net(regs, anchors, space, **stitch)
     x = tiny.images(3)
-    for rid, route in enumerate(net.routes):
+    n = len(net.routes)
+    revisits = [i for i, r in enumerate(net.routes) if len({s.anchor for s in r.segments}) < len(r.segments)]
+    assert revisits or space != "snnet2"
+    for rid in sorted({*range(0, n, max(1, n // 6)), n - 1, *revisits[:1]}):  # anchors, one and two stitches
+        route = net.routes[rid]
         _, module = _roundtrip(net, regs, tmp_path, rid)
         assert module.route.describe() == route.describe() and not module.training
         with torch.no_grad():
             assert torch.equal(module(x), net.forward_route(x, rid)), route.describe()
-    assert any(len({s.anchor for s in r.segments}) < len(r.segments) for r in net.routes) or space != "snnet2"
 
 
 def test_the_manifest_says_how_to_rebuild_the_route(regs, tmp_path):
@@ -212,51 +212,6 @@ def test_an_adapter_may_record_another_structure_source(regs, tmp_path):
     x = tiny.images(2)
     with torch.no_grad():
         assert torch.equal(module(x), net.forward_route(x, rid))
-
-
-# ---------------------------------------------------------------------------
-# torch.export and ONNX files that load without stitchframe
-# ---------------------------------------------------------------------------
-_STANDALONE = """
-import sys, numpy, torch
-x = torch.from_numpy(numpy.load(sys.argv[1]))
-expected = numpy.load(sys.argv[2])
-program = torch.export.load(sys.argv[3]).module()
-with torch.no_grad():
-    assert numpy.array_equal(program(x).numpy(), expected), "pt2"
-try:
-    import onnxruntime
-except ImportError:
-    import onnx
-    from onnx.reference import ReferenceEvaluator
-    got = ReferenceEvaluator(onnx.load(sys.argv[4])).run(None, {"inputs": x.numpy()})[0]
-    print("onnx.reference")
-else:
-    session = onnxruntime.InferenceSession(sys.argv[4], providers=["CPUExecutionProvider"])
-    got = session.run(None, {"inputs": x.numpy()})[0]
-    print("onnxruntime", onnxruntime.__version__)
-assert numpy.allclose(got, expected, rtol=1e-4, atol=1e-4), abs(got - expected).max()
-assert not any(m.startswith("stitchframe") for m in sys.modules), "stitchframe was imported"
-"""
-
-
-def test_pt2_and_onnx_files_run_with_torch_and_an_onnx_runtime_alone(regs, tmp_path):
-    pytest.importorskip("onnx")
-    pytest.importorskip("onnxscript")
-    import numpy as np
-
-    net = _net(regs, MIXED, "cross", space_options={"points": 1})
-    rid = next(i for i, r in enumerate(net.routes) if r.links and r.segments[0].anchor.startswith("cnn"))
-    res = export_route(net, route=rid, dest=tmp_path / "r.safetensors", registries=regs, pt2=True, onnx=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "r.onnx", "r.pt2", "r.safetensors"]
-    x = tiny.images(5)  # not the export example's batch size: the batch dimension is dynamic
-    with torch.no_grad():
-        np.save(tmp_path / "x.npy", x.numpy())
-        np.save(tmp_path / "y.npy", net.forward_route(x, rid).numpy())
-    args = [str(tmp_path / n) for n in ("x.npy", "y.npy", "r.pt2", "r.onnx")]
-    done = subprocess.run([sys.executable, "-I", "-c", _STANDALONE, *args], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
 
 
 # ---------------------------------------------------------------------------
