@@ -110,8 +110,17 @@ def mobilenet_anchor(
 # --8<-- [end:anchor]
 
 
-def load_mobilenet(identifier: str, options: MobileNetOptions) -> stitchframe.Anchor:
-    """The adapter: ``torchvision:<identifier>`` -> an anchor."""
+def load_mobilenet(
+    identifier: str, options: MobileNetOptions, structure_only: bool = False
+) -> stitchframe.Anchor:
+    """The adapter: ``torchvision:<identifier>`` -> an anchor.
+
+    With ``structure_only`` the model is built without its weights (nothing is
+    downloaded): stitchframe asks for that, on the meta device, when it rebuilds
+    an exported route and loads the route's own weights into it.
+    """
+    if structure_only:
+        options = attrs.evolve(options, weights=None)  # same modules, no download
     return mobilenet_anchor(build_model(identifier, options), identifier, options)
 
 

@@ -60,3 +60,12 @@ def test_preprocess_from_torchvision_weights():
 def test_mistakes_are_spec_errors(identifier, options, message):
     with pytest.raises(stitchframe.SpecError, match=message):
         build_model(identifier, options)
+
+
+def test_structure_only_skips_the_pretrained_download():
+    options = MobileNetOptions(img_size=64, weights="DEFAULT")  # a download, were the weights loaded
+    with torch.device("meta"):  # how stitchframe.load_anchor(..., structure_only=True) calls it
+        anchor = mobilenet.load_mobilenet("mobilenet_v3_small", options, structure_only=True)
+    full = mobilenet.load_mobilenet("mobilenet_v3_small", MobileNetOptions(img_size=64))
+    assert all(p.is_meta for p in anchor.parameters())
+    assert {k: v.shape for k, v in anchor.state_dict().items()} == {k: v.shape for k, v in full.state_dict().items()}
