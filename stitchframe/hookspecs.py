@@ -55,7 +55,18 @@ def stitchframe_register_anchor_adapters(register: Any) -> None:
             engine's :class:`stitchframe.Registries` (added in 0.1), so an
             adapter built on other sources (a distilled pool of students of a
             ``timm:`` teacher, say) loads them with
-            ``stitchframe.load_anchor(source, registries)``.
+            ``stitchframe.load_anchor(source, registries)``.  A ``load`` that
+            declares a keyword parameter ``structure_only`` (added in 0.1) is
+            called with ``structure_only=True`` inside ``torch.device("meta")``
+            when :func:`stitchframe.load_route` rebuilds an exported route: it
+            must build the same modules without reading or downloading weights
+            (the route's own weights replace them), so ignore ``pretrained`` or
+            weight-file options then.  A ``load`` without that parameter is
+            called as usual, and loads its weights.  When the modules'
+            structure comes from a file (a ``config.json``), also pass
+            ``Anchor(structure=(source, options))``: a source that builds them
+            with nothing but those options; it is written into the route's
+            manifest.
 
     Returns:
         Nothing; the return value is ignored.
@@ -65,6 +76,12 @@ def stitchframe_register_anchor_adapters(register: Any) -> None:
         @stitchframe.hookimpl
         def stitchframe_register_anchor_adapters(register):
             register("toy", load_toy_anchor, options=ToyOptions)
+
+        def load_toy_anchor(identifier, options, structure_only=False):
+            model = ToyNet(width=int(identifier))  # on the meta device when structure_only
+            if options.weights and not structure_only:
+                model.load_state_dict(safetensors.torch.load_file(options.weights))
+            return stitchframe.Anchor(identifier, stem=model.stem, blocks=list(model.blocks), head=model.head)
         ```
 
     Added in 0.1.

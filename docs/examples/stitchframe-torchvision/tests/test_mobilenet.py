@@ -62,6 +62,7 @@ def test_mistakes_are_spec_errors(identifier, options, message):
         build_model(identifier, options)
 
 
+# --8<-- [start:structure_only]
 def test_structure_only_skips_the_pretrained_download():
     options = MobileNetOptions(img_size=64, weights="DEFAULT")  # a download, were the weights loaded
     with torch.device("meta"):  # how stitchframe.load_anchor(..., structure_only=True) calls it
@@ -69,3 +70,4 @@ def test_structure_only_skips_the_pretrained_download():
     full = mobilenet.load_mobilenet("mobilenet_v3_small", MobileNetOptions(img_size=64))
     assert all(p.is_meta for p in anchor.parameters())
     assert {k: v.shape for k, v in anchor.state_dict().items()} == {k: v.shape for k, v in full.state_dict().items()}
+# --8<-- [end:structure_only]
