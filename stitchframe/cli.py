@@ -266,7 +266,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     for path in (res.weights, res.description, res.pt2, res.onnx):
         if path is not None:
             size = path.stat().st_size
-            con.print(f"wrote {path} ({size / 1e6:.2f} MB)" if size >= 100_000 else f"wrote {path} ({size / 1e3:.1f} kB)")
+            shown = f"{size / 1e6:.2f} MB" if size >= 100_000 else f"{size / 1e3:.1f} kB"
+            con.print(f"wrote {path} ({shown})")
     return 0
 
 

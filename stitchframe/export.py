@@ -173,8 +173,9 @@ def _source(source: str | Path | SNNet, regs: Registries) -> tuple[SNNet, Path |
     snnet = load_snnet(out, regs)
     spec = load_spec(out / "spec.yaml")
     manifest = read_json(out / MANIFEST) if (out / MANIFEST).is_file() else {}
-    return snnet, out, {"preprocess": manifest.get("preprocess"), "classes": (manifest.get("data") or {}).get("classes"),
-                        "spec_hash": spec_hash(spec), "spec": dump_spec(spec)}
+    classes = (manifest.get("data") or {}).get("classes")
+    return snnet, out, {"preprocess": manifest.get("preprocess"), "classes": classes, "spec_hash": spec_hash(spec),
+                        "spec": dump_spec(spec)}
 
 
 def export_route(

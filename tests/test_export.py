@@ -17,7 +17,8 @@ from stitchframe import CheckpointError, UnknownNameError, UsageError, export_ro
 from stitchframe.route_bn import route_bn_layers
 from tests import tiny
 
-VITS = ["tiny:vit32", {"source": "tiny:vit48", "options": {"seed": 1}}, {"source": "tiny:vit64", "options": {"seed": 2}}]
+VITS = ["tiny:vit32", {"source": "tiny:vit48", "options": {"seed": 1}},
+        {"source": "tiny:vit64", "options": {"seed": 2}}]
 MIXED = ["tiny:cnn16", {"source": "tiny:vit32", "options": {"seed": 1}}]
 
 

@@ -1,4 +1,4 @@
-"""Exported routes of timm anchors rebuild alone: structure-only timm models on the meta device, then the route's weights."""
+"""Exported routes of timm anchors rebuild alone: structure-only models on the meta device, then the route's weights."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ _SWIN = {"depths": (2, 2, 2, 2), "num_heads": (1, 2, 2, 4), "window_size": 2}
 
 #: family -> the two anchors (timm name, options) of a tiny SN-Net
 FAMILIES = {
-    "vit": [("deit_tiny_patch16_224", {**_VIT, "embed_dim": 48}), ("deit_small_patch16_224", {**_VIT, "embed_dim": 96})],
+    "vit": [("deit_tiny_patch16_224", {**_VIT, "embed_dim": 48}),
+            ("deit_small_patch16_224", {**_VIT, "embed_dim": 96})],
     "swin": [("swin_tiny_patch4_window7_224", {**_SWIN, "embed_dim": 16}),
              ("swin_small_patch4_window7_224", {**_SWIN, "embed_dim": 32})],
     "resnet": [("resnet18", {}), ("resnet50", {})],
