@@ -31,7 +31,7 @@ stitchframe.save_module(module, "route.safetensors", kind="route", metadata={"ro
 
 exported = stitchframe.export_route(out, max_flops=2 * cheapest.flops, dest="route_files/best.safetensors")
 print("wrote", exported.weights, exported.description)  # route_files/best.safetensors and best.json
-again = stitchframe.load_route("route_files/best.json")  # rebuilt from the spec recorded in best.json
+again = stitchframe.load_route("route_files/best.json")  # only this route, from these two files (no build folder)
 with torch.no_grad():
     assert torch.equal(again(images), logits)
 # --8<-- [end:export]

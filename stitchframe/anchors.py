@@ -195,6 +195,12 @@ class Anchor(nn.Module):
         preprocess: Input preprocessing the anchor expects.
         source: The source string it was loaded from.
         family: Model family name, for reports.
+        structure: ``(source, options)`` that build this anchor's modules
+            again through :func:`stitchframe.load_anchor` with
+            ``structure_only=True``, without weight files or network (an
+            adapter whose structure needs a file, such as a Hugging Face
+            ``config.json``, gives a source that carries it inline).  Default:
+            the source and options the anchor was loaded from.
 
     Attributes:
         context: ``prepare`` when it is an ``nn.Module`` (its parameters
@@ -222,6 +228,7 @@ class Anchor(nn.Module):
         preprocess: Preprocess | None = None,
         source: str = "",
         family: str = "",
+        structure: tuple[str, Mapping[str, Any]] | None = None,
     ) -> None:
         super().__init__()
         if not re.match(r"^[a-z][a-z0-9_]*$", name):
@@ -255,6 +262,7 @@ class Anchor(nn.Module):
         self.preprocess = preprocess or Preprocess()
         self.source = source
         self.family = family
+        self.structure = (structure[0], dict(structure[1])) if structure is not None else None
         self._paths = self._module_paths(model)
         self._graph: BlockGraph | None = None
 

@@ -257,19 +257,21 @@ def cost(route) -> str:
 
 @command("export")
 def cmd_export(args: argparse.Namespace) -> int:
-    """Export one route of a build output as a standalone model (safetensors + JSON, optionally ONNX)."""
+    """Export one route of a build output as a standalone model (safetensors + manifest, optionally .pt2 and ONNX)."""
     from .export import export_route
 
     regs = registries_for(args)
     _warn_problems(regs)
     res = export_route(args.out_dir, route=args.route, max_flops=args.max_flops, max_macs=args.max_macs,
-                       dest=args.output, onnx=args.onnx, merge=args.merge, registries=regs)
+                       dest=args.output, onnx=args.onnx, pt2=args.pt2, merge=args.merge, registries=regs)
     r = res.module.route
     con = _console()
     con.print(f"route {res.route_id}: {r.describe()} ({cost(r)})")
-    for path in (res.weights, res.description, res.onnx):
+    for path in (res.weights, res.description, res.pt2, res.onnx):
         if path is not None:
-            con.print(f"wrote {path}")
+            size = path.stat().st_size
+            shown = f"{size / 1e6:.2f} MB" if size >= 100_000 else f"{size / 1e3:.1f} kB"
+            con.print(f"wrote {path} ({shown})")
     return 0
 
 
@@ -321,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "unit, half the FLOPs; e.g. 1.26G)")
     p.add_argument("--onnx", action="store_true", help="also write an ONNX file (needs the onnx extra: "
                    "pip install 'stitchframe[onnx]'; checked before anything is written)")
+    p.add_argument("--pt2", action="store_true", help="also write the torch.export program (.pt2; loads with "
+                   "torch.export.load)")
     p.add_argument("--merge", action="store_true", help="merge low-rank stitching layers for inference")
     p.add_argument("--output", "-o", metavar="FILE", help="the .safetensors file to write "
                    "(default: OUT_DIR/exports/route<ID>.safetensors)")

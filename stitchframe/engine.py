@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
+
 from .anchors import Anchor, anchor_name
 from .errors import PluginError, ShapeMismatchError, SpecError, StitchframeError, UnknownNameError, plugin_call
 from .graph import ActivationSpec
@@ -25,18 +27,32 @@ def load_anchor(
     registries: Registries | None = None,
     *,
     where: str = "anchors[0]",
+    structure_only: bool = False,
 ) -> Anchor:
     """Load one anchor through the adapter that owns its source prefix.
 
     Sources no registered prefix claims go to the ``stitchframe_resolve_anchor``
     hook before failing.  The adapter's loader is called as
-    ``load(identifier, options, registries)`` (:class:`stitchframe.AnchorLoader`),
-    so it can load other anchors or datasets with these registries.
+    ``load(identifier, options, registries, structure_only=...)``
+    (:class:`stitchframe.AnchorLoader`), so it can load other anchors or
+    datasets with these registries.
+
+    The anchor records how to build its modules again in ``anchor.structure``
+    (``(source, options)``): what its adapter set, else ``spec``'s source and
+    options.  :func:`stitchframe.export_route` writes it down, so
+    :func:`stitchframe.load_route` rebuilds an exported route's modules with
+    ``structure_only=True``.
 
     Args:
         spec: An :class:`AnchorSpec` or a source string.
         registries: The registries (default: all installed plugins).
         where: Spec path for error messages.
+        structure_only: Build only the modules, on the meta device, without
+            reading or downloading weights (their values are to be loaded
+            afterwards): the adapter's loader is called with
+            ``structure_only=True`` inside ``torch.device("meta")``.  Sources
+            resolved by the ``stitchframe_resolve_anchor`` hook are loaded as
+            usual, weights included.
 
     Raises:
         UnknownNameError: No adapter or resolver claims the source.
@@ -51,7 +67,11 @@ def load_anchor(
         options = structure_options(entry.options, spec.options, f"{where}.options")
         with plugin_call(f"{where} ({spec.source!r})", (where,),
                           f"Plugin {entry.plugin!r} failed to load anchor {spec.source!r} at {where}"):
-            anchor = entry.obj(ident, options, regs)
+            if structure_only:
+                with torch.device("meta"):  # the modules cost no memory until a route's weights fill them
+                    anchor = entry.obj(ident, options, regs, structure_only=True)
+            else:
+                anchor = entry.obj(ident, options, regs, structure_only=False)
         origin = f"plugin {entry.plugin!r} (adapter {entry.name!r})"
     else:
         anchor = regs.resolve_anchor(spec.source, dict(spec.options))
@@ -67,6 +87,8 @@ def load_anchor(
     elif not anchor.name:
         anchor.name = anchor_name(ident)
     anchor.source = anchor.source or spec.source
+    if anchor.structure is None:
+        anchor.structure = (spec.source, dict(spec.options))
     return anchor
 
 

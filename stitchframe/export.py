@@ -2,19 +2,30 @@
 
 ``export_route`` writes, for one route:
 
-* ``<name>.safetensors`` - only that route's weights (:meth:`SNNet.export`),
-  header metadata: route, route id, spec hash;
-* ``<name>.json`` - what the route is: route, id, FLOPs, params, recorded
-  metrics, the input preprocessing, class names and the spec it was built
-  from (so :func:`load_route` can rebuild the module without the build
-  folder);
+* ``<name>.safetensors`` - that route's tensors and nothing else
+  (:meth:`SNNet.export`: its weights, its own BatchNorm statistics, and the
+  buffers ``state_dict`` leaves out), header metadata: route, route id, spec
+  hash;
+* ``<name>.json`` - the manifest: the route, the source and options that build
+  each of its anchors' modules again (``Anchor.structure``), each stitching
+  layer's type, activation specs and options, the input preprocessing, class
+  names and provenance (the spec it was built from);
+* ``<name>.pt2`` - on request, the :func:`torch.export.export` program;
 * ``<name>.onnx`` - on request, through :func:`torch.onnx.export` (needs the
   ``onnx`` extra: ``pip install 'stitchframe[onnx]'``).
 
+:func:`load_route` rebuilds the route from the manifest alone: each anchor
+through its adapter with ``structure_only=True`` (on the meta device: no
+weights read, nothing downloaded), only the route's modules kept, then the
+route's tensors loaded into them.  The stitch space, the other anchors and
+the build folder are not needed.  The ``.pt2`` and ``.onnx`` files load with
+torch or an ONNX runtime alone.
+
 The export is all or nothing: every requirement (the ``onnx`` extra, a
-tensor example input) is checked before anything is written, the files are
-written into a hidden temporary folder beside the destination and moved into
-place only when all of them succeeded.
+tensor example input, a recorded structure for every anchor) is checked
+before anything is written, the files are written into a hidden temporary
+folder beside the destination and moved into place only when all of them
+succeeded.
 """
 
 from __future__ import annotations
@@ -29,16 +40,18 @@ import attrs
 import torch
 
 from .errors import CheckpointError, StitchframeError, UsageError
+from .graph import ActivationSpec
 from .io import load_module_state, read_json, save_module, write_json
 from .pipeline import MANIFEST, load_snnet
 from .plugins import Registries, load_registries
-from .snnet import RouteModule, SNNet
-from .spec import dump_spec, load_spec, parse_spec, spec_hash
+from .routes import Route
+from .snnet import RouteModule, SNNet, route_segments
+from .spec import AnchorSpec, dump_spec, load_spec, spec_hash, structure_options, unstructure_options
 
 __all__ = ["ExportResult", "export_route", "load_route", "ROUTE_FORMAT"]
 
-#: ``format`` value of a route's JSON description.
-ROUTE_FORMAT = "stitchframe-route/1"
+#: ``format`` value of a route's manifest.
+ROUTE_FORMAT = "stitchframe-route/2"
 
 
 @attrs.frozen(kw_only=True)
@@ -48,8 +61,9 @@ class ExportResult:
     Attributes:
         route_id: The exported route's id.
         weights: The safetensors file.
-        description: The JSON file.
+        description: The JSON manifest.
         onnx: The ONNX file, when requested.
+        pt2: The ``torch.export`` program, when requested.
         module: The exported module.
     """
 
@@ -58,6 +72,7 @@ class ExportResult:
     description: Path
     onnx: Path | None
     module: RouteModule
+    pt2: Path | None = None
 
 
 def _pick(snnet: SNNet, route: int | str | None, max_flops: float | None, max_macs: float | None) -> int:
@@ -79,8 +94,9 @@ def _example(snnet: SNNet, route_id: int, batch: int = 2) -> Any:
     first = snnet.anchors[snnet.routes[route_id].segments[0].anchor]
     x = first.example_inputs
     if not isinstance(x, torch.Tensor):
-        raise StitchframeError(
-            f"ONNX export needs a tensor input; anchor {first.name!r} takes {type(x).__name__} inputs"
+        raise UsageError(
+            f"--onnx and --pt2 need a tensor input; anchor {first.name!r} takes {type(x).__name__} inputs "
+            "(export without them: the safetensors route loads with stitchframe.load_route)"
         )
     return x.repeat(batch, *([1] * (x.dim() - 1)))
 
@@ -97,17 +113,27 @@ def _check_onnx_extra() -> None:
         )
 
 
-def _export_onnx(module: RouteModule, example: torch.Tensor, path: Path) -> Path:
-    module.eval()
+def _program(module: RouteModule, example: torch.Tensor) -> torch.export.ExportedProgram:
+    """The route traced by :func:`torch.export.export`, with a dynamic batch dimension."""
+    try:
+        return torch.export.export(module, (example,), dynamic_shapes={"inputs": {0: torch.export.Dim("batch", min=1)}})
+    except Exception as exc:  # reported with the route
+        raise StitchframeError(f"torch.export of route {module.route} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _export_pt2(program: torch.export.ExportedProgram, path: Path) -> Path:
+    torch.export.save(program, str(path))
+    return path
+
+
+def _export_onnx(module: RouteModule, program: torch.export.ExportedProgram, path: Path) -> Path:
     weight_bytes = sum(t.numel() * t.element_size() for t in module.state_dict().values())
     try:
         torch.onnx.export(
-            module,
-            (example,),
-            str(path),
+            program,  # the program traced once for both files
             input_names=["inputs"],
             output_names=["logits"],
-            dynamic_shapes={"inputs": {0: torch.export.Dim("batch", min=1)}},
+            f=str(path),
             dynamo=True,
             external_data=weight_bytes > 1 << 30,  # one self-contained file below 1 GiB (the protobuf limit is 2)
             verbose=False,
@@ -117,82 +143,132 @@ def _export_onnx(module: RouteModule, example: torch.Tensor, path: Path) -> Path
     return path
 
 
+def _structure(snnet: SNNet, rid: int) -> dict[str, Any]:
+    """What rebuilds route ``rid``'s modules: its anchors' structure sources and its stitching layers.
+
+    Raises:
+        UsageError: An anchor records no structure (it was not loaded through an adapter).
+    """
+    r = snnet.routes[rid]
+    anchors = []
+    for name in dict.fromkeys(seg.anchor for seg in r.segments):
+        structure = snnet.anchors[name].structure
+        if structure is None:
+            raise UsageError(
+                f"anchor {name!r} of route {rid} records no structure (Anchor.structure), so the route cannot be "
+                "rebuilt on its own: load anchors with stitchframe.load_anchor (or assemble), or pass "
+                "Anchor(structure=(source, options)); nothing was written"
+            )
+        anchors.append({"name": name, "source": structure[0], "options": dict(structure[1])})
+    stitches = []
+    for i, link in enumerate(r.links):
+        layer = snnet.stitch_for(r, i)
+        stitches.append({"layer": link.layer, "src": attrs.asdict(layer.src), "dst": attrs.asdict(layer.dst),
+                         "options": unstructure_options(layer.options)})
+    return {"anchors": anchors, "stitches": stitches, "final_norm": snnet.uses_norm(r)}
+
+
+def _source(source: str | Path | SNNet, regs: Registries) -> tuple[SNNet, Path | None, dict[str, Any]]:
+    """The SN-Net to export from, the build folder (if any) and what the manifest records of where it came from."""
+    if isinstance(source, SNNet):
+        return source, None, {"preprocess": None, "classes": None, "spec_hash": None, "spec": None}
+    out = Path(source)
+    snnet = load_snnet(out, regs)
+    spec = load_spec(out / "spec.yaml")
+    manifest = read_json(out / MANIFEST) if (out / MANIFEST).is_file() else {}
+    classes = (manifest.get("data") or {}).get("classes")
+    return snnet, out, {"preprocess": manifest.get("preprocess"), "classes": classes, "spec_hash": spec_hash(spec),
+                        "spec": dump_spec(spec)}
+
+
 def export_route(
-    output_dir: str | Path,
+    source: str | Path | SNNet,
     *,
     route: int | str | None = None,
     max_flops: float | None = None,
     max_macs: float | None = None,
     dest: str | Path | None = None,
     onnx: bool = False,
+    pt2: bool = False,
     merge: bool = False,
     registries: Registries | None = None,
 ) -> ExportResult:
-    """Export one route of a build output as a standalone model.
+    """Export one route as a standalone model that :func:`load_route` rebuilds alone.
 
     Args:
-        output_dir: A folder written by :func:`stitchframe.pipeline.build`.
+        source: A folder written by :func:`stitchframe.pipeline.build`, or an
+            :class:`SNNet` whose anchors were loaded through adapters
+            (:func:`stitchframe.assemble`, :func:`stitchframe.load_anchor`).
         route: Route id or printed name.
         max_flops: Instead of ``route``: the most accurate route with at most
             this many FLOPs (torch convention, per example).
         max_macs: Instead of ``route``: the most accurate route with at most
             this many multiply-adds per example (half the FLOPs; the papers' unit).
-        dest: The ``.safetensors`` file to write (default:
-            ``<output_dir>/exports/route<id>.safetensors``); the JSON and ONNX
-            files go next to it with the same stem.
+        dest: The ``.safetensors`` file to write (default for a build folder:
+            ``<source>/exports/route<id>.safetensors``; required for an SN-Net);
+            the manifest, ``.pt2`` and ``.onnx`` files go next to it with the
+            same stem.
         onnx: Also write ``<stem>.onnx``.
+        pt2: Also write ``<stem>.pt2``, the :func:`torch.export.export`
+            program (load it with :func:`torch.export.load`).
         merge: Merge stitching layers for inference (``lowrank``).
         registries: The registries (default: all installed plugins).
+
+    Raises:
+        UsageError: No or two route choices, no route within the budget, a
+            missing ``onnx`` extra, no ``dest`` for an SN-Net, an anchor with
+            no recorded structure.  Nothing is written then.
     """
     if onnx:
         _check_onnx_extra()  # before loading anything: a missing extra must not cost a model load
-    regs = registries if registries is not None else load_registries()
-    out = Path(output_dir)
-    snnet = load_snnet(out, regs)
+    if isinstance(source, SNNet) and dest is None:
+        raise UsageError("export_route(net, ...) needs dest=, the .safetensors file to write; nothing was written")
+    snnet, out, provenance = _source(source, registries if registries is not None else load_registries())
     rid = _pick(snnet, route, max_flops, max_macs)
+    structure = _structure(snnet, rid)
     module = snnet.export(rid, merge=merge).eval()
-    example = _example(snnet, rid) if onnx else None
+    example = _example(snnet, rid) if (onnx or pt2) else None
     weights = Path(dest) if dest is not None else out / "exports" / f"route{rid}.safetensors"
     if weights.suffix != ".safetensors":
         weights = weights.with_name(weights.name + ".safetensors")
-    spec = load_spec(out / "spec.yaml")
-    manifest = read_json(out / MANIFEST) if (out / MANIFEST).is_file() else {}
+    if provenance["preprocess"] is None:
+        provenance["preprocess"] = attrs.asdict(snnet.anchors[snnet.routes[rid].segments[0].anchor].preprocess)
     weights.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{weights.stem}.export-", dir=weights.parent))
     try:
-        staged = _write_export(staging / weights.name, module, snnet, rid, spec, manifest, merge, example)
+        staged = _write_export(staging / weights.name, module, snnet.routes[rid], rid,
+                               {**structure, **provenance, "merged": merge}, example, onnx=onnx, pt2=pt2)
         _move_into_place(staged, weights.parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ExportResult(route_id=rid, weights=weights, description=weights.with_suffix(".json"),
-                        onnx=weights.with_suffix(".onnx") if onnx else None, module=module)
+                        onnx=weights.with_suffix(".onnx") if onnx else None,
+                        pt2=weights.with_suffix(".pt2") if pt2 else None, module=module)
 
 
-def _write_export(weights: Path, module: RouteModule, snnet: SNNet, rid: int, spec: Any, manifest: dict[str, Any],
-                  merge: bool, example: torch.Tensor | None) -> list[Path]:
-    """Write the export's files (weights, ONNX on request, JSON last) into ``weights.parent``; return them."""
-    spec_h = spec_hash(spec)
-    r = snnet.routes[rid]
-    save_module(module, weights, kind="route",
-                metadata={"route": r.to_dict(), "route_id": rid, "spec_hash": spec_h, "merged": merge})
-    onnx_path = _export_onnx(module, example, weights.with_suffix(".onnx")) if example is not None else None
+def _write_export(weights: Path, module: RouteModule, route: Route, rid: int, record: dict[str, Any],
+                  example: torch.Tensor | None, *, onnx: bool, pt2: bool) -> list[Path]:
+    """Write the export's files (weights, programs on request, the manifest last) into ``weights.parent``."""
+    save_module(module, weights, kind="route", non_persistent=True,
+                metadata={"route": route.to_dict(), "route_id": rid, "spec_hash": record["spec_hash"],
+                          "merged": record["merged"]})
+    program = _program(module, example) if (pt2 or onnx) else None
+    pt2_path = _export_pt2(program, weights.with_suffix(".pt2")) if pt2 else None
+    onnx_path = _export_onnx(module, program, weights.with_suffix(".onnx")) if onnx else None
     description = write_json(weights.with_suffix(".json"), {
         "format": ROUTE_FORMAT,
         "route_id": rid,
-        "route": r.to_dict(),
-        "merged": merge,
+        "route": route.to_dict(),
         "weights": weights.name,
+        "pt2": pt2_path.name if pt2_path else None,
         "onnx": onnx_path.name if onnx_path else None,
-        "preprocess": manifest.get("preprocess"),
-        "classes": (manifest.get("data") or {}).get("classes"),
-        "spec_hash": spec_h,
-        "spec": dump_spec(spec),
+        **record,
     })
     return sorted(p for p in weights.parent.iterdir() if p != description) + [description]
 
 
 def _move_into_place(files: list[Path], folder: Path) -> list[Path]:
-    """Rename every staged file into ``folder`` (the JSON description last); undo them all if one fails."""
+    """Rename every staged file into ``folder`` (the manifest last); undo them all if one fails."""
     moved: list[Path] = []
     try:
         for f in files:
@@ -206,35 +282,66 @@ def _move_into_place(files: list[Path], folder: Path) -> list[Path]:
     return moved
 
 
-def load_route(path: str | Path, registries: Registries | None = None) -> RouteModule:
-    """Load a route written by :func:`export_route` from its JSON description (or its ``.safetensors``).
+def load_route(path: str | Path, registries: Registries | None = None, *,
+               device: str | torch.device = "cpu") -> RouteModule:
+    """Load a route written by :func:`export_route` from its manifest (or its ``.safetensors``).
 
-    The architecture is rebuilt from the spec recorded in the JSON (so the
-    adapters it names must be installed); the weights come from the
-    safetensors file.
+    Only the route is built: each of its anchors through its adapter with
+    ``structure_only=True`` (the meta device, no weights read or downloaded;
+    the adapters the manifest names must be installed), its stitching layers
+    from their recorded specs, then only the route's modules are given memory
+    and filled from the safetensors file.  Neither the stitch space, the
+    other anchors, the build folder nor a network is needed.
+
+    Args:
+        path: The ``.json`` manifest or the ``.safetensors`` file beside it.
+        registries: The registries (default: all installed plugins).
+        device: Where the module's tensors go.
+
+    Returns:
+        The :class:`RouteModule`, in eval mode.
 
     Raises:
-        CheckpointError: Missing or mismatched files.
+        CheckpointError: Missing, malformed or mismatched files.
     """
-    path = Path(path)
-    desc_path = path.with_suffix(".json")
+    desc_path = Path(path).with_suffix(".json")
     desc = read_json(desc_path)
-    if desc.get("format") != ROUTE_FORMAT:
-        raise CheckpointError(
-            f"{str(desc_path)!r} is not a stitchframe route description (format {desc.get('format')!r})"
-        )
-    import yaml
+    fmt = desc.get("format") if isinstance(desc, dict) else None
+    if fmt != ROUTE_FORMAT:
+        hint = ("; it was written by an older stitchframe, which rebuilt the whole SN-Net: export the route again"
+                if isinstance(fmt, str) and fmt.startswith("stitchframe-route/") else "")
+        raise CheckpointError(f"{str(desc_path)!r} is not a {ROUTE_FORMAT} route manifest (format {fmt!r}){hint}")
+    regs = registries if registries is not None else load_registries()
+    try:
+        route = Route.from_dict(desc["route"])
+        module = _route_structure(desc, route, regs, desc_path)
+        weights = desc_path.with_name(desc["weights"])
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, StitchframeError):
+            raise
+        raise CheckpointError(f"{str(desc_path)!r} is malformed ({type(exc).__name__}: {exc}); export the route "
+                              "again") from None
+    module.to_empty(device=device)
+    load_module_state(module, weights, kind="route", non_persistent=True)
+    return module.eval()
 
-    spec = parse_spec(yaml.safe_load(desc["spec"]), source=f"{desc_path}:spec")
-    from .engine import assemble
 
-    snnet = assemble(spec, registries if registries is not None else load_registries())
-    rid = desc["route_id"]
-    if rid >= len(snnet.routes) or snnet.routes[rid].describe() != desc["route"]["name"]:
-        raise CheckpointError(
-            f"{str(desc_path)!r}: route {rid} ({desc['route']['name']!r}) does not exist in the SN-Net its spec "
-            "builds now; the installed plugins generate other routes"
-        )
-    module = snnet.export(rid, merge=bool(desc.get("merged"))).eval()
-    load_module_state(module, desc_path.with_name(desc["weights"]), kind="route")
-    return module
+def _route_structure(desc: dict[str, Any], route: Route, regs: Registries, where: Path) -> RouteModule:
+    """The route's modules, built from the manifest through the adapters (meta tensors, no weights)."""
+    from .engine import load_anchor
+
+    anchors = {}
+    for i, a in enumerate(desc["anchors"]):
+        spec = AnchorSpec(source=a["source"], name=a["name"], options=dict(a["options"]))
+        anchors[a["name"]] = load_anchor(spec, regs, where=f"{where.name} anchors[{i}]", structure_only=True)
+    for seg in route.segments:
+        if seg.anchor not in anchors or seg.end > anchors[seg.anchor].depth:
+            raise CheckpointError(f"{str(where)!r}: route segment {seg} does not fit the anchors built from the "
+                                  "manifest; the adapter builds another model now. Export the route again")
+    stitches = []
+    with torch.device("meta"):
+        for i, st in enumerate(desc["stitches"]):
+            entry = regs.stitch_layers.get(st["layer"], where=f"{where.name} stitches[{i}].layer")
+            options = structure_options(entry.options, st["options"], f"{where.name} stitches[{i}].options")
+            stitches.append(entry.obj(ActivationSpec(**st["src"]), ActivationSpec(**st["dst"]), options))
+    return RouteModule(route, route_segments(route, anchors, stitches, norm=bool(desc["final_norm"])))

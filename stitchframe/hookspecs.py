@@ -53,13 +53,23 @@ def stitchframe_register_anchor_adapters(register: Register) -> None:
             ``prefix`` is the source prefix the adapter owns (``"timm"`` for
             ``timm:deit_tiny_patch16_224``); ``load`` is a
             :class:`stitchframe.AnchorLoader`, called as
-            ``load(identifier, options, registries)`` where ``options`` is an
-            instance of the attrs ``options`` class, built from the anchor's
-            ``options:`` mapping in the spec, and ``registries`` the engine's
-            :class:`stitchframe.Registries` (so an adapter built on other
-            sources, a distilled pool of students of a ``timm:`` teacher say,
-            loads them with ``stitchframe.load_anchor(source, registries)``;
-            a loader that needs none declares ``registries=None``).
+            ``load(identifier, options, registries, structure_only=False)``
+            where ``options`` is an instance of the attrs ``options`` class,
+            built from the anchor's ``options:`` mapping in the spec, and
+            ``registries`` the engine's :class:`stitchframe.Registries` (so an
+            adapter built on other sources, a distilled pool of students of a
+            ``timm:`` teacher say, loads them with
+            ``stitchframe.load_anchor(source, registries)``; a loader that
+            needs none declares ``registries=None``).  Every loader takes the
+            keyword ``structure_only``: with ``True`` (inside
+            ``torch.device("meta")``, when :func:`stitchframe.load_route`
+            rebuilds an exported route) it builds the same modules without
+            reading or downloading weights, ignoring ``pretrained`` and
+            weight-file options (the route's own tensors replace them).  When
+            the modules' structure comes from a file (a ``config.json``), the
+            loader also passes ``Anchor(structure=(source, options))``: a
+            source that builds them with nothing but those options; it is
+            written into the route's manifest.
             ``check_identifier`` is an optional :class:`stitchframe.IdentifierCheck`,
             ``check(identifier, options)``, that ``stitchframe validate`` runs
             without building a model (a name list, a local file) and that
@@ -75,6 +85,12 @@ def stitchframe_register_anchor_adapters(register: Register) -> None:
         def stitchframe_register_anchor_adapters(register):
             register("toy", load_toy_anchor, options=ToyOptions,
                      check_identifier="stitchframe_toy.names:check_toy_name")
+
+        def load_toy_anchor(identifier, options, registries=None, *, structure_only=False):
+            model = ToyNet(width=int(identifier))  # on the meta device when structure_only
+            if options.weights and not structure_only:
+                model.load_state_dict(safetensors.torch.load_file(options.weights))
+            return stitchframe.Anchor(identifier, stem=model.stem, blocks=list(model.blocks), head=model.head)
         ```
 
     Added in 0.1.

@@ -74,12 +74,21 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise CheckpointError(f"{str(path)!r} is not valid JSON ({exc}); the file is corrupt or truncated") from None
 
 
-def _unique_state(module: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _non_persistent_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The buffers ``state_dict`` leaves out (registered with ``persistent=False``), by state-dict name."""
+    own = module.state_dict(keep_vars=True)
+    return {name: b for name, b in module.named_buffers(remove_duplicate=False) if name not in own and b is not None}
+
+
+def _unique_state(module: nn.Module, non_persistent: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """State dict with tensors sharing storage stored once; returns (tensors, aliases)."""
     tensors: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
     seen: dict[tuple, str] = {}
-    for name, t in module.state_dict().items():
+    state = module.state_dict()
+    if non_persistent:
+        state.update(_non_persistent_buffers(module))
+    for name, t in state.items():
         key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
         if t.numel() and key in seen:
             aliases[name] = seen[key]
@@ -95,6 +104,7 @@ def save_module(
     *,
     kind: str,
     metadata: dict[str, Any] | None = None,
+    non_persistent: bool = False,
 ) -> Path:
     """Save a module's state dict to safetensors, atomically.
 
@@ -103,8 +113,12 @@ def save_module(
         path: Destination ``.safetensors`` file.
         kind: Format tag stored in the header (``"snnet"``, ``"route"``, ``"checkpoint"``).
         metadata: JSON-serialisable values stored in the header.
+        non_persistent: Also store the buffers ``state_dict`` leaves out
+            (``persistent=False``: position ids, attention masks, rotary
+            tables), so a module built on the meta device gets every tensor
+            from the file; load with ``non_persistent=True``.
     """
-    tensors, aliases = _unique_state(module)
+    tensors, aliases = _unique_state(module, non_persistent)
     from . import __version__
 
     meta = {FORMAT_KEY: kind, "stitchframe_version": __version__, "aliases": json.dumps(aliases)}
@@ -134,8 +148,13 @@ def load_module_state(
     *,
     kind: str | None = None,
     strict: bool = True,
+    non_persistent: bool = False,
 ) -> dict[str, str]:
     """Load a safetensors file written by :func:`save_module` into ``module``.
+
+    With ``non_persistent=True`` the file also fills the buffers
+    ``state_dict`` leaves out (saved with ``non_persistent=True``); their
+    values are not checked for being finite (masks may hold ``-inf``).
 
     Returns:
         The header metadata.
@@ -159,6 +178,8 @@ def load_module_state(
         if target in tensors:
             tensors[alias] = tensors[target]
     own = module.state_dict()
+    extra = _non_persistent_buffers(module) if non_persistent else {}
+    own.update(extra)
     for name, t in tensors.items():
         if name not in own:
             if strict:
@@ -171,7 +192,7 @@ def load_module_state(
             raise CheckpointError(
                 f"{str(path)!r}: tensor {name!r} has shape {tuple(t.shape)}, the model expects {tuple(own[name].shape)}"
             )
-        if not torch.isfinite(t).all() if t.is_floating_point() else False:
+        if name not in extra and (not torch.isfinite(t).all() if t.is_floating_point() else False):
             raise CheckpointError(f"{str(path)!r}: tensor {name!r} holds NaN or infinite values")
     if strict:
         missing = sorted(set(own) - set(tensors))
@@ -180,5 +201,10 @@ def load_module_state(
                 f"{str(path)!r} lacks {len(missing)} tensor(s) the model needs, e.g. {missing[0]!r}; "
                 "it was saved from a different spec or is incomplete"
             )
-    module.load_state_dict(tensors, strict=False)
+    module.load_state_dict({k: t for k, t in tensors.items() if k not in extra}, strict=False)
+    if extra:
+        with torch.no_grad():
+            for name, t in tensors.items():
+                if name in extra:
+                    extra[name].copy_(t)
     return meta

@@ -61,16 +61,28 @@ class IdentifierCheck(Protocol):
 
 
 class AnchorLoader(Protocol):
-    """``load(identifier, options, registries)``: an adapter's loader, returning a :class:`~stitchframe.Anchor`.
+    """``load(identifier, options, registries, *, structure_only=False)``: an adapter's loader, returning an Anchor.
 
     ``identifier`` is the source after ``prefix:``; ``options`` an instance of
     the adapter's options class; ``registries`` the engine's
     :class:`~stitchframe.Registries`, for an adapter built on other sources
     (``stitchframe.load_anchor(source, registries)``).  A loader that does not
     need them declares ``registries=None``.
+
+    Every loader takes the keyword ``structure_only``.  The engine passes
+    ``True`` when :func:`~stitchframe.load_route` rebuilds an exported route,
+    and calls the loader inside ``torch.device("meta")`` then: the loader must
+    build the same modules without reading or downloading weights (ignore
+    ``pretrained`` and weight-file options; the route's own tensors replace
+    the values).  When the modules' structure comes from a file (a
+    ``config.json``), the loader also passes
+    ``Anchor(structure=(source, options))``: a source that builds them with
+    nothing but those options, which the route's manifest records.  A loader
+    whose models hold random weights only can ignore the flag.
     """
 
-    def __call__(self, identifier: str, options: Any, registries: Registries) -> Anchor: ...
+    def __call__(self, identifier: str, options: Any, registries: Registries, *,
+                 structure_only: bool = False) -> Anchor: ...
 
 
 class DatasetLoader(Protocol):

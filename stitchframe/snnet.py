@@ -15,7 +15,7 @@ from .route_bn import RouteBNState, attach_route_bn, plain_batchnorm
 from .routes import Route, RouteTable
 from .stitch_layers import StitchLayer
 
-__all__ = ["SNNet", "RouteModule", "PlanSegment", "FINAL_NORM_CHOICES", "stitch_key"]
+__all__ = ["SNNet", "RouteModule", "PlanSegment", "FINAL_NORM_CHOICES", "stitch_key", "route_segments"]
 
 #: ``keep``: every route ends with its end anchor's final norm (SN-Netv2).
 #: ``skip_stitched``: stitched routes skip it, anchor routes keep it (SN-Net v1 code).
@@ -112,6 +112,21 @@ class _SegmentModule(nn.Module):
             self.norm,
             self.head,
         )
+
+
+def route_segments(route: Route, anchors: Mapping[str, Anchor], stitches: Sequence[Any], *,
+                   norm: bool) -> list[_SegmentModule]:
+    """The segment modules of ``route`` over ``anchors`` (by name) and one stitching layer per link (no copies).
+
+    ``norm``: the last segment runs its anchor's final norm (:meth:`SNNet.uses_norm`).  What
+    :meth:`SNNet.export` and :func:`stitchframe.load_route` build a :class:`RouteModule` from.
+    """
+    n = len(route.segments)
+    return [
+        _SegmentModule(anchors[seg.anchor], seg.start, seg.end, first=i == 0, last=i == n - 1,
+                       stitch=None if i == n - 1 else stitches[i], norm=norm)
+        for i, seg in enumerate(route.segments)
+    ]
 
 
 class RouteModule(nn.Module):
@@ -215,7 +230,8 @@ class SNNet(nn.Module):
             if key not in self.stitches:
                 raise StitchframeError(f"Route {route} needs stitching layer {key!r}, which this SN-Net lacks")
 
-    def _uses_norm(self, route: Route) -> bool:
+    def uses_norm(self, route: Route) -> bool:
+        """Whether ``route`` ends with its end anchor's final norm (``final_norm``; anchor routes always do)."""
         return self.final_norm == "keep" or route.is_anchor
 
     def segment_modules(self, route: Route) -> list[list[nn.Module]]:
@@ -234,7 +250,7 @@ class SNNet(nn.Module):
                 mods.append(a.context)
             mods += list(a.blocks[seg.start : seg.end])
             if i == n - 1:
-                if self._uses_norm(route) and a.norm is not None:
+                if self.uses_norm(route) and a.norm is not None:
                     mods.append(a.norm)
                 mods.append(a.head)
             out.append(mods)
@@ -296,7 +312,7 @@ class SNNet(nn.Module):
                     a.stem if i == 0 else None,
                     tuple(a.blocks[seg.start : seg.end]),
                     None if last else self.stitch_for(route, i),
-                    a.norm if (last and self._uses_norm(route)) else None,
+                    a.norm if (last and self.uses_norm(route)) else None,
                     a.head if last else None,
                 )
             )
@@ -448,21 +464,8 @@ class SNNet(nn.Module):
         :func:`torch.export.export` and ONNX export.
         """
         r = self.routes[self.routes.index_of(route)] if route is not None else self.selected
-        n = len(r.segments)
-        segs = []
-        for i, seg in enumerate(r.segments):
-            a: Anchor = self.anchors[seg.anchor]
-            segs.append(
-                _SegmentModule(
-                    a,
-                    seg.start,
-                    seg.end,
-                    first=i == 0,
-                    last=i == n - 1,
-                    stitch=None if i == n - 1 else self.stitch_for(r, i),
-                    norm=self._uses_norm(r),
-                )
-            )
+        stitches = [self.stitch_for(r, i) for i in range(len(r.links))]
+        segs = route_segments(r, self.anchors, stitches, norm=self.uses_norm(r))
         module = copy.deepcopy(RouteModule(r, segs))
         plain_batchnorm(module, self.routes.index_of(r))  # the route's own BatchNorm statistics, if any
         module.train(self.training)

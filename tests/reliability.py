@@ -169,4 +169,4 @@ class WrongTypePlugin:
     @staticmethod
     @stitchframe.hookimpl
     def stitchframe_register_anchor_adapters(register):
-        register("wrongtype", lambda identifier, options, registries: f"model {identifier}")
+        register("wrongtype", lambda identifier, options, registries, *, structure_only=False: f"model {identifier}")

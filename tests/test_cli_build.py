@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -89,13 +92,21 @@ def test_evaluate_reproduces_the_build_accuracies(built, capsys):
     assert any(a["accuracy"] != b["accuracy"] for a, b in zip(one, first))  # 16 of 40 images
 
 
-def test_export_reproduces_the_route(built, tmp_path, capsys):
+def test_export_reproduces_the_route_without_the_build_folder(built, tmp_path, capsys):
+    import shutil
+
     _, out = built
-    dest = tmp_path / "r.safetensors"
-    assert cli.main([*PLUGIN, "export", str(out), "--route", "9", "-o", str(dest)]) == 0
+    copy = tmp_path / "build"
+    shutil.copytree(out, copy)
+    dest = tmp_path / "deploy" / "r.safetensors"
+    assert cli.main([*PLUGIN, "export", str(copy), "--route", "9", "-o", str(dest)]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {dest} (" in printed and "r.json" in printed
+    shutil.rmtree(copy)  # the route loads from its own files
     desc = json.loads(dest.with_suffix(".json").read_text())
     assert desc["route_id"] == 9 and desc["weights"] == "r.safetensors" and desc["onnx"] is None
     assert desc["preprocess"]["input_size"] == [3, 16, 16] and len(desc["classes"]) == 10
+    assert desc["spec_hash"] and "tiny:vit32" in desc["spec"]  # provenance
     regs = _regs()
     net = load_snnet(out, regs)
     route = load_route(dest, regs)
@@ -106,23 +117,48 @@ def test_export_reproduces_the_route(built, tmp_path, capsys):
         assert torch.equal(route(x), net.forward_route(x, 9))
 
 
-def test_export_onnx(built, tmp_path, capsys):
+_STANDALONE = """
+import sys, numpy, torch
+x = torch.from_numpy(numpy.load(sys.argv[1]))
+expected = numpy.load(sys.argv[2])
+with torch.no_grad():
+    assert numpy.array_equal(torch.export.load(sys.argv[3]).module()(x).numpy(), expected), "pt2"
+try:
+    import onnxruntime
+except ImportError:
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+    got = ReferenceEvaluator(onnx.load(sys.argv[4])).run(None, {"inputs": x.numpy()})[0]
+    print("onnx.reference")
+else:
+    session = onnxruntime.InferenceSession(sys.argv[4], providers=["CPUExecutionProvider"])
+    got = session.run(None, {"inputs": x.numpy()})[0]
+    print("onnxruntime", onnxruntime.__version__)
+assert numpy.allclose(got, expected, rtol=1e-4, atol=1e-4), abs(got - expected).max()
+assert not any(m.startswith("stitchframe") for m in sys.modules), "stitchframe was imported"
+"""
+
+
+def test_export_pt2_and_onnx_run_with_torch_and_an_onnx_runtime_alone(built, tmp_path, capsys):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxscript")
-    from onnx.reference import ReferenceEvaluator
+    import numpy as np
 
     _, out = built
     dest = tmp_path / "r.safetensors"
-    assert cli.main([*PLUGIN, "export", str(out), "--route", "4", "--onnx", "-o", str(dest)]) == 0
-    assert json.loads(dest.with_suffix(".json").read_text())["onnx"] == "r.onnx"
+    assert cli.main([*PLUGIN, "export", str(out), "--route", "4", "--onnx", "--pt2", "-o", str(dest)]) == 0
+    desc = json.loads(dest.with_suffix(".json").read_text())
+    assert (desc["onnx"], desc["pt2"]) == ("r.onnx", "r.pt2")
     assert not dest.with_suffix(".onnx.data").exists()  # small models are one self-contained file
+    onnx.checker.check_model(onnx.load(str(dest.with_suffix(".onnx"))))
     x = tiny.images(3)  # another batch size than the export example: the batch dimension is dynamic
     with torch.no_grad():
-        expected = load_snnet(out, _regs()).forward_route(x, 4)
-    model = onnx.load(str(dest.with_suffix(".onnx")))
-    onnx.checker.check_model(model)
-    got = ReferenceEvaluator(model).run(None, {"inputs": x.numpy()})[0]
-    torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-4, atol=1e-4)
+        np.save(tmp_path / "x.npy", x.numpy())
+        np.save(tmp_path / "y.npy", load_snnet(out, _regs()).forward_route(x, 4).numpy())
+    args = [str(tmp_path / n) for n in ("x.npy", "y.npy", "r.pt2", "r.onnx")]
+    done = subprocess.run([sys.executable, "-I", "-c", _STANDALONE, *args], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_export_by_flops_budget_picks_the_most_accurate_route_within_it(built, capsys):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import stitchframe
 from stitchframe import ShapeMismatchError, SpecError, UnknownNameError, assemble, load_anchor, parse_spec, validate_spec
@@ -76,18 +77,21 @@ def test_build_from_given_routes_skips_the_space(regs, vit_family):
     assert set(again.stitches) == set(net.stitches)
 
 
-def test_load_anchor_passes_registries_to_loaders_that_declare_them(regs):
+def test_load_anchor_calls_loaders_with_registries_and_structure_only(regs):
     seen = []
 
-    def load_wrapped(identifier, options, registries):
-        seen.append(registries)
-        return load_anchor(f"tiny:{identifier}", registries)  # an adapter built on another source
+    def load_wrapped(identifier, options, registries, *, structure_only=False):
+        seen.append((registries, structure_only, torch.empty(0).device.type))
+        # an adapter built on another source
+        return load_anchor(f"tiny:{identifier}", registries, structure_only=structure_only)
 
     regs.anchor_adapters.register("wrapped", load_wrapped, plugin="test")
     anchor = load_anchor("wrapped:vit32", regs)
-    assert seen == [regs]
     assert anchor.name == "vit32" and anchor.depth == 4
-    assert load_anchor("tiny:vit32", regs).depth == 4  # two-argument loaders are called as before
+    assert not any(p.is_meta for p in anchor.parameters())
+    bare = load_anchor("wrapped:vit32", regs, structure_only=True)
+    assert seen == [(regs, False, "cpu"), (regs, True, "meta")]  # structure-only loads run on the meta device
+    assert all(p.is_meta for p in bare.parameters()) and bare.depth == 4
 
 
 def test_build_snnet_hands_each_layer_the_cut_points_it_joins(regs, vit_family):

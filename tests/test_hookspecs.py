@@ -50,8 +50,8 @@ def mlp_anchor(model: nn.Sequential, name: str) -> stitchframe.Anchor:
     )
 
 
-def load_mlp(identifier: str, options: MLPOptions, registries=None) -> stitchframe.Anchor:
-    """``mlp:<width>``, e.g. ``mlp:64``."""
+def load_mlp(identifier: str, options: MLPOptions, registries=None, *, structure_only=False) -> stitchframe.Anchor:
+    """``mlp:<width>``, e.g. ``mlp:64`` (seeded random weights: nothing to skip when ``structure_only``)."""
     torch.manual_seed(options.seed)
     width = int(identifier)
     return mlp_anchor(build_mlp(width, options.depth), f"mlp{width}")

@@ -157,5 +157,6 @@ def test_hook_callbacks_have_named_types():
         assert inspect.signature(getattr(hookspecs, name)).parameters["register"].annotation == "Register", name
     params = inspect.signature(stitchframe.Register.__call__).parameters
     assert {"name", "obj", "options", "aliases", "replace", "check_identifier"} <= set(params)
-    assert list(inspect.signature(stitchframe.AnchorLoader.__call__).parameters) == [
-        "self", "identifier", "options", "registries"]
+    loader = inspect.signature(stitchframe.AnchorLoader.__call__).parameters
+    assert list(loader) == ["self", "identifier", "options", "registries", "structure_only"]
+    assert loader["structure_only"].kind is inspect.Parameter.KEYWORD_ONLY

@@ -120,3 +120,26 @@ def test_atomic_write_gives_normal_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert [p.stat().st_mode & 0o777 for p in paths] == [0o644, 0o644]
+
+
+def test_non_persistent_buffers_travel_on_request(tmp_path):
+    class WithTable(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 3)
+            self.register_buffer("table", torch.arange(4.0).exp(), persistent=False)
+            self.register_buffer("mask", torch.tensor([0.0, float("-inf")]), persistent=False)
+
+    src = WithTable()
+    save_module(src, tmp_path / "plain.safetensors", kind="route")
+    save_module(src, tmp_path / "all.safetensors", kind="route", non_persistent=True)
+    with torch.device("meta"):
+        dst = WithTable()
+    dst.to_empty(device="cpu")
+    with pytest.raises(CheckpointError, match="has tensor '(table|mask)', which the model lacks"):
+        load_module_state(dst, tmp_path / "all.safetensors", kind="route")  # by default only the state dict
+    load_module_state(dst, tmp_path / "all.safetensors", kind="route", non_persistent=True)  # -inf is allowed here
+    assert torch.equal(dst.table, src.table) and torch.equal(dst.mask, src.mask)
+    assert torch.equal(dst.lin.weight, src.lin.weight)
+    with pytest.raises(CheckpointError, match="lacks 2 tensor"):
+        load_module_state(dst, tmp_path / "plain.safetensors", kind="route", non_persistent=True)

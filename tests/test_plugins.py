@@ -57,11 +57,16 @@ class FirstHalfSpace(StitchSpace):
             yield Route.chain((a.name, 0, p), (b.name, p, b.depth))
 
 
+def _load_toyvit(ident, opts, regs, *, structure_only=False):
+    """``toyvit:<dim>``: a tiny random ViT (random weights: nothing to skip when ``structure_only``)."""
+    return tiny.vit_anchor(tiny.tiny_vit(int(ident)), f"toy{ident}")
+
+
 class ThirdParty:
     @staticmethod
     @stitchframe.hookimpl
     def stitchframe_register_anchor_adapters(register):
-        register("toyvit", lambda ident, opts, regs: tiny.vit_anchor(tiny.tiny_vit(int(ident)), f"toy{ident}"))
+        register("toyvit", _load_toyvit)
 
     @staticmethod
     @stitchframe.hookimpl
@@ -181,8 +186,7 @@ class CheckedAdapter:
     @staticmethod
     @stitchframe.hookimpl
     def stitchframe_register_anchor_adapters(register):
-        register("toyvit", lambda ident, opts, regs: tiny.vit_anchor(tiny.tiny_vit(int(ident)), f"toy{ident}"),
-                 check_identifier=_check_toy)
+        register("toyvit", _load_toyvit, check_identifier=_check_toy)
         register("lazytoy", "tests.tiny:load_tiny", options=tiny.TinyOptions,
                  check_identifier="tests.test_plugins:_check_toy")
         register("buggy", "tests.tiny:load_tiny", options=tiny.TinyOptions, check_identifier=lambda i, o: 1 / 0)
@@ -299,8 +303,8 @@ def test_adapter_returning_wrong_type_or_raising(pm):
         @staticmethod
         @stitchframe.hookimpl
         def stitchframe_register_anchor_adapters(register):
-            register("notanchor", lambda ident, opts, regs: nn.Linear(2, 2))
-            register("raises", lambda ident, opts, regs: 1 / 0)
+            register("notanchor", lambda ident, opts, regs, *, structure_only=False: nn.Linear(2, 2))
+            register("raises", lambda ident, opts, regs, *, structure_only=False: 1 / 0)
 
     pm.register_plugin(Bad, name="bad")
     regs = load_registries(pm)

@@ -384,6 +384,17 @@ class _Nothing:
     pass
 
 
+def _old_loader(identifier, options, registries=None):  # lacks structure_only
+    return tiny.load_tiny(identifier, options)
+
+
+class _OldLoader:
+    @staticmethod
+    @stitchframe.hookimpl
+    def stitchframe_register_anchor_adapters(register):
+        register("oldtiny", _old_loader, options=tiny.TinyOptions)
+
+
 class _BrokenCheck:
     @staticmethod
     @stitchframe.hookimpl
@@ -399,6 +410,8 @@ class _BrokenCheck:
         (_NotALayer, "must be a subclass of stitchframe.StitchLayer"),
         (_Raises, "failed in hook 'stitchframe_register_stitch_spaces': RuntimeError: boom"),
         (_Nothing, "registers nothing"),
+        (_OldLoader, r"anchor adapter 'oldtiny' .*: its loader '_old_loader' cannot be called as "
+                     r"load\(identifier, options, registries, structure_only=True\) \(got an unexpected keyword"),
         (_BrokenCheck, r"anchor adapter 'tinycheck' check_identifier as 'tests.tiny:no_such_check', which cannot be"),
     ],
     ids=lambda v: getattr(v, "__name__", ""),

@@ -176,8 +176,8 @@ class TinyOptions:
     classes: int = attrs.field(default=10, metadata={"help": "Output classes."})
 
 
-def load_tiny(identifier: str, options: TinyOptions, registries=None) -> Anchor:
-    """``tiny:vit<dim>`` or ``tiny:cnn<width>``."""
+def load_tiny(identifier: str, options: TinyOptions, registries=None, *, structure_only: bool = False) -> Anchor:
+    """``tiny:vit<dim>`` or ``tiny:cnn<width>`` (random weights: a structure-only build needs nothing more)."""
     name = identifier.replace("-", "_")
     match = re.fullmatch(r"(vit|cnn)([1-9][0-9]{0,2})", identifier)
     if match is None or int(match.group(2)) % 2:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import attrs
@@ -23,8 +24,10 @@ def check_plugin(plugin: Any, name: str = "plugin_under_test") -> Registries:
     ``Options`` class whose fields all carry ``metadata={"help": ...}``,
     stitching layers subclass :class:`~stitchframe.StitchLayer`, stitch spaces
     :class:`~stitchframe.StitchSpace`, adapters and datasets are callables,
-    and an adapter's ``check_identifier`` (a lazy reference imported here) is
-    a callable too.
+    an adapter's loader takes the :class:`~stitchframe.AnchorLoader`
+    arguments ``(identifier, options, registries, *, structure_only)``, and
+    an adapter's ``check_identifier`` (a lazy reference imported here) is a
+    callable too.
 
     Args:
         plugin: The plugin (module, class or instance with hook implementations).
@@ -73,6 +76,8 @@ def _check_entry(kind: str, entry: Any, base: type | None) -> None:
         fail(f"{where} is {entry.obj!r}; it must be a subclass of stitchframe.{base.__name__}")
     if base is None and not callable(entry.obj):
         fail(f"{where} is {entry.obj!r}; it must be callable")
+    if kind == "anchor adapter":
+        _check_loader_signature(where, entry.obj)
     try:
         entry.check_identifier  # noqa: B018 - imports a lazy reference, which the registry checks is callable
     except PluginError as exc:
@@ -83,3 +88,19 @@ def _check_entry(kind: str, entry: Any, base: type | None) -> None:
                 f"{where}: option {field.name!r} of {entry.options.__name__} has no help; "
                 'declare it with attrs.field(..., metadata={"help": "..."}) so the docs can list it'
             )
+
+
+def _check_loader_signature(where: str, load: Any) -> None:
+    """The loader accepts ``load(identifier, options, registries, structure_only=...)``, as the engine calls it."""
+    try:
+        signature = inspect.signature(load)
+    except (TypeError, ValueError):  # no signature to read (some builtins): the first load will tell
+        return
+    try:
+        signature.bind("identifier", None, None, structure_only=True)
+    except TypeError as exc:
+        fail(
+            f"{where}: its loader {getattr(load, '__qualname__', load)!r} cannot be called as "
+            f"load(identifier, options, registries, structure_only=True) ({exc}); declare it "
+            "load(identifier, options, registries=None, *, structure_only=False) (stitchframe.AnchorLoader)"
+        )

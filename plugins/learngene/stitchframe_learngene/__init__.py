@@ -29,7 +29,7 @@ from .options import DataOptions, DistillOptions, LearngeneStitchOptions, PoolOp
 from .space import LearngeneSpace, LearngeneSpaceOptions, relative_depth
 
 if TYPE_CHECKING:
-    from .adapter import load_learngene_anchor, load_pool, load_teacher
+    from .adapter import load_learngene_anchor, load_pool, load_teacher, student_structure
     from .cache import cache_dir, student_key, teacher_fingerprint
     from .distill import DistilledStudent, distil, run_with_activations
     from .stitch import LearngeneStitch
@@ -42,6 +42,7 @@ _LAZY = {
     "load_learngene_anchor": "adapter",
     "load_pool": "adapter",
     "load_teacher": "adapter",
+    "student_structure": "adapter",
     "cache_dir": "cache",
     "student_key": "cache",
     "teacher_fingerprint": "cache",
@@ -87,6 +88,7 @@ __all__ = [
     "relative_depth",
     "run_with_activations",
     "student_key",
+    "student_structure",
     "teacher_fingerprint",
     "vit_anchor",
 ]

@@ -37,22 +37,23 @@ from .options import TEACHER, PoolOptions, StudentSpec
 from .students import StudentBuilder, build_student, choose_builder, num_classes_of
 from .transforms import PoolTransforms
 
-__all__ = ["load_learngene_anchor", "load_pool", "load_teacher"]
+__all__ = ["load_learngene_anchor", "load_pool", "load_teacher", "student_structure"]
 
 log = logging.getLogger("stitchframe_learngene")
 
 
-def load_teacher(options: PoolOptions, registries: Registries) -> Anchor:
+def load_teacher(options: PoolOptions, registries: Registries, structure_only: bool = False) -> Anchor:
     """Load the pool's teacher through the adapter that owns its source.
 
     Torch's global RNG is seeded with ``distill.seed`` while loading (and
     restored after), so a teacher with random weights is the same teacher
-    for every anchor of the pool.
+    for every anchor of the pool.  ``structure_only`` builds it without
+    weights (see :func:`stitchframe.load_anchor`).
     """
     spec = AnchorSpec(source=options.teacher, options=dict(options.teacher_options))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(options.distill.seed)
-        return load_anchor(spec, registries, where="learngene options.teacher").eval()
+        return load_anchor(spec, registries, where="learngene options.teacher", structure_only=structure_only).eval()
 
 
 def _seed(options: PoolOptions, student: StudentSpec) -> int:
@@ -133,13 +134,32 @@ def _build(
     return build_student(builder, teacher, student, options, classes, _seed(options, student))
 
 
-def load_learngene_anchor(identifier: str, options: PoolOptions, registries: Registries) -> Anchor:
+def student_structure(options: PoolOptions, registries: Registries, name: str) -> Anchor:
+    """Student ``name`` of the pool built without weights: no distillation, no cache, no data.
+
+    The teacher is built structure-only too (its shapes choose the student
+    builder and the classes); stitchframe calls this on the meta device to
+    rebuild an exported route.
+    """
+    teacher = load_teacher(options, registries, structure_only=True)
+    student = next(s for s in options.students if s.name == name)
+    return _build(choose_builder(teacher, options), teacher, student, options, num_classes_of(teacher)).eval()
+
+
+def load_learngene_anchor(
+    identifier: str, options: PoolOptions, registries: Registries, *, structure_only: bool = False
+) -> Anchor:
     """Load ``learngene:<student>`` (or ``learngene:teacher``) of the pool in ``options``.
+
+    With ``structure_only`` the anchor is built without weights
+    (:func:`student_structure`, or the teacher's own structure-only build).
 
     Raises:
         UnknownNameError: No student of that name in the pool.
     """
     names = [s.name for s in options.students]
+    if identifier == TEACHER and structure_only:
+        return load_teacher(options, registries, structure_only=True)
     if identifier == TEACHER:
         teacher = load_teacher(options, registries)
         widths = [teacher.graph.spec_at(p).channels for p in teacher.graph.positions()]
@@ -150,4 +170,6 @@ def load_learngene_anchor(identifier: str, options: PoolOptions, registries: Reg
             f"learngene: no student {identifier!r} in the pool of {options.teacher!r}; "
             f"{did_you_mean(identifier, [*names, TEACHER])}students: {', '.join(names)} (or '{TEACHER}')"
         )
+    if structure_only:
+        return student_structure(options, registries, identifier)
     return load_pool(options, registries, [identifier])[identifier]

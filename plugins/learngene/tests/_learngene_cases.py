@@ -30,11 +30,12 @@ def toy_model(dim: int, depth: int) -> PoolViT:
     return PoolViT(dim, depth, 2, 10, img=(3, 16, 16), grid=(4, 4), prefix=1, mlp_ratio=2.0)
 
 
-def load_toy(identifier: str, options: ToyOptions, registries=None) -> stitchframe.Anchor:
+def load_toy(identifier: str, options: ToyOptions, registries=None, *,
+             structure_only: bool = False) -> stitchframe.Anchor:
     """``toyvit:<dim>``: a 16x16-input ViT with 4x4 patches and a class token."""
     torch.manual_seed(options.seed)
     model = toy_model(int(identifier), options.depth)
-    if options.weights is not None:
+    if options.weights is not None and not structure_only:
         from safetensors.torch import load_file
 
         model.load_state_dict(load_file(options.weights))

@@ -94,10 +94,16 @@ def test_timm_teachers_get_timm_students(regs, tmp_path):
         assert s.family == "vision_transformer" and isinstance(s.stem, ViTStem) and isinstance(s.head, ViTHead)
         assert s.stem.patch_embed.patch_size == (4, 4) and s.stem.patch_embed.img_size == (16, 16)
         assert s.graph.spec_at(2).channels == width and s.depth == 2 and s.graph.spec_at(0).prefix == 1
-    net = stitchframe.build_snnet(students, space="learngene", layer="learngene", registries=regs)
+    net = stitchframe.build_snnet(students, space="learngene", layer="learngene", registries=regs).eval()
     assert any(not r.is_anchor for r in net.routes)
     for i in range(len(net.routes)):
         assert net.forward_route(torch.randn(2, 3, 16, 16), i).shape == (2, 10)
+    # an exported route rebuilds its timm students (and their teacher) structure-only: no distillation, no cache
+    rid = next(i for i, r in enumerate(net.routes) if r.links)
+    res = stitchframe.export_route(net, route=rid, dest=tmp_path / "export" / "r.safetensors", registries=regs)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(stitchframe.load_route(res.description, regs)(x), net.forward_route(x, rid))
 
 
 def test_teachers_that_are_not_vit_style_are_refused(regs, tmp_path):
@@ -206,3 +212,11 @@ def test_the_example_spec_is_valid(regs):
     assert [a.source for a in spec.anchors] == ["learngene:small", "learngene:medium", "learngene:large"]
     structure_options(LearngeneStitch.Options, spec.stitch.layer_options, "stitch.layer_options")
     structure_options(LearngeneSpace.Options, spec.stitch.space_options, "stitch.space_options")
+
+
+def test_the_plugin_meets_the_contract():
+    """``check_plugin``: documented options, a loader taking ``structure_only`` (stitchframe.AnchorLoader)."""
+    from stitchframe.testing import check_plugin
+
+    regs = check_plugin(stitchframe_learngene, name="learngene")
+    assert regs.anchor_adapters.origin("learngene") == "learngene"

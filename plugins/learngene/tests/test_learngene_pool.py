@@ -132,3 +132,18 @@ def test_the_teacher_joins_its_pool_with_identity_transformations(pool, regs):
     w, b = student.learngene.to_teacher[2]  # into the teacher, the stitch is the student's own transformation
     torch.testing.assert_close(layer.weight.double(), w)
     torch.testing.assert_close(layer.bias.double(), b)
+
+
+def test_an_exported_route_reloads_without_the_pool_cache_or_distillation(net, pool, regs, tmp_path, monkeypatch):
+    rid = next(i for i, r in enumerate(net.routes) if r.links)
+    res = stitchframe.export_route(net, route=rid, dest=tmp_path / "r.safetensors", registries=regs)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a standalone route must not distil or read the student cache")
+
+    monkeypatch.setattr(stitchframe_learngene.adapter, "distil", refuse)
+    monkeypatch.setattr(stitchframe_learngene.adapter, "load_student", refuse)
+    module = stitchframe.load_route(res.description, regs)
+    x, _ = digits_tensors()
+    with torch.no_grad():
+        assert torch.equal(module(x[:16]), net.eval().forward_route(x[:16], rid))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import timm
 import torch
 from timm.data import resolve_model_data_config
@@ -135,18 +136,26 @@ def preprocess_of(model: nn.Module, img_size: int | None = None) -> Preprocess:
     )
 
 
-def load_timm_anchor(identifier: str, options: TimmOptions | None = None, registries: Any = None) -> Anchor:
+def load_timm_anchor(identifier: str, options: TimmOptions | None = None, registries: Any = None, *,
+                     structure_only: bool = False) -> Anchor:
     """Build the anchor for ``timm:<identifier>``.
 
     Args:
         identifier: A timm model name (``deit_small_patch16_224``, with an
             optional pretrained tag) or a timm source (``hf-hub:org/name``).
         options: The adapter's options (default: :class:`TimmOptions`).
+        structure_only: Build the model without its weights (``pretrained``
+            and ``weights`` are ignored; stitchframe calls this on the meta
+            device to rebuild an exported route).  timm builds a model name
+            from its own registry offline; an ``hf-hub:`` source still needs
+            its config, from the Hub cache.
 
     Returns:
         An :class:`~stitchframe.Anchor` in eval mode sharing the model's parameters.
     """
     options = options if options is not None else TimmOptions()
+    if structure_only:
+        options = attrs.evolve(options, pretrained=False, weights=None)
     source = f"timm:{identifier}"
     model = create_model(identifier, options)
     family = family_of(model, source)

@@ -239,3 +239,11 @@ def test_pretrained_without_a_network_fails_at_once(load, monkeypatch):
     assert "\n" not in msg and "unreachable" in msg and "options.weights" in msg
     assert huggingface_hub.constants.HF_HUB_OFFLINE is False  # restored after the load
     assert "HF_HUB_OFFLINE" not in __import__("os").environ
+
+
+def test_the_plugin_meets_the_contract():
+    """``check_plugin``: documented options, a loader taking ``structure_only`` (stitchframe.AnchorLoader)."""
+    from stitchframe.testing import check_plugin
+
+    regs = check_plugin(stitchframe_timm, name="timm")
+    assert regs.anchor_adapters.origin("timm") == "timm"

@@ -38,18 +38,19 @@ __all__ = [
 ]
 
 
-def load_hf(identifier: str, options: HFOptions, registries: Any = None) -> Any:
+def load_hf(identifier: str, options: HFOptions, registries: Any = None, *, structure_only: bool = False) -> Any:
     """Load an ``hf:`` anchor (see :func:`stitchframe_transformers.adapter.load_hf`)."""
     from .adapter import load_hf as load
 
-    return load(identifier, options)
+    return load(identifier, options, registries, structure_only=structure_only)
 
 
-def load_hf_config(identifier: str, options: HFConfigOptions, registries: Any = None) -> Any:
+def load_hf_config(identifier: str, options: HFConfigOptions, registries: Any = None, *,
+                   structure_only: bool = False) -> Any:
     """Build an ``hf-config:`` anchor (see :func:`stitchframe_transformers.adapter.load_hf_config`)."""
     from .adapter import load_hf_config as load
 
-    return load(identifier, options)
+    return load(identifier, options, registries, structure_only=structure_only)
 
 
 def load_text_classification(options: Any, preprocess: Any) -> Any:

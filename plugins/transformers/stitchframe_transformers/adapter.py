@@ -30,7 +30,7 @@ from .checks import resolve_location
 from .families import Family, cut_model, family_of
 from .options import HFConfigOptions, HFOptions
 
-__all__ = ["resolve_location", "load_hf", "load_hf_config", "choose_head", "build_anchor"]
+__all__ = ["resolve_location", "load_hf", "load_hf_config", "choose_head", "build_anchor", "structure_options_of"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _CLASSIFICATION_SUFFIXES = ("ForSequenceClassification", "ForImageClassification", "ForImageClassificationWithTeacher")
@@ -142,6 +142,7 @@ def build_anchor(
     model.eval()
     config = model.config
     parts = cut_model(model, fam, head, options, normalize=normalize, source=source)
+    structure = ("hf-config:", structure_options_of(config, head, options, normalize))
     if fam.modality == "image":
         preprocess = _image_preprocess(config, folder)
         grid = (preprocess.input_size[1] // _patch(config), preprocess.input_size[2] // _patch(config))
@@ -164,7 +165,28 @@ def build_anchor(
         preprocess=preprocess,
         source=source,
         family=fam.name,
+        structure=structure,
     )
+
+
+def structure_options_of(config: Any, head: str, options: HFOptions, normalize: bool) -> dict[str, Any]:
+    """``hf-config:`` options that build the same modules from the config alone (no files, no network).
+
+    Recorded as the anchor's ``structure``, so an exported route of an
+    ``hf:`` anchor rebuilds without the model's folder or the Hub.
+    """
+    attn = options.attn_implementation or getattr(config, "_attn_implementation", None)
+    return {
+        "config": config.to_dict(),
+        "head": head,
+        "normalize": bool(normalize),
+        "layers": list(options.layers) if options.layers is not None else None,
+        "attn_implementation": attn if attn in ("sdpa", "eager") else None,
+        "dtype": options.dtype,
+        "max_length": options.max_length,
+        "trace_length": options.trace_length,
+        "interpolate_pos_encoding": options.interpolate_pos_encoding,
+    }
 
 
 def _patch(config: Any) -> int:
@@ -186,8 +208,13 @@ def _has_tokenizer(folder: Path) -> bool:
     return any((folder / n).exists() for n in names)
 
 
-def load_hf(identifier: str, options: HFOptions) -> Anchor:
+def load_hf(identifier: str, options: HFOptions, registries: Any = None, *, structure_only: bool = False) -> Anchor:
     """Load ``hf:<identifier>`` with ``from_pretrained``.
+
+    With ``structure_only`` only the config is read (from the folder, or the
+    Hub's cache) and the model is built from it without weights; stitchframe
+    calls this on the meta device.  Exported routes do not need it: their
+    anchors record an ``hf-config:`` structure with the config inline.
 
     Raises:
         SpecError: Bad location, unsupported model type or bad options.
@@ -198,11 +225,11 @@ def load_hf(identifier: str, options: HFOptions) -> Anchor:
     folder = Path(location) if local else None
     # without a network the Hub client retries for about a minute: offline mode fails at once (cache only)
     with hub_offline_mode(enabled=not local) as offline:
-        return _load_hf(identifier, options, location, local, folder, source, offline)
+        return _load_hf(identifier, options, location, local, folder, source, offline, structure_only)
 
 
 def _load_hf(identifier: str, options: HFOptions, location: str, local: bool, folder: Path | None, source: str,
-             offline: bool) -> Anchor:
+             offline: bool, structure_only: bool = False) -> Anchor:
     try:
         config = transformers.AutoConfig.from_pretrained(location, revision=options.revision)
     except (OSError, ValueError) as exc:
@@ -212,7 +239,10 @@ def _load_hf(identifier: str, options: HFOptions, location: str, local: bool, fo
     head = choose_head(options.head, config, fam, st_mean)
     cls = _model_class(head, config, fam)
     try:
-        model = cls.from_pretrained(location, revision=options.revision, **_load_kwargs(options, head))
+        if structure_only:
+            model = _from_config(cls, config, options, head)
+        else:
+            model = cls.from_pretrained(location, revision=options.revision, **_load_kwargs(options, head))
     except (OSError, ValueError) as exc:
         raise _load_error(source, location, local, exc, offline) from exc
     tokenizer = options.tokenizer
@@ -263,21 +293,21 @@ def _config_from(identifier: str, options: HFConfigOptions) -> tuple[Any, Path |
         raise
 
 
-def load_hf_config(identifier: str, options: HFConfigOptions) -> Anchor:
-    """Build ``hf-config:<identifier>``: a model with random weights (seeded) from a config."""
+def load_hf_config(identifier: str, options: HFConfigOptions, registries: Any = None, *,
+                   structure_only: bool = False) -> Anchor:
+    """Build ``hf-config:<identifier>``: a model with random weights (seeded) from a config.
+
+    ``structure_only`` changes nothing here (the weights are random anyway);
+    stitchframe calls it on the meta device, where initialising costs nothing.
+    """
     config, folder = _config_from(identifier, options)
     source = f"hf-config:{identifier}"
     fam = family_of(config.model_type, source)
     head = choose_head(options.head, config, fam)
-    if options.attn_implementation is not None:
-        config._attn_implementation = options.attn_implementation
-    if head == "classification" and options.num_labels is not None:
-        config.num_labels = options.num_labels
     cls = _model_class(head, config, fam)
-    build = cls._from_config if hasattr(cls, "_from_config") else cls.from_config  # concrete vs Auto class
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(options.seed)
-        model = build(config, dtype=_DTYPES[options.dtype])
+        model = _from_config(cls, config, options, head)
     tokenizer = options.tokenizer
     if tokenizer is None and folder is not None and fam.modality == "text" and _has_tokenizer(folder):
         tokenizer = str(folder)
@@ -293,6 +323,16 @@ def load_hf_config(identifier: str, options: HFConfigOptions) -> Anchor:
         tokenizer=tokenizer,
         normalize=bool(options.normalize),
     )
+
+
+def _from_config(cls: type, config: Any, options: HFOptions, head: str) -> nn.Module:
+    """A model of ``cls`` built from ``config`` alone (random weights; none on the meta device)."""
+    if options.attn_implementation is not None:
+        config._attn_implementation = options.attn_implementation
+    if head == "classification" and options.num_labels is not None:
+        config.num_labels = options.num_labels
+    build = cls._from_config if hasattr(cls, "_from_config") else cls.from_config  # concrete vs Auto class
+    return build(config, dtype=_DTYPES[options.dtype])
 
 
 def _path_stem(identifier: str) -> str:

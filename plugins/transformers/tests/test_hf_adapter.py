@@ -170,3 +170,12 @@ def test_hub_ids_fail_at_once_without_a_network(hf_regs, monkeypatch):
     with pytest.raises(StitchframeError, match="Hub is unreachable or HF_HUB_OFFLINE is set.*hf download"):
         _load("hf:stitchframe-no-such-org/no-such-model", hf_regs)
     assert huggingface_hub.constants.HF_HUB_OFFLINE is False
+
+
+def test_the_plugin_meets_the_contract():
+    """``check_plugin``: documented options, loaders taking ``structure_only`` (stitchframe.AnchorLoader)."""
+    import stitchframe_transformers
+    from stitchframe.testing import check_plugin
+
+    regs = check_plugin(stitchframe_transformers, name="transformers")
+    assert {"hf", "hf-config"} <= set(regs.anchor_adapters.names())

@@ -36,6 +36,13 @@ onnx_program = torch.onnx.export(module, (images,), dynamo=True)  # needs the on
 onnx_program.save("route.onnx")
 # --8<-- [end:onnx]
 
+# --8<-- [start:standalone]
+exported = stitchframe.export_route(net, route=route, dest="deploy/route.safetensors")
+again = stitchframe.load_route("deploy/route.json")  # builds only this route; reads only its weights
+with torch.no_grad():
+    assert torch.equal(again(images), module(images))
+# --8<-- [end:standalone]
+
 # --8<-- [start:merge]
 merged = net.export(route, merge=True)  # calls merge() on every stitching layer of the copy
 # lowrank folds its update B·A into its base weight; dwconv has nothing to fold

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import torch
 import torchvision
 from torch import nn
@@ -105,9 +106,17 @@ def mobilenet_anchor(
 
 
 def load_mobilenet(
-    identifier: str, options: MobileNetOptions, registries: stitchframe.Registries | None = None
+    identifier: str, options: MobileNetOptions, registries: stitchframe.Registries | None = None, *,
+    structure_only: bool = False,
 ) -> stitchframe.Anchor:
-    """The adapter: ``torchvision:<identifier>`` -> an anchor (it loads no other anchor: ``registries`` unused)."""
+    """The adapter: ``torchvision:<identifier>`` -> an anchor (it loads no other anchor: ``registries`` unused).
+
+    With ``structure_only`` the model is built without its weights (nothing is
+    downloaded): stitchframe asks for that, on the meta device, when it rebuilds
+    an exported route and loads the route's own weights into it.
+    """
+    if structure_only:
+        options = attrs.evolve(options, weights=None)  # same modules, no download
     return mobilenet_anchor(build_model(identifier, options), identifier, options)
 
 

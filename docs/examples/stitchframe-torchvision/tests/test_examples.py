@@ -25,5 +25,6 @@ def test_example_runs(script, tmp_path, monkeypatch, capsys):
         assert out.startswith("25 routes") and (tmp_path / "route.safetensors").is_file()
     if script == "export_route.py":
         assert {"route.safetensors", "route.pt2", "route.onnx"} <= {p.name for p in tmp_path.iterdir()}
+        assert sorted(p.name for p in (tmp_path / "deploy").iterdir()) == ["route.json", "route.safetensors"]
     if script == "choose_route.py":
         assert "No route fits max_flops=1000000.0" in out

@@ -68,3 +68,14 @@ def test_validate_rejects_an_unknown_model_without_building_it(tmp_path):
     with pytest.raises(stitchframe.UnknownNameError, match=r"anchors\[1\] \('torchvision:mobilenet_v9'\): "
                                                            r"torchvision adapter: unknown model 'mobilenet_v9'"):
         stitchframe.validate_spec(spec)
+
+
+# --8<-- [start:structure_only]
+def test_structure_only_skips_the_pretrained_download():
+    options = MobileNetOptions(img_size=64, weights="DEFAULT")  # a download, were the weights loaded
+    with torch.device("meta"):  # how stitchframe.load_anchor(..., structure_only=True) calls it
+        anchor = mobilenet.load_mobilenet("mobilenet_v3_small", options, structure_only=True)
+    full = mobilenet.load_mobilenet("mobilenet_v3_small", MobileNetOptions(img_size=64))
+    assert all(p.is_meta for p in anchor.parameters())
+    assert {k: v.shape for k, v in anchor.state_dict().items()} == {k: v.shape for k, v in full.state_dict().items()}
+# --8<-- [end:structure_only]
