@@ -56,6 +56,7 @@ if TYPE_CHECKING:  # for type checkers and the docs (griffe); at run time names 
         solve_least_squares,
     )
     from .stitch_spaces import SpaceContext, StitchSpace
+    from .tasks import ClassificationTask, Task, evaluate_task_routes
     from .validation import validate_spec
 
 #: Public name -> the module (under stitchframe) that defines it.
@@ -133,6 +134,9 @@ _LAZY: dict[str, str] = {
     "solve_least_squares": "stitch_layers",
     "SpaceContext": "stitch_spaces",
     "StitchSpace": "stitch_spaces",
+    "ClassificationTask": "tasks",
+    "Task": "tasks",
+    "evaluate_task_routes": "tasks",
 }
 
 __all__ = [
@@ -145,6 +149,7 @@ __all__ = [
     "BuildInterrupted",
     "BuildResult",
     "CheckpointError",
+    "ClassificationTask",
     "Conv1x1Stitch",
     "DEFAULT_PLUGINS",
     "DatasetSplits",
@@ -178,6 +183,7 @@ __all__ = [
     "StitchLayer",
     "StitchSpace",
     "StitchframeError",
+    "Task",
     "TrainingError",
     "UnknownNameError",
     "UsageError",
@@ -192,6 +198,7 @@ __all__ = [
     "dump_spec",
     "evaluate_build",
     "evaluate_routes",
+    "evaluate_task_routes",
     "export_route",
     "get_plugin_manager",
     "hookimpl",

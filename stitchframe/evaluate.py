@@ -58,6 +58,8 @@ class RouteResult:
         flops: Forward FLOPs per example (from the route table).
         params: Parameters used by the route.
         latency_ms: Median latency of one forward at batch size 1 (when measured).
+        metrics: Every metric of the route's task by name (a task other than
+            classification: ``accuracy`` is then the task's, e.g. pixel accuracy).
     """
 
     id: int
@@ -68,6 +70,7 @@ class RouteResult:
     flops: int
     params: int
     latency_ms: float | None = None
+    metrics: dict[str, float] = attrs.field(factory=dict)
 
 
 @attrs.frozen(kw_only=True)

@@ -2,8 +2,13 @@
 
 The stages, in order::
 
-    anchors -> SNNet (assemble) -> datasets -> least-squares calibration
-            -> training -> evaluation of every route -> report -> save
+    anchors -> SNNet (assemble) -> datasets -> the task's model -> least-squares
+            calibration -> training -> evaluation of every route -> report -> save
+
+The spec's ``task`` (:mod:`stitchframe.tasks`) says what every route is
+trained and evaluated for: ``classification`` trains and evaluates the SN-Net
+itself; other tasks wrap it in a model of their own (a shared dense head) and
+rank the routes by their metric (mIoU).
 
 The build is written into a hidden sibling folder (``.<name>.partial``) and
 renamed into place only when everything succeeded, so a failed build leaves
@@ -19,6 +24,7 @@ its unfinished folder.
 Output folder::
 
     snnet.safetensors   the SN-Net's weights; header: spec hash and route table
+    task.safetensors    a task's own layers (a dense head), for tasks other than classification
     spec.yaml           the spec (stitchframe.dump_spec)
     routes.json         route records, Pareto front and summary
     routes.md           the route table as markdown
@@ -47,13 +53,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .anchors import Preprocess, _device_of, _to_device
+from .anchors import Preprocess
 from .calibration import calibrate, calibrate_heads
 from .datasets import DatasetSplits, agreed_preprocess, load_data
 from .distributed import dist_info, is_main_process
 from .engine import assemble
 from .errors import BuildInterrupted, CheckpointError, SpecError
-from .evaluate import Evaluation, evaluate_routes, logits_of, state_fingerprint
+from .evaluate import Evaluation, evaluate_routes, state_fingerprint
 from .io import atomic_write, load_module_state, read_json, read_metadata, save_module, write_json
 from .outputs import (
     _STAGES,
@@ -73,6 +79,7 @@ from .route_bn import recalibrate_route_bn
 from .routes import Route
 from .snnet import SNNet
 from .spec import Spec, dump_spec, load_spec, spec_hash
+from .tasks import TASK_WEIGHTS, Task, check_task_spec, evaluate_task_routes, load_task, load_task_layers, save_task_layers
 
 __all__ = [
     "BuildResult",
@@ -100,6 +107,7 @@ class BuildResult:
         summary: The report summary (stitched routes vs the anchors' line).
         train_result: What training returned, as plain data (``None`` when skipped).
         data: One line describing the dataset.
+        model: The task's model holding the SN-Net (``None`` for classification, whose model is the SN-Net).
     """
 
     output: Path
@@ -108,6 +116,7 @@ class BuildResult:
     summary: dict[str, Any] | None
     train_result: dict[str, Any] | None
     data: str
+    model: torch.nn.Module | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -157,26 +166,6 @@ def _progress(console, description: str, total: int | None) -> Iterator[Callable
 
         yield line
     console.print(f"{description}: done in {time.perf_counter() - start:.0f} s")
-
-
-def _check_classes(snnet: SNNet, num_classes: int, data_name: str) -> None:
-    """Every anchor must output one logit per class of the dataset."""
-    with torch.no_grad():
-        for i, anchor in enumerate(snnet.anchors.values()):
-            if anchor.example_inputs is None:
-                continue
-            modes = [(m, m.training) for m in anchor.modules()]
-            anchor.eval()
-            try:
-                out = logits_of(anchor(_to_device(anchor.example_inputs, _device_of(snnet))), f"Anchor {anchor.name!r}")
-            finally:
-                for m, mode in modes:
-                    m.training = mode
-            if out.shape[-1] != num_classes:
-                raise SpecError(
-                    f"anchors[{i}] ({anchor.name!r}) outputs {out.shape[-1]} classes but dataset {data_name!r} has "
-                    f"{num_classes}; set the anchor's number of classes to {num_classes} in anchors[{i}].options"
-                )
 
 
 # ---------------------------------------------------------------------------
@@ -232,7 +221,7 @@ def _calibrate(snnet: SNNet, spec: Spec, splits: DatasetSplits, device: torch.de
 
 
 def _train(snnet: SNNet, spec: Spec, splits: DatasetSplits, device: torch.device, checkpoints: Path,
-           resume: bool, console) -> Any:
+           resume: bool, console, model: torch.nn.Module | None = None, task: Task | None = None) -> Any:
     if spec.train.epochs == 0 or spec.train.max_steps == 0:
         if console is not None:
             console.print("training skipped (train.epochs or train.max_steps is 0)")
@@ -240,7 +229,8 @@ def _train(snnet: SNNet, spec: Spec, splits: DatasetSplits, device: torch.device
     from .train import train
 
     return train(snnet, splits.train, spec.train, device=device, checkpoint_dir=checkpoints, resume=resume,
-                 seed=spec.seed, num_workers=spec.data.num_workers, collate_fn=splits.collate_fn, console=console)
+                 seed=spec.seed, num_workers=spec.data.num_workers, collate_fn=splits.collate_fn, console=console,
+                 model=model, task=task)
 
 
 def _recalibrate_bn(snnet: SNNet, spec: Spec, splits: DatasetSplits, device: torch.device, console, *,
@@ -263,12 +253,22 @@ def _recalibrate_bn(snnet: SNNet, spec: Spec, splits: DatasetSplits, device: tor
 
 
 def _evaluate(snnet: SNNet, spec: Spec, splits: DatasetSplits, partial_path: Path, console, *,
-              max_batches: int | None = None, latency: bool | None = None) -> Evaluation:
+              max_batches: int | None = None, latency: bool | None = None, model: torch.nn.Module | None = None,
+              task: Task | None = None) -> Evaluation:
     max_batches = max_batches if max_batches is not None else spec.eval.max_batches
     total = -(-len(splits.val) // spec.eval.batch_size)
     if max_batches is not None:
         total = min(total, max_batches)
     with _progress(console, f"evaluating {len(snnet.routes)} routes", total) as tick:
+        if model is not None:
+            if spec.eval.latency if latency is None else latency:
+                raise SpecError(f"eval.latency: latency is measured on the SN-Net's routes, not through task "
+                                f"{spec.task.name!r}'s model; set eval.latency: false")
+            return evaluate_task_routes(
+                model, snnet, task, splits.val, batch_size=spec.eval.batch_size, max_batches=max_batches,
+                collate_fn=splits.collate_fn, num_workers=spec.data.num_workers, partial_path=partial_path,
+                fingerprint=f"{spec_hash(spec)}:{state_fingerprint(model)}", progress=tick,
+            )
         return evaluate_routes(
             snnet,
             splits.val,
@@ -308,12 +308,16 @@ def _plain(obj: Any, partial: Path, output: Path) -> Any:
 
 
 def _write_outputs(partial: Path, snnet: SNNet, spec: Spec, splits: DatasetSplits, preprocess: Preprocess,
-                   evaluation: Evaluation, train_result: Any, timings: dict[str, float]) -> dict[str, Any]:
+                   evaluation: Evaluation, train_result: Any, timings: dict[str, float], task: Task,
+                   model: torch.nn.Module | None) -> dict[str, Any]:
     spec_h = spec_hash(spec)
     used, label = _data_used(spec, splits)
-    summary = write_report(snnet.routes, partial, title=f"{' / '.join(snnet.anchors)} on {label}", data=used)
+    summary = write_report(snnet.routes, partial, title=f"{' / '.join(snnet.anchors)} on {label}", data=used,
+                           metric=task.metric, metric_label=task.metric_label)
     meta = {"spec_hash": spec_h, "routes": snnet.routes.to_list()}
     save_module(snnet, partial / WEIGHTS, kind="snnet", metadata=meta)
+    if model is not None:
+        save_task_layers(model, snnet, partial / TASK_WEIGHTS, {"spec_hash": spec_h, "task": spec.task.name})
     atomic_write(partial / "spec.yaml", lambda tmp: Path(tmp).write_text(dump_spec(spec), encoding="utf-8"))
     from . import __version__
 
@@ -322,6 +326,7 @@ def _write_outputs(partial: Path, snnet: SNNet, spec: Spec, splits: DatasetSplit
         "spec_hash": spec_h,
         "anchors": list(snnet.anchors),
         "routes": len(snnet.routes),
+        "task": {"name": spec.task.name, "metric": task.metric, "metric_label": task.metric_label},
         "data": {"name": used, "requested": spec.data.name, "description": splits.description, "num_classes": splits.num_classes,
                  "classes": list(splits.classes), "train_size": len(splits.train), "val_size": len(splits.val)},
         "preprocess": attrs.asdict(preprocess),
@@ -392,6 +397,7 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     _seed_everything(spec.seed)
+    task = load_task(spec, regs)
     device = dist_info().device(resolve_device(spec.device))  # under torchrun: this rank's GPU, cuda:LOCAL_RANK
     loaded: dict[str, Any] = {}
 
@@ -413,11 +419,12 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
         for note in notes:
             console.print(f"note: {note}")
         console.print(f"{len(snnet.routes)} routes over anchors {', '.join(snnet.anchors)}; data: {splits.description}")
-    _check_classes(snnet, splits.num_classes, _data_used(spec, splits)[0])
+    model = _task_model(task, snnet, splits, spec, device)
     timings["load"] = time.perf_counter() - t0
-    weights = partial / WEIGHTS
-    if _STAGES.index(state["stage"]) >= 1 and weights.is_file():
-        load_module_state(snnet, weights, kind="snnet")
+    if _STAGES.index(state["stage"]) >= 1 and (partial / WEIGHTS).is_file():
+        load_module_state(snnet, partial / WEIGHTS, kind="snnet")
+        if model is not None:
+            load_task_layers(model, snnet, partial / TASK_WEIGHTS)
     else:
         t = time.perf_counter()
         if spec.train.route_bn_batches and "batchnorm" not in spec.train.freeze:
@@ -426,12 +433,12 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
         timings["calibrate"] = time.perf_counter() - t
         state["stage"] = "calibrated"
         if main:
-            save_module(snnet, weights, kind="snnet", metadata={"spec_hash": spec_h, "stage": "calibrated"})
+            _save_weights(snnet, model, partial, {"spec_hash": spec_h, "stage": "calibrated"})
             write_json(partial / _STATE, state)
     train_result = state.get("train")
     if state["stage"] != "trained":
         t = time.perf_counter()
-        result = _train(snnet, spec, splits, device, partial / "checkpoints", resume, console)
+        result = _train(snnet, spec, splits, device, partial / "checkpoints", resume, console, model, task)
         _stop_if_interrupted(result)
         train_result = _plain(result, partial, out)
         timings["train"] = time.perf_counter() - t
@@ -441,16 +448,17 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
             timings["route_bn"] = time.perf_counter() - t
         state.update(stage="trained", train=train_result)
         if main:
-            save_module(snnet, weights, kind="snnet", metadata={"spec_hash": spec_h, "stage": "trained"})
+            _save_weights(snnet, model, partial, {"spec_hash": spec_h, "stage": "trained"})
             write_json(partial / _STATE, state)
     if not main:
         return BuildResult(output=out, snnet=snnet, evaluation=None, summary=None, train_result=train_result,
-                           data=splits.description)
+                           data=splits.description, model=model)
     t = time.perf_counter()
-    evaluation = _evaluate(snnet, spec, splits, partial / "checkpoints" / "evaluation.jsonl", console)
+    evaluation = _evaluate(snnet, spec, splits, partial / "checkpoints" / "evaluation.jsonl", console, model=model,
+                           task=task)
     timings["evaluate"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
-    summary = _write_outputs(partial, snnet, spec, splits, preprocess, evaluation, train_result, timings)
+    summary = _write_outputs(partial, snnet, spec, splits, preprocess, evaluation, train_result, timings, task, model)
     _swap(partial, out)
     if console is not None:
         from .cli import route_table
@@ -459,7 +467,31 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
         console.print(f"On {_data_used(spec, splits)[1]}: {summary_sentence(summary)}")
         console.print(f"wrote {out}")
     return BuildResult(output=out, snnet=snnet, evaluation=evaluation, summary=summary, train_result=train_result,
-                       data=splits.description)
+                       data=splits.description, model=model)
+
+
+def _task_model(task: Task, snnet: SNNet, splits: DatasetSplits, spec: Spec,
+                device: torch.device) -> torch.nn.Module | None:
+    """Check the task against data and anchors, then make its model (``None``: the SN-Net itself).
+
+    Made before calibration, from the seeded random state, so that a resumed
+    build makes the same one.
+    """
+    task.check(snnet, splits, spec)
+    model = task.build_model(snnet, splits)
+    if model is None:
+        return None
+    check_task_spec(spec)
+    if not any(m is snnet for m in model.modules()):
+        raise SpecError(f"task {spec.task.name!r}: build_model returned a {type(model).__name__} that does not hold "
+                        "the SN-Net; a task's model must hold it as a submodule and run its selected route")
+    return model.to(device)
+
+
+def _save_weights(snnet: SNNet, model: torch.nn.Module | None, partial: Path, metadata: dict[str, str]) -> None:
+    save_module(snnet, partial / WEIGHTS, kind="snnet", metadata=metadata)
+    if model is not None:
+        save_task_layers(model, snnet, partial / TASK_WEIGHTS, metadata)
 
 
 def _stop_if_interrupted(result: Any) -> None:
@@ -606,14 +638,19 @@ def evaluate_build(
     spec = load_spec(out / "spec.yaml")
     if spec.data is None:
         raise SpecError(f"{str(out / 'spec.yaml')!r}: data: the spec has no data section to evaluate on")
-    snnet.to(resolve_device(spec.device))
+    device = resolve_device(spec.device)
+    snnet.to(device)
     preprocess, _ = agreed_preprocess(list(snnet.anchors.values()), spec.data.img_size)
     splits = load_data(spec, regs, preprocess)
+    task = load_task(spec, regs)
+    model = _task_model(task, snnet, splits, spec, device)
+    if model is not None:
+        load_task_layers(model, snnet, out / TASK_WEIGHTS)
     evaluation = _evaluate(snnet, spec, splits, out / "evaluation" / "progress.jsonl", console,
-                           max_batches=max_batches, latency=latency)
+                           max_batches=max_batches, latency=latency, model=model, task=task)
     used, label = _data_used(spec, splits)
     summary = write_report(snnet.routes, out / "evaluation", title=f"{' / '.join(snnet.anchors)} on {label}",
-                           data=used)
+                           data=used, metric=task.metric, metric_label=task.metric_label)
     if console is not None:
         from .cli import route_table
 

@@ -10,6 +10,7 @@ from ..errors import PluginError
 from ..plugins import Registries, get_plugin_manager, load_registries
 from ..stitch_layers import StitchLayer
 from ..stitch_spaces import StitchSpace
+from ..tasks import Task
 from ._common import ConformanceError, _fail
 
 __all__ = ["check_plugin"]
@@ -22,7 +23,7 @@ def check_plugin(plugin: Any, name: str = "plugin_under_test") -> Registries:
     it registers or resolves something, every registered object has an attrs
     ``Options`` class whose fields all carry ``metadata={"help": ...}``,
     stitching layers subclass :class:`~stitchframe.StitchLayer`, stitch spaces
-    :class:`~stitchframe.StitchSpace`, and adapters and datasets are callables.
+    :class:`~stitchframe.StitchSpace`, tasks :class:`~stitchframe.Task`, and adapters and datasets are callables.
 
     Args:
         plugin: The plugin (module, class or instance with hook implementations).
@@ -51,6 +52,7 @@ def check_plugin(plugin: Any, name: str = "plugin_under_test") -> Registries:
         "stitch layer": (regs.stitch_layers, StitchLayer),
         "stitch space": (regs.stitch_spaces, StitchSpace),
         "dataset": (regs.datasets, None),
+        "task": (regs.tasks, Task),
     }
     count = 0
     for kind, (registry, base) in kinds.items():
