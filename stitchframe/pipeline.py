@@ -79,7 +79,16 @@ from .route_bn import recalibrate_route_bn
 from .routes import Route
 from .snnet import SNNet
 from .spec import Spec, dump_spec, load_spec, spec_hash
-from .tasks import TASK_WEIGHTS, Task, check_task_spec, evaluate_task_routes, load_task, load_task_layers, save_task_layers
+from .tasks import (
+    TASK_WEIGHTS,
+    ClassificationTask,
+    Task,
+    check_task_spec,
+    evaluate_task_routes,
+    load_task,
+    load_task_layers,
+    save_task_layers,
+)
 
 __all__ = [
     "BuildResult",
@@ -107,7 +116,8 @@ class BuildResult:
         summary: The report summary (stitched routes vs the anchors' line).
         train_result: What training returned, as plain data (``None`` when skipped).
         data: One line describing the dataset.
-        model: The task's model holding the SN-Net (``None`` for classification, whose model is the SN-Net).
+        model: The model the task trained and evaluated (the SN-Net, or a module holding it and the
+            task's own layers); ``None`` for the built-in classification task.
     """
 
     output: Path
@@ -316,7 +326,7 @@ def _write_outputs(partial: Path, snnet: SNNet, spec: Spec, splits: DatasetSplit
                            metric=task.metric, metric_label=task.metric_label)
     meta = {"spec_hash": spec_h, "routes": snnet.routes.to_list()}
     save_module(snnet, partial / WEIGHTS, kind="snnet", metadata=meta)
-    if model is not None:
+    if model is not None and model is not snnet:
         save_task_layers(model, snnet, partial / TASK_WEIGHTS, {"spec_hash": spec_h, "task": spec.task.name})
     atomic_write(partial / "spec.yaml", lambda tmp: Path(tmp).write_text(dump_spec(spec), encoding="utf-8"))
     from . import __version__
@@ -423,7 +433,7 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
     timings["load"] = time.perf_counter() - t0
     if _STAGES.index(state["stage"]) >= 1 and (partial / WEIGHTS).is_file():
         load_module_state(snnet, partial / WEIGHTS, kind="snnet")
-        if model is not None:
+        if model is not None and model is not snnet:
             load_task_layers(model, snnet, partial / TASK_WEIGHTS)
     else:
         t = time.perf_counter()
@@ -472,16 +482,20 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
 
 def _task_model(task: Task, snnet: SNNet, splits: DatasetSplits, spec: Spec,
                 device: torch.device) -> torch.nn.Module | None:
-    """Check the task against data and anchors, then make its model (``None``: the SN-Net itself).
+    """Check the task against data and anchors, then make the model it trains and evaluates.
 
-    Made before calibration, from the seeded random state, so that a resumed
-    build makes the same one.
+    ``None`` for the built-in classification task (the SN-Net, with its own
+    training options and the shared-prefix evaluator); the SN-Net itself for
+    another task without layers of its own.  Made before calibration, from
+    the seeded random state, so that a resumed build makes the same one.
     """
     task.check(snnet, splits, spec)
-    model = task.build_model(snnet, splits)
-    if model is None:
+    if type(task) is ClassificationTask:
         return None
     check_task_spec(spec)
+    model = task.build_model(snnet, splits)
+    if model is None:
+        return snnet
     if not any(m is snnet for m in model.modules()):
         raise SpecError(f"task {spec.task.name!r}: build_model returned a {type(model).__name__} that does not hold "
                         "the SN-Net; a task's model must hold it as a submodule and run its selected route")
@@ -490,7 +504,7 @@ def _task_model(task: Task, snnet: SNNet, splits: DatasetSplits, spec: Spec,
 
 def _save_weights(snnet: SNNet, model: torch.nn.Module | None, partial: Path, metadata: dict[str, str]) -> None:
     save_module(snnet, partial / WEIGHTS, kind="snnet", metadata=metadata)
-    if model is not None:
+    if model is not None and model is not snnet:
         save_task_layers(model, snnet, partial / TASK_WEIGHTS, metadata)
 
 
@@ -644,7 +658,7 @@ def evaluate_build(
     splits = load_data(spec, regs, preprocess)
     task = load_task(spec, regs)
     model = _task_model(task, snnet, splits, spec, device)
-    if model is not None:
+    if model is not None and model is not snnet:
         load_task_layers(model, snnet, out / TASK_WEIGHTS)
     evaluation = _evaluate(snnet, spec, splits, out / "evaluation" / "progress.jsonl", console,
                            max_batches=max_batches, latency=latency, model=model, task=task)

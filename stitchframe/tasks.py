@@ -6,17 +6,19 @@ SN-Net itself: every route's output is its end anchor's class logits, trained
 with cross-entropy (or distillation) and evaluated for top-1 accuracy by the
 shared-prefix evaluator (:func:`stitchframe.evaluate_routes`).
 
-Other tasks (the ``segmentation`` task of stitchframe-dense) add layers of
-their own around the SN-Net: :meth:`Task.build_model` returns the module the
-build trains and evaluates in its place.  That module holds the SN-Net and
-computes the task's output for the SN-Net's *selected* route, so the training
-loop and the evaluator switch routes as they always do, with
-``snnet.select(route)``.  The build then trains it with :meth:`Task.loss`,
-evaluates every route with :func:`evaluate_task_routes` (each route runs on its
-own: prefixes are not shared) from the additive per-batch statistics of
-:meth:`Task.batch_stats`, ranks routes by :attr:`Task.metric` in the report,
-and saves the task's own layers (the tensors the SN-Net does not hold) in
-``task.safetensors`` next to the SN-Net's weights.
+Any other task (the ``segmentation`` task of stitchframe-dense, or a subclass
+of :class:`ClassificationTask` with other metrics) goes through the generic
+path.  :meth:`Task.build_model` may add layers of the task's own around the
+SN-Net: it returns a module that holds the SN-Net and computes the task's
+output for the SN-Net's *selected* route, so the training loop and the
+evaluator switch routes as they always do, with ``snnet.select(route)``
+(``None``: the SN-Net itself is the model).  The build trains the model with
+:meth:`Task.loss`, evaluates every route with :func:`evaluate_task_routes`
+(each route runs on its own: prefixes are not shared) from the additive
+per-batch statistics of :meth:`Task.batch_stats`, ranks routes by
+:attr:`Task.metric` in the report, and saves the task's own layers (the
+tensors the SN-Net does not hold) in ``task.safetensors`` next to the
+SN-Net's weights.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ class Task:
         It must hold ``snnet`` as a submodule and compute the task's output
         for ``snnet``'s selected route.  It is made once, before calibration,
         from the seeded random state, so a resumed build makes the same one.
+        Its parameters that are not the SN-Net's train at ``train.stitch_lr``.
         """
         return None
 
@@ -105,9 +108,12 @@ class Task:
 class ClassificationTask(Task):
     """Class logits from every route's end anchor: cross-entropy or distillation, top-1 accuracy.
 
-    The build trains and evaluates the SN-Net itself (``build_model`` returns
-    ``None``), with the shared-prefix evaluator; ``loss``, ``batch_stats``
-    and ``metrics`` give the same numbers for any model with class logits.
+    The build trains and evaluates the SN-Net itself with its own training
+    options (distillation) and the shared-prefix evaluator, which give the
+    numbers ``loss``, ``batch_stats`` and ``metrics`` define here.  A subclass
+    (a task of its own, other metrics) goes through the generic path: the
+    SN-Net trained with its ``loss`` and evaluated by
+    :func:`evaluate_task_routes` with its ``batch_stats`` and ``metrics``.
     """
 
     def check(self, snnet: SNNet, splits: DatasetSplits, spec: Spec) -> None:

@@ -47,7 +47,8 @@ class SegmentationTask(stitchframe.Task):
         """The data are images with masks of their size."""
         image, mask = _first_pair(splits, spec)
         if not (isinstance(mask, torch.Tensor) and mask.dim() == 2 and not mask.is_floating_point()):
-            what = f"a tensor of shape {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else repr(mask)
+            dims = mask.dim() if isinstance(mask, torch.Tensor) else 0
+            what = f"targets of shape {tuple(mask.shape)}" if dims else f"one class per image ({mask!r})"
             raise SpecError(
                 f"task: segmentation needs an integer mask [H, W] per image, but data {spec.data.name!r} gives "
                 f"{what}; use a segmentation dataset (data.name: shapes or fashion_mnist_masks)"
