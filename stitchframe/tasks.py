@@ -260,7 +260,10 @@ def evaluate_task_routes(
         snnet: The SN-Net it holds (its selection is restored).
         task: The task.
         dataset: Yields ``(inputs, target)``.
-        batch_size, max_batches, collate_fn, num_workers: As for :func:`stitchframe.evaluate_routes`.
+        batch_size: Batch size.
+        max_batches: Evaluate the first ``max_batches`` batches only.
+        collate_fn: DataLoader collation.
+        num_workers: DataLoader workers.
         partial_path: JSONL file of per-batch statistics.
         fingerprint: Identifies the weights; a partial file with another one is discarded.
         record: Record every metric on the routes (:meth:`SNNet.set_route_meta`).

@@ -22,7 +22,7 @@ normalised with their mean and std, masks resized with nearest-neighbour.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -135,7 +135,10 @@ def _image_size(preprocess: Preprocess, name: str) -> tuple[int, int]:
 
 
 def load_shapes(options: ShapesOptions, preprocess: Preprocess) -> DatasetSplits:
-    """The ``shapes`` dataset: :class:`ShapesSegmentation` at the anchors' input size (validation: seed + 1)."""
+    """Synthetic shapes segmentation generated on the fly: discs, squares, triangles and the background (4 classes).
+
+    :class:`ShapesSegmentation` at the anchors' input size; the validation split uses ``seed + 1``.
+    """
     size = _image_size(preprocess, "shapes")
     kw = {"max_shapes": options.max_shapes, "noise": options.noise, "mean": preprocess.mean, "std": preprocess.std}
     train = ShapesSegmentation(options.train_size, size, seed=options.seed, **kw)
@@ -160,8 +163,8 @@ class FashionMNISTMasks(Dataset):
 
     classes = FASHION_MASK_CLASSES
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform, size: tuple[int, int],
-                 threshold: int) -> None:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor],
+                 size: tuple[int, int], threshold: int) -> None:
         self.images, self.labels, self.transform = images, labels, transform
         self.size, self.threshold = tuple(size), threshold
 
@@ -183,7 +186,12 @@ def _subset(dataset: Dataset, size: int | None, seed: int) -> Dataset:
 
 
 def load_fashion_mnist_masks(options: FashionMNISTMasksOptions, preprocess: Preprocess) -> DatasetSplits:
-    """The ``fashion_mnist_masks`` dataset: :class:`FashionMNISTMasks` from the idx files in ``options.root``."""
+    """Fashion-MNIST garments with masks from their own pixels: the garment's class where bright, else background.
+
+    :class:`FashionMNISTMasks` from the idx files in ``options.root`` (11
+    classes: the background and the 10 garments); the test set is the
+    validation split.
+    """
     size = _image_size(preprocess, "fashion_mnist_masks")
     root = Path(options.root)
     files = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
