@@ -569,7 +569,7 @@ def load_snnet(output_dir: str | Path, registries: Registries | None = None, *,
 
 
 def _apply_report_metrics(snnet: SNNet, path: Path) -> None:
-    """Set each route's accuracy, loss and latency from a ``routes.json`` report of the same routes."""
+    """Set each route's accuracy, loss, latency and task metric from a ``routes.json`` report of the same routes."""
     report = read_json(path)
     records = report.get("routes") if isinstance(report, dict) else None
     if not isinstance(records, list) or len(records) != len(snnet.routes):
@@ -580,7 +580,8 @@ def _apply_report_metrics(snnet: SNNet, path: Path) -> None:
         if not ok or rec.get("route") != snnet.routes[rec["id"]].describe():
             raise CheckpointError(f"{str(path)!r}: record {rec!r:.120} does not match a route of this SN-Net; "
                                   "pass the routes.json that stitchframe build or evaluate wrote for this output")
-        found = {k: rec[k] for k in ("accuracy", "loss", "latency_ms") if isinstance(rec.get(k), (int, float))}
+        keys = ("accuracy", "loss", "latency_ms", report.get("metric") or "accuracy")  # and a task's metric
+        found = {k: rec[k] for k in keys if isinstance(rec.get(k), (int, float))}
         if found:
             snnet.set_route_meta(rec["id"], **found)
 

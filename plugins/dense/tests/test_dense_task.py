@@ -82,7 +82,8 @@ def test_build_trains_and_evaluates_every_route_on_miou(tmp_path, monkeypatch, c
 
     # the saved SN-Net and head give the report's numbers through the plugin's own evaluator
     assert stitchframe.load_spec(out / "spec.yaml").task.name == "segmentation"
-    snnet = stitchframe.load_snnet(out, dense_regs)
+    snnet = stitchframe.load_snnet(out, dense_regs, metrics=out / "routes.json")
+    assert snnet.select_for(metric="miou").meta["miou"] == best["miou"]  # routes are chosen by mIoU
     splits = load_shapes(ShapesOptions(train_size=128, val_size=32), PRE)
     model = SegmentationTask(SegmentationOptions(channels=16, head_dim=16)).build_model(snnet, splits)
     load_task_layers(model, snnet, out / TASK_WEIGHTS)
