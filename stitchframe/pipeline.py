@@ -272,8 +272,8 @@ def _evaluate(snnet: SNNet, spec: Spec, splits: DatasetSplits, partial_path: Pat
     with _progress(console, f"evaluating {len(snnet.routes)} routes", total) as tick:
         if model is not None:
             if spec.eval.latency if latency is None else latency:
-                raise SpecError(f"eval.latency: latency is measured on the SN-Net's routes, not through task "
-                                f"{spec.task.name!r}'s model; set eval.latency: false")
+                raise SpecError(f"--latency: latency is measured on the SN-Net's routes, not through task "
+                                f"{spec.task.name!r}'s model; evaluate without it")
             return evaluate_task_routes(
                 model, snnet, task, splits.val, batch_size=spec.eval.batch_size, max_batches=max_batches,
                 collate_fn=splits.collate_fn, num_workers=spec.data.num_workers, partial_path=partial_path,

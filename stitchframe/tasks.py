@@ -175,10 +175,10 @@ def load_task(spec: Spec, registries: Any) -> Task:
 
 
 def check_task_spec(spec: Spec) -> None:
-    """Settings that only classification supports, refused for tasks with their own model.
+    """Settings that only the built-in classification supports, refused for other tasks.
 
     Raises:
-        SpecError: ``train.loss: distill`` or ``calibration.heads``.
+        SpecError: ``train.loss: distill``, ``calibration.heads`` or ``eval.latency``.
     """
     if spec.train.loss == "distill":
         raise SpecError(f"train.loss: 'distill' distils class logits; task {spec.task.name!r} trains with its own "
@@ -186,6 +186,9 @@ def check_task_spec(spec: Spec) -> None:
     if spec.calibration.heads:
         raise SpecError(f"calibration.heads fits the anchors' classifiers, which task {spec.task.name!r} does not "
                         "use: set calibration.heads: false")
+    if spec.eval.latency:
+        raise SpecError(f"eval.latency: latency is measured on the SN-Net's routes, not through task "
+                        f"{spec.task.name!r}'s model; set eval.latency: false")
 
 
 # ---------------------------------------------------------------------------

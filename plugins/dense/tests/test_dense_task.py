@@ -118,6 +118,7 @@ def test_batch_stats_add_up_to_the_metrics_of_all_pixels():
          r"task: segmentation needs an integer mask \[H, W\] per image, but data 'synthetic' gives one class "
          r"per image \(0\); use a segmentation dataset"),
         ({"train": {"loss": "distill"}}, r"train\.loss: 'distill' distils class logits; task 'segmentation'"),
+        ({"eval": {"latency": True}}, r"eval\.latency: latency is measured on the SN-Net's routes"),
     ],
 )
 def test_data_and_settings_that_do_not_fit_the_task(tmp_path, dense_regs, over, message):
