@@ -15,7 +15,14 @@ build`` path (:func:`stitchframe.build` on a ``synthetic`` dataset, whose
 images are generated on access; no training, one evaluation batch) with
 ``calibration.batches`` set to cover 100, 1,000 and 10,000 images: its peak
 memory above the resident process must stay flat, since the build streams the
-calibration batches from the loader instead of collecting them in a list.  Reported per number of images: time ratio
+calibration batches from the loader instead of collecting them in a list.
+Those builds use the default ``calibration.ridge: auto``, which chooses each
+layer's ridge by cross-validation over 4 folds of batches and so keeps one set
+of float64 normal equations (``XᵀX``, ``XᵀY``) per fold and layer, created
+when the fold gets its first batch: 1 fold at 100 images (one batch of 100),
+4 from 400 images on.  That state is fixed (at most 4 sets), not per image;
+the benchmark computes its size from the layers' design widths and reports
+the peak with and without it.  Reported per number of images: time ratio
 (reference / ours, interleaved repeats), peak memory above the resident
 model (CPU: peak RSS; CUDA: ``max_memory_allocated``), and how close the two
 solutions are.  The reference is skipped where its stored activations would
@@ -195,12 +202,33 @@ def _build_spec(params: Params, n: int, classes: int, img_size: int, seed: int) 
     })
 
 
+def fold_state_bytes(net: Any) -> int:
+    """Bytes of one fold's normal equations over all stitching layers (``ridge: auto`` keeps up to 4 folds).
+
+    Each least-squares sub-problem of a layer holds ``XᵀX [d+1, d+1]`` and
+    ``XᵀY [d+1, t]`` in float64, ``d`` its design width and ``t`` its target
+    width (one layer per key: the default ``share_fit: pooled``).
+    """
+    total = 0
+    for key, pts in stitch_pairs(net).items():
+        src, p, dst, q = min(pts)
+        layer = net.stitches[key]
+        with torch.no_grad():
+            rows = layer.ls_rows(net.anchors[src].graph.spec_at(p).example(1))
+            targets = layer.ls_targets(net.anchors[dst].graph.spec_at(q).example(1))
+        for k, r in rows.items():
+            d, t = r.shape[1] + 1, targets[k].shape[1]
+            total += 8 * (d * d + d * t)
+    return total
+
+
 def _run_builds(net: Any, params: Params, ctx: Context) -> list[dict[str, Any]]:
     """Peak memory of ``stitchframe.build`` calibrating on each number of images (CPU)."""
     from stitchframe import build
 
     classes, img_size = _num_classes(net), families.input_size(net)[1]
     image_bytes = 4 * int(torch.tensor(families.input_size(net)).prod())
+    per_fold = fold_state_bytes(net)
     rows = []
     for i, n in enumerate((params.build_images[0], *params.build_images)):  # the first one warms up, not reported
         spec = _build_spec(params, n, classes, img_size, ctx.seed)
@@ -210,9 +238,11 @@ def _run_builds(net: Any, params: Params, ctx: Context) -> list[dict[str, Any]]:
             build(spec, output=ctx.work_dir / f"calibration-build-{n}", overwrite=True, registries=ctx.regs())
             seconds = time.perf_counter() - t0
         if i:
+            folds = min(spec.calibration.batches, 4)  # ridge: auto, 4 folds of batches
             rows.append({"images": n, "batches": spec.calibration.batches, "batch_size": params.build_batch,
                          "peak_bytes": mem["peak_bytes"], "method": mem["method"], "seconds": seconds,
-                         "list_of_batches_bytes": n * image_bytes})
+                         "list_of_batches_bytes": n * image_bytes, "ridge_folds": folds,
+                         "fold_state_bytes": folds * per_fold})
     return rows
 
 
@@ -237,15 +267,7 @@ def run(params: Params, ctx: Context) -> dict[str, Any]:
              met=ours_growth < 0.05 * ref_growth),
     ]
     if builds:
-        lo, hi = min(b["peak_bytes"] for b in builds), max(b["peak_bytes"] for b in builds)
-        goals.append(Goal(
-            name="stitchframe build: calibration memory flat in the number of images",
-            target=f"peak within 10% from {builds[0]['images']} to {builds[-1]['images']} images",
-            measured=", ".join(f"{b['images']}: {b['peak_bytes'] / 2**20:.0f} MiB" for b in builds)
-                     + f" (spread {(hi - lo) / max(lo, 1):.1%})",
-            met=hi <= 1.1 * lo,
-            note=f"a list of all batches would hold {builds[-1]['list_of_batches_bytes'] / 2**20:.0f} MiB of inputs "
-                 f"at {builds[-1]['images']} images"))
+        goals.append(_build_goal(builds))
     compared = [r for r in rows if r.get("reference")]
     if compared:
         worst = max(r["relative_weight_difference"] for r in compared)
@@ -261,6 +283,24 @@ def run(params: Params, ctx: Context) -> dict[str, Any]:
         "builds": builds,
         "goals": [g.to_dict() for g in goals],
     }
+
+
+def _build_goal(builds: list[dict[str, Any]]) -> Goal:
+    """Peak memory of the builds, less ridge auto's fixed cross-validation state, flat within 10%."""
+    rest = [b["peak_bytes"] - b["fold_state_bytes"] for b in builds]
+    lo, hi = min(rest), max(rest)
+    raw = ", ".join(f"{b['images']}: {b['peak_bytes'] / 2**20:.0f}" for b in builds)
+    return Goal(
+        name="stitchframe build: calibration memory flat in the number of images",
+        target=f"peak less ridge auto's fold state (fixed: at most 4 folds) within 10% from {builds[0]['images']} "
+               f"to {builds[-1]['images']} images",
+        measured=", ".join(f"{b['images']}: {r / 2**20:.0f} MiB" for b, r in zip(builds, rest))
+                 + f" (spread {(hi - lo) / max(lo, 1):.1%}; whole peak {raw} MiB)",
+        met=hi <= 1.1 * lo,
+        note=f"the fold state is {builds[0]['fold_state_bytes'] / 2**20:.0f} MiB with "
+             f"{builds[0]['ridge_folds']} fold(s) and {builds[-1]['fold_state_bytes'] / 2**20:.0f} MiB with "
+             f"{builds[-1]['ridge_folds']}; a list of all batches would hold "
+             f"{builds[-1]['list_of_batches_bytes'] / 2**20:.0f} MiB of inputs at {builds[-1]['images']} images")
 
 
 def _mib(b: int | None) -> str:
@@ -285,12 +325,19 @@ def markdown(result: dict[str, Any]) -> str:
     note = ("\n\nReference skipped: " + "; ".join(skipped)) if skipped else ""
     builds = ""
     if result.get("builds"):
-        brows = [[b["images"], b["batches"], b["batch_size"], _mib(b["peak_bytes"]), _mib(b["list_of_batches_bytes"]),
-                  f"{b['seconds']:.1f}"] for b in result["builds"]]
+        brows = [[b["images"], b["batches"], b["batch_size"], _mib(b["peak_bytes"]),
+                  b.get("ridge_folds", "-"), _mib(b.get("fold_state_bytes")),
+                  _mib(b["peak_bytes"] - b["fold_state_bytes"]) if "fold_state_bytes" in b else "-",
+                  _mib(b["list_of_batches_bytes"]), f"{b['seconds']:.1f}"] for b in result["builds"]]
         builds = ("\n\nThrough `stitchframe build` (synthetic images generated on access, no training, one "
-                  "evaluation batch); peak memory above the resident process over the whole build:\n\n"
-                  + md_table(["images", "calibration batches", "batch size", "build: peak MiB",
-                              "a list of all batches would hold (MiB)", "seconds"], brows))
+                  "evaluation batch); peak memory above the resident process over the whole build. "
+                  "`calibration.ridge: auto` (the default) cross-validates over 4 folds of batches and keeps one "
+                  "set of float64 normal equations per fold and stitching layer, made when the fold gets its "
+                  "first batch: fixed state (at most 4 sets), not per image, computed here from the layers' "
+                  "design widths:\n\n"
+                  + md_table(["images", "calibration batches", "batch size", "build: peak MiB", "ridge folds",
+                              "fold state MiB", "peak less fold state MiB", "a list of all batches would hold (MiB)",
+                              "seconds"], brows))
     return (f"Anchors: {anchors}; {result['stitching_layers']} stitching layers on {result['stitch_points']} "
             f"stitch points ({result['routes']} routes); batches of {result['params']['batch']} random images. "
             f"Peak memory is above the resident model.\n\n{table}{note}{builds}")

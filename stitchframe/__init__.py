@@ -56,6 +56,8 @@ if TYPE_CHECKING:  # for type checkers and the docs (griffe); at run time names 
         solve_least_squares,
     )
     from .stitch_spaces import SpaceContext, StitchSpace
+    from .tasks import ClassificationTask, Task, evaluate_task_routes, load_task_layers, save_task_layers
+    from .datasets import FASHION_MNIST_CLASSES, image_transform, read_idx
     from .validation import validate_spec
     from .calibration import batch_inputs
     from .layer_options import ProjectionOptions
@@ -165,6 +167,14 @@ _LAZY: dict[str, str] = {
     "AnchorLoader": "registry",
     "DatasetLoader": "registry",
     "IdentifierCheck": "registry",
+    "ClassificationTask": "tasks",
+    "Task": "tasks",
+    "evaluate_task_routes": "tasks",
+    "load_task_layers": "tasks",
+    "save_task_layers": "tasks",
+    "FASHION_MNIST_CLASSES": "datasets",
+    "image_transform": "datasets",
+    "read_idx": "datasets",
 }
 
 __all__ = [
@@ -181,6 +191,7 @@ __all__ = [
     "CalibrationSpec",
     "CanStitch",
     "CheckpointError",
+    "ClassificationTask",
     "Conv1x1Stitch",
     "DEFAULT_PLUGINS",
     "DatasetLoader",
@@ -188,6 +199,7 @@ __all__ = [
     "Entry",
     "Evaluation",
     "ExportResult",
+    "FASHION_MNIST_CLASSES",
     "IdentifierCheck",
     "LAYOUTS",
     "LeastSquaresStitch",
@@ -220,6 +232,7 @@ __all__ = [
     "StitchLayer",
     "StitchSpace",
     "StitchframeError",
+    "Task",
     "TrainResult",
     "TrainSpec",
     "TrainingError",
@@ -239,23 +252,28 @@ __all__ = [
     "dump_spec",
     "evaluate_build",
     "evaluate_routes",
+    "evaluate_task_routes",
     "export_route",
     "get_plugin_manager",
     "hookimpl",
     "hookspec",
     "hub_offline_mode",
     "hub_reachable",
+    "image_transform",
     "load_anchor",
     "load_module_state",
     "load_registries",
     "load_route",
     "load_snnet",
     "load_spec",
+    "load_task_layers",
     "output_logits",
     "pareto_front",
     "parse_spec",
+    "read_idx",
     "recalibrate_route_bn",
     "save_module",
+    "save_task_layers",
     "solve_least_squares",
     "stitch_key",
     "structure_options",

@@ -283,12 +283,14 @@ IN_TREE_PLUGINS: dict[str, tuple[str, str, str, str | None]] = {
                      "../plugins/transformers.md"),
     "dery": ("stitchframe_dery", "stitchframe-dery", "plugins/dery", "../plugins/dery.md"),
     "learngene": ("stitchframe_learngene", "stitchframe-learngene", "plugins/learngene", "../plugins/learngene.md"),
+    "dense": ("stitchframe_dense", "stitchframe-dense", "plugins/dense", "../plugins/dense.md"),
 }
 _KINDS = (
     ("anchor_adapters", "Anchor adapters", "anchors[i].options"),
     ("stitch_layers", "Stitching layers", "stitch.layer_options"),
     ("stitch_spaces", "Stitch spaces", "stitch.space_options"),
     ("datasets", "Datasets", "data.options"),
+    ("tasks", "Tasks", "task.options"),
 )
 _ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
 
@@ -340,11 +342,10 @@ def registry_reference() -> str:
         _HEADER.format(src="the registries of the built-ins and the in-tree plugins"),
         "# Registry\n",
         "Everything the built-ins and the in-tree plugins (`plugins/`) register, grouped by plugin: anchor "
-        "adapters (source prefixes), stitching layers, stitch spaces and datasets, each with the options a spec "
-        "gives it. Option tables are generated from each `Options` class (field types, defaults and "
+        "adapters (source prefixes), stitching layers, stitch spaces, datasets and tasks, each with the options a "
+        "spec gives it. Option tables are generated from each `Options` class (field types, defaults and "
         "`metadata[\"help\"]`), so they match the installed code. `stitchframe plugins` lists what is installed "
-        "on your machine, including third-party plugins, which document their own options. "
-        "`stitchframe-dense` registers nothing: it is a library ([Dense prediction](../plugins/dense.md)).\n",
+        "on your machine, including third-party plugins, which document their own options.\n",
     ]
     for group, kinds in _registry_entries().items():
         if group == "stitchframe":

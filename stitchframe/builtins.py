@@ -1,6 +1,6 @@
 """The hooks of the built-in plugins whose objects need torch, without importing torch.
 
-The built-in plugins ``stitchframe.stitch_layers`` and ``stitchframe.datasets``
+The built-in plugins ``stitchframe.stitch_layers``, ``stitchframe.datasets`` and ``stitchframe.tasks``
 (names as listed by ``stitchframe plugins``) register their objects as lazy
 references (``"stitchframe.stitch_layers:LinearStitch"``) with options
 classes from torch-free modules, exactly as a third-party plugin can: listing
@@ -13,8 +13,9 @@ from __future__ import annotations
 from .dataset_options import DigitsOptions, FashionMNISTOptions, ImageFolderOptions, SyntheticOptions
 from .hookspecs import hookimpl
 from .layer_options import LowRankOptions, ProjectionOptions
+from .registry import NoOptions
 
-__all__ = ["StitchLayerHooks", "DatasetHooks"]
+__all__ = ["StitchLayerHooks", "DatasetHooks", "TaskHooks"]
 
 
 class StitchLayerHooks:
@@ -40,3 +41,13 @@ class DatasetHooks:
         register("digits", "stitchframe.datasets:load_digits", options=DigitsOptions)
         register("imagefolder", "stitchframe.datasets:load_imagefolder", options=ImageFolderOptions)
         register("synthetic", "stitchframe.datasets:load_synthetic", options=SyntheticOptions)
+
+
+class TaskHooks:
+    """The ``stitchframe.tasks`` plugin: ``classification``."""
+
+    @staticmethod
+    @hookimpl
+    def stitchframe_register_tasks(register) -> None:
+        """Register the built-in task."""
+        register("classification", "stitchframe.tasks:ClassificationTask", options=NoOptions)

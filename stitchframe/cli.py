@@ -267,6 +267,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     r = res.module.route
     con = _console()
     con.print(f"route {res.route_id}: {r.describe()} ({cost(r)})")
+    if res.note is not None:
+        con.print(f"note: {res.note}")
     for path in (res.weights, res.description, res.pt2, res.onnx):
         if path is not None:
             size = path.stat().st_size

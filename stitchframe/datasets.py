@@ -65,6 +65,7 @@ __all__ = [
 
 _v = attrs.validators
 
+#: Fashion-MNIST's ten class names, in label order (label 0 is ``"T-shirt/top"``).
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )

@@ -66,6 +66,8 @@ class RouteResult:
         flops: Forward FLOPs per example (from the route table).
         params: Parameters used by the route.
         latency_ms: Median latency of one forward at batch size 1 (when measured).
+        metrics: Every metric of the route's task by name (a task other than
+            classification: ``accuracy`` is then the task's, e.g. pixel accuracy).
     """
 
     id: int
@@ -76,6 +78,7 @@ class RouteResult:
     flops: int
     params: int
     latency_ms: float | None = None
+    metrics: dict[str, float] = attrs.field(factory=dict)
 
 
 @attrs.frozen(kw_only=True)
@@ -246,7 +249,7 @@ def state_fingerprint(module: torch.nn.Module) -> str:
 # ---------------------------------------------------------------------------
 # partial results (JSONL)
 # ---------------------------------------------------------------------------
-def _read_partial(path: Path, header: dict[str, Any]) -> list[dict[str, Any]]:
+def read_partial(path: Path, header: dict[str, Any]) -> list[dict[str, Any]]:
     """Batch records of a matching partial-results file (an empty list when absent or stale)."""
     if not path.is_file():
         return []
@@ -275,7 +278,12 @@ def _read_partial(path: Path, header: dict[str, Any]) -> list[dict[str, Any]]:
     return records
 
 
-class _PartialWriter:
+class PartialWriter:
+    """Appends batch records to a partial-results file (JSONL), each flushed to disk; ``path=None`` writes nothing.
+
+    A ``fresh`` file starts with the header that :func:`read_partial` matches.
+    """
+
     def __init__(self, path: Path | None, header: dict[str, Any], fresh: bool) -> None:
         self.fh = None
         if path is None:
@@ -382,14 +390,14 @@ def evaluate_routes(
     main = not split or torch.distributed.get_rank() == 0
     first = on_main if split else (lambda fn: fn())  # rank 0 alone touches the file and times routes
     sums = _Sums(len(names))
-    for record_ in first(lambda: _read_partial(path, header)[:total] if path is not None else []):
+    for record_ in first(lambda: read_partial(path, header)[:total] if path is not None else []):
         sums.add(record_)
     resumed = sums.batches
-    writer = _PartialWriter(path if main else None, header, fresh=resumed == 0)
+    writer = PartialWriter(path if main else None, header, fresh=resumed == 0)
     modes = [(m, m.training) for m in snnet.modules()]  # restored one by one afterwards
     snnet.eval()
     try:
-        batches = _Batches(dataset, batch_size, range(resumed, total), split, collate_fn, num_workers)
+        batches = RankBatches(dataset, batch_size, range(resumed, total), split, collate_fn, num_workers)
         _run_batches(RouteTrie(snnet), batches, sums, writer, device, names, progress, total)
         if sums.samples == 0:
             raise StitchframeError("Evaluation got no data: the validation split is empty")
@@ -405,7 +413,7 @@ def evaluate_routes(
     return evaluation
 
 
-class _Batches:
+class RankBatches:
     """This rank's share of the batches to evaluate (all of them when not split), and how to gather.
 
     Batch ``b`` covers examples ``b * batch_size`` onwards; ranks take the
@@ -464,7 +472,7 @@ class _Sums:
                           block_forwards=self.block_forwards, naive_block_forwards=self.naive_block_forwards)
 
 
-def _run_batches(trie: RouteTrie, batches: _Batches, sums: _Sums, writer: _PartialWriter, device: torch.device,
+def _run_batches(trie: RouteTrie, batches: RankBatches, sums: _Sums, writer: PartialWriter, device: torch.device,
                  names: list[str], progress: Callable[[int, int], None] | None, total: int) -> None:
     """Evaluate this rank's batches round by round; every round's sums (all ranks', in batch order) go
     to ``writer`` and ``sums``."""

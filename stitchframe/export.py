@@ -18,7 +18,11 @@
 through its adapter with ``structure_only=True`` (on the meta device: no
 weights read, nothing downloaded), only the route's modules kept, then the
 route's tensors loaded into them.  The stitch space, the other anchors and
-the build folder are not needed.  The ``.pt2`` and ``.onnx`` files load with
+the build folder are not needed.
+
+A build of a task other than classification exports the same thing, the
+SN-Net route: the task's own layers (``task.safetensors``, e.g. the dense
+plugin's head) are not part of it, and the manifest says so.  The ``.pt2`` and ``.onnx`` files load with
 torch or an ONNX runtime alone.
 
 The export is all or nothing: every requirement (the ``onnx`` extra, a
@@ -42,7 +46,7 @@ import torch
 from .errors import CheckpointError, StitchframeError, UsageError
 from .graph import ActivationSpec
 from .io import load_module_state, read_json, save_module, write_json
-from .pipeline import MANIFEST, load_snnet
+from .pipeline import MANIFEST, build_task, load_snnet
 from .plugins import Registries, load_registries
 from .routes import Route
 from .snnet import RouteModule, SNNet, route_segments
@@ -52,6 +56,9 @@ __all__ = ["ExportResult", "export_route", "load_route", "ROUTE_FORMAT"]
 
 #: ``format`` value of a route's manifest.
 ROUTE_FORMAT = "stitchframe-route/2"
+#: What the manifest of a route exported from a build of a task other than classification says.
+TASK_NOTE = ("the SN-Net route only: its output is its end anchor's own head; the task's layers "
+             "(task.safetensors, e.g. a dense head) are not exported")
 
 
 @attrs.frozen(kw_only=True)
@@ -65,6 +72,8 @@ class ExportResult:
         onnx: The ONNX file, when requested.
         pt2: The ``torch.export`` program, when requested.
         module: The exported module.
+        note: For a build of a task other than classification: what the export leaves out (the task's
+            own layers); ``None`` otherwise.
     """
 
     route_id: int
@@ -73,9 +82,11 @@ class ExportResult:
     onnx: Path | None
     module: RouteModule
     pt2: Path | None = None
+    note: str | None = None
 
 
-def _pick(snnet: SNNet, route: int | str | None, max_flops: float | None, max_macs: float | None) -> int:
+def _pick(snnet: SNNet, route: int | str | None, max_flops: float | None, max_macs: float | None,
+          metric: str = "accuracy") -> int:
     budgets = {"--max-flops": max_flops, "--max-macs": max_macs}
     given = {k: v for k, v in budgets.items() if v is not None}
     if (route is None) == (not given) or len(given) > 1:
@@ -83,7 +94,7 @@ def _pick(snnet: SNNet, route: int | str | None, max_flops: float | None, max_ma
     if route is not None:
         return snnet.routes.index_of(route)
     try:
-        chosen = snnet.select_for(max_flops=max_flops, max_macs=max_macs)
+        chosen = snnet.select_for(max_flops=max_flops, max_macs=max_macs, metric=metric)
     except StitchframeError as exc:  # no route within the budget: the user's to change
         (flag, value), = given.items()
         raise UsageError(f"{flag} {value:.4g}: {exc}; give a larger budget") from None
@@ -177,8 +188,14 @@ def _source(source: str | Path | SNNet, regs: Registries) -> tuple[SNNet, Path |
     spec = load_spec(out / "spec.yaml")
     manifest = read_json(out / MANIFEST) if (out / MANIFEST).is_file() else {}
     classes = (manifest.get("data") or {}).get("classes")
-    return snnet, out, {"preprocess": manifest.get("preprocess"), "classes": classes, "spec_hash": spec_hash(spec),
-                        "spec": dump_spec(spec)}
+    record = {"preprocess": manifest.get("preprocess"), "classes": classes, "spec_hash": spec_hash(spec),
+              "spec": dump_spec(spec)}
+    task = build_task(out)
+    if task.get("name", "classification") != "classification":
+        # the route is the SN-Net's: its output is its end anchor's head, not the task's (a dense head)
+        record.update(classes=None, task={"name": task["name"], "metric": task.get("metric"), "exported": False,
+                                          "note": TASK_NOTE})
+    return snnet, out, record
 
 
 def export_route(
@@ -201,7 +218,9 @@ def export_route(
             (:func:`stitchframe.assemble`, :func:`stitchframe.load_anchor`).
         route: Route id or printed name.
         max_flops: Instead of ``route``: the most accurate route with at most
-            this many FLOPs (torch convention, per example).
+            this many FLOPs (torch convention, per example); for a build of a
+            task other than classification, the best by the task's metric
+            (``miou``).
         max_macs: Instead of ``route``: the most accurate route with at most
             this many multiply-adds per example (half the FLOPs; the papers' unit).
         dest: The ``.safetensors`` file to write (default for a build folder:
@@ -214,6 +233,13 @@ def export_route(
         merge: Merge stitching layers for inference (``lowrank``).
         registries: The registries (default: all installed plugins).
 
+    A build of a task other than classification (e.g. ``segmentation``)
+    exports the SN-Net route alone, as for classification: the task's own
+    layers (``task.safetensors``: the dense plugin's projections and head)
+    are not exported, and the manifest's ``task`` entry and
+    :attr:`ExportResult.note` say so; its ``classes`` is ``null``, since the
+    route's output is its end anchor's own head.
+
     Raises:
         UsageError: No or two route choices, no route within the budget, a
             missing ``onnx`` extra, no ``dest`` for an SN-Net, an anchor with
@@ -224,7 +250,7 @@ def export_route(
     if isinstance(source, SNNet) and dest is None:
         raise UsageError("export_route(net, ...) needs dest=, the .safetensors file to write; nothing was written")
     snnet, out, provenance = _source(source, registries if registries is not None else load_registries())
-    rid = _pick(snnet, route, max_flops, max_macs)
+    rid = _pick(snnet, route, max_flops, max_macs, (provenance.get("task") or {}).get("metric") or "accuracy")
     structure = _structure(snnet, rid)
     module = snnet.export(rid, merge=merge).eval()
     example = _example(snnet, rid) if (onnx or pt2) else None
@@ -243,7 +269,8 @@ def export_route(
         shutil.rmtree(staging, ignore_errors=True)
     return ExportResult(route_id=rid, weights=weights, description=weights.with_suffix(".json"),
                         onnx=weights.with_suffix(".onnx") if onnx else None,
-                        pt2=weights.with_suffix(".pt2") if pt2 else None, module=module)
+                        pt2=weights.with_suffix(".pt2") if pt2 else None, module=module,
+                        note=f"task {provenance['task']['name']!r}: {TASK_NOTE}" if "task" in provenance else None)
 
 
 def _write_export(weights: Path, module: RouteModule, route: Route, rid: int, record: dict[str, Any],

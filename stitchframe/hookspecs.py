@@ -184,6 +184,44 @@ def stitchframe_register_datasets(register: Register) -> None:
     """
 
 
+@hookspec
+def stitchframe_register_tasks(register: Register) -> None:
+    """Register tasks that specs can name under ``task.name``: what the build trains and evaluates per route.
+
+    Called once when the engine builds its registries.  The built-in
+    ``classification`` task (every route's output is its end anchor's class
+    logits) registers through this hook too.
+
+    Args:
+        register: Callback ``register(name, cls, *, options=None, aliases=(),
+            replace=False)``.  ``cls`` is a :class:`stitchframe.Task` subclass
+            constructed as ``cls(options)``, ``options`` an instance of the attrs
+            ``options`` class (default ``cls.Options``) built from the spec's
+            ``task.options``.  The build calls, in order, ``check(snnet,
+            splits, spec)`` (raise :class:`stitchframe.SpecError` when the data or
+            the anchors do not fit the task), ``build_model(snnet, splits)``
+            (the module trained and evaluated: it holds ``snnet`` and runs its
+            selected route, plus the task's own layers such as a shared head),
+            ``loss(output, target, train_spec)`` at every training step, and
+            ``batch_stats(output, target)`` per route and validation batch,
+            whose sums ``metrics(stats)`` turns into the route's metrics
+            (``accuracy`` and ``loss`` at least, and the task's ``metric``,
+            which the report ranks routes by).
+
+    Returns:
+        Nothing; the return value is ignored.
+
+    Example:
+        ```python
+        @stitchframe.hookimpl
+        def stitchframe_register_tasks(register):
+            register("segmentation", SegmentationTask, options=SegmentationOptions)
+        ```
+
+    Added in 0.1.
+    """
+
+
 @hookspec(firstresult=True)
 def stitchframe_resolve_anchor(source: str, options: dict[str, Any]) -> Any:
     """Load an anchor from a source that no registered adapter prefix claims.

@@ -54,13 +54,15 @@ def frozen_modules(snnet: SNNet, freeze: list[str]) -> list[nn.Module]:
     return mods
 
 
-def build_optimizer(snnet: SNNet, cfg: TrainSpec) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters, in up to four groups.
+def build_optimizer(snnet: SNNet, cfg: TrainSpec, extra: nn.Module | None = None) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters, in up to six groups.
 
     Anchors train at ``cfg.lr`` and stitching layers at ``cfg.stitch_lr``
-    (default ``10 * lr``); 1-D parameters (norms, biases) and token/position
-    embeddings get no weight decay.  Each group records its ``base_lr`` and
-    ``name``.  Parameters with ``requires_grad=False`` are left out.
+    (default ``10 * lr``), as do the parameters of ``extra`` that are not the
+    SN-Net's (a task's own layers, such as a dense head: group ``task``);
+    1-D parameters (norms, biases) and token/position embeddings get no
+    weight decay.  Each group records its ``base_lr`` and ``name``.
+    Parameters with ``requires_grad=False`` are left out.
 
     Raises:
         TrainingError: Nothing is trainable.
@@ -68,11 +70,13 @@ def build_optimizer(snnet: SNNet, cfg: TrainSpec) -> torch.optim.AdamW:
     stitch_lr = cfg.stitch_lr if cfg.stitch_lr is not None else 10.0 * cfg.lr
     buckets: dict[tuple[str, bool], list[nn.Parameter]] = {}
     seen: set[int] = set()
-    for name, p in snnet.named_parameters():
+    named = [(n, p, "stitches" if n.startswith("stitches.") else "anchors") for n, p in snnet.named_parameters()]
+    if extra is not None:
+        named += [(n, p, "task") for n, p in extra.named_parameters()]  # the SN-Net's are seen already
+    for name, p, part in named:
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        part = "stitches" if name.startswith("stitches.") else "anchors"
         decay = p.ndim > 1 and name.rsplit(".", 1)[-1] not in _NO_DECAY_NAMES
         buckets.setdefault((part, decay), []).append(p)
     if not buckets:
@@ -80,7 +84,7 @@ def build_optimizer(snnet: SNNet, cfg: TrainSpec) -> torch.optim.AdamW:
             f"Nothing to train: train.freeze={list(cfg.freeze)!r} leaves no trainable parameter; remove a part from it"
         )
     groups = []
-    for part in ("anchors", "stitches"):
+    for part in ("anchors", "stitches", "task"):
         lr = cfg.lr if part == "anchors" else stitch_lr
         for decay in (True, False):
             if (part, decay) in buckets:

@@ -2,8 +2,13 @@
 
 The stages, in order::
 
-    anchors -> SNNet (assemble) -> datasets -> least-squares calibration
-            -> training -> evaluation of every route -> report -> save
+    anchors -> SNNet (assemble) -> datasets -> the task's model -> least-squares
+            calibration -> training -> evaluation of every route -> report -> save
+
+The spec's ``task`` (:mod:`stitchframe.tasks`) says what every route is
+trained and evaluated for: ``classification`` trains and evaluates the SN-Net
+itself; other tasks wrap it in a model of their own (a shared dense head) and
+rank the routes by their metric (mIoU).
 
 The build is written into a hidden sibling folder (``.<name>.partial``) and
 renamed into place only when everything succeeded, so a failed build leaves
@@ -19,6 +24,7 @@ its unfinished folder.
 Output folder::
 
     snnet.safetensors   the SN-Net's weights; header: spec hash and route table
+    task.safetensors    a task's own layers (a dense head), for tasks other than classification
     spec.yaml           the spec (stitchframe.dump_spec)
     routes.json         route records, Pareto front and summary
     routes.md           the route table as markdown
@@ -30,8 +36,11 @@ Under ``torchrun`` the process group starts first.  Rank 0 alone touches
 the output folder (the others wait and receive its result or its error) and
 the other ranks then check that they see the same folder.  Every rank loads
 the anchors and the data, calibrates on the same batches and takes rank 0's
-weights (bit for bit); all train together (DDP); the evaluation's batches
-are split over the ranks and gathered; rank 0 writes the report and swaps
+weights (bit for bit; a task's model, its own layers included); all train
+together (DDP); the evaluation's batches are split over the ranks and
+gathered (by the shared-prefix evaluator for classification, by
+:func:`~stitchframe.evaluate_task_routes` for other tasks); rank 0 alone
+writes ``snnet.safetensors``, ``task.safetensors`` and the report, and swaps
 the folder into place.  Every rank returns the same :class:`BuildResult`.
 """
 
@@ -51,13 +60,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .anchors import Preprocess, device_of, to_device
+from .anchors import Preprocess
 from .calibration import calibrate, calibrate_heads
 from .datasets import DatasetSplits, agreed_preprocess, load_data
 from .distributed import DistInfo, broadcast_state, dist_info, on_main, process_group
 from .engine import assemble
 from .errors import BuildInterrupted, CheckpointError, SpecError
-from .evaluate import Evaluation, evaluate_routes, logits_of, state_fingerprint
+from .evaluate import Evaluation, evaluate_routes, state_fingerprint
 from .io import atomic_write, load_module_state, read_json, read_metadata, save_module, write_json
 from .outputs import MANIFEST, STAGES, STATE_FILE, partial_build, partial_dir, resolve_output, swap
 from .plugins import Registries, load_registries
@@ -66,6 +75,8 @@ from .route_bn import recalibrate_route_bn
 from .routes import Route
 from .snnet import SNNet
 from .spec import Spec, dump_spec, load_spec, spec_hash
+from .tasks import (TASK_WEIGHTS, Task, evaluate_task_routes, load_task, load_task_layers, save_task_layers,
+                    task_model)
 
 __all__ = [
     "BuildResult",
@@ -93,6 +104,8 @@ class BuildResult:
         summary: The report summary (stitched routes vs the anchors' line).
         train_result: What training returned, as plain data (``None`` when skipped).
         data: One line describing the dataset.
+        model: The model the task trained and evaluated (the SN-Net, or a module holding it and the
+            task's own layers); ``None`` for the built-in classification task.
     """
 
     output: Path
@@ -101,6 +114,7 @@ class BuildResult:
     summary: dict[str, Any] | None
     train_result: dict[str, Any] | None
     data: str
+    model: torch.nn.Module | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -150,26 +164,6 @@ def _progress(console, description: str, total: int | None) -> Iterator[Callable
 
         yield line
     console.print(f"{description}: done in {time.perf_counter() - start:.0f} s")
-
-
-def _check_classes(snnet: SNNet, num_classes: int, data_name: str) -> None:
-    """Every anchor must output one logit per class of the dataset."""
-    with torch.no_grad():
-        for i, anchor in enumerate(snnet.anchors.values()):
-            if anchor.example_inputs is None:
-                continue
-            modes = [(m, m.training) for m in anchor.modules()]
-            anchor.eval()
-            try:
-                out = logits_of(anchor(to_device(anchor.example_inputs, device_of(snnet))), f"Anchor {anchor.name!r}")
-            finally:
-                for m, mode in modes:
-                    m.training = mode
-            if out.shape[-1] != num_classes:
-                raise SpecError(
-                    f"anchors[{i}] ({anchor.name!r}) outputs {out.shape[-1]} classes but dataset {data_name!r} has "
-                    f"{num_classes}; set the anchor's number of classes to {num_classes} in anchors[{i}].options"
-                )
 
 
 # ---------------------------------------------------------------------------
@@ -225,7 +219,7 @@ def _calibrate(snnet: SNNet, spec: Spec, splits: DatasetSplits, device: torch.de
 
 
 def _train(snnet: SNNet, spec: Spec, splits: DatasetSplits, device: torch.device, checkpoints: Path,
-           resume: bool, console) -> Any:
+           resume: bool, console, model: torch.nn.Module | None = None, task: Task | None = None) -> Any:
     if spec.train.epochs == 0 or spec.train.max_steps == 0:
         if console is not None:
             console.print("training skipped (train.epochs or train.max_steps is 0)")
@@ -233,7 +227,8 @@ def _train(snnet: SNNet, spec: Spec, splits: DatasetSplits, device: torch.device
     from .train import train
 
     return train(snnet, splits.train, spec.train, device=device, checkpoint_dir=checkpoints, resume=resume,
-                 seed=spec.seed, num_workers=spec.data.num_workers, collate_fn=splits.collate_fn, console=console)
+                 seed=spec.seed, num_workers=spec.data.num_workers, collate_fn=splits.collate_fn, console=console,
+                 model=model, task=task)
 
 
 def _recalibrate_bn(snnet: SNNet, spec: Spec, splits: DatasetSplits, device: torch.device, console, *,
@@ -256,12 +251,22 @@ def _recalibrate_bn(snnet: SNNet, spec: Spec, splits: DatasetSplits, device: tor
 
 
 def _evaluate(snnet: SNNet, spec: Spec, splits: DatasetSplits, partial_path: Path, console, *,
-              max_batches: int | None = None, latency: bool | None = None) -> Evaluation:
+              max_batches: int | None = None, latency: bool | None = None, model: torch.nn.Module | None = None,
+              task: Task | None = None) -> Evaluation:
     max_batches = max_batches if max_batches is not None else spec.eval.max_batches
     total = -(-len(splits.val) // spec.eval.batch_size)
     if max_batches is not None:
         total = min(total, max_batches)
     with _progress(console, f"evaluating {len(snnet.routes)} routes", total) as tick:
+        if model is not None:
+            if spec.eval.latency if latency is None else latency:
+                raise SpecError(f"--latency: latency is measured on the SN-Net's routes, not through task "
+                                f"{spec.task.name!r}'s model; evaluate without it")
+            return evaluate_task_routes(
+                model, snnet, task, splits.val, batch_size=spec.eval.batch_size, max_batches=max_batches,
+                collate_fn=splits.collate_fn, num_workers=spec.data.num_workers, partial_path=partial_path,
+                fingerprint=f"{spec_hash(spec)}:{state_fingerprint(model)}", progress=tick, distributed=True,
+            )
         return evaluate_routes(
             snnet,
             splits.val,
@@ -302,12 +307,16 @@ def _plain(obj: Any, partial: Path, output: Path) -> Any:
 
 
 def _write_outputs(partial: Path, snnet: SNNet, spec: Spec, splits: DatasetSplits, preprocess: Preprocess,
-                   evaluation: Evaluation, train_result: Any, timings: dict[str, float]) -> dict[str, Any]:
+                   evaluation: Evaluation, train_result: Any, timings: dict[str, float], task: Task,
+                   model: torch.nn.Module | None) -> dict[str, Any]:
     spec_h = spec_hash(spec)
     used, label = _data_used(spec, splits)
-    summary = write_report(snnet.routes, partial, title=f"{' / '.join(snnet.anchors)} on {label}", data=used)
+    summary = write_report(snnet.routes, partial, title=f"{' / '.join(snnet.anchors)} on {label}", data=used,
+                           metric=task.metric, metric_label=task.metric_label)
     meta = {"spec_hash": spec_h, "routes": snnet.routes.to_list()}
     save_module(snnet, partial / WEIGHTS, kind="snnet", metadata=meta)
+    if model is not None and model is not snnet:
+        save_task_layers(model, snnet, partial / TASK_WEIGHTS, {"spec_hash": spec_h, "task": spec.task.name})
     atomic_write(partial / "spec.yaml", lambda tmp: Path(tmp).write_text(dump_spec(spec), encoding="utf-8"))
     from . import __version__
 
@@ -316,6 +325,7 @@ def _write_outputs(partial: Path, snnet: SNNet, spec: Spec, splits: DatasetSplit
         "spec_hash": spec_h,
         "anchors": list(snnet.anchors),
         "routes": len(snnet.routes),
+        "task": {"name": spec.task.name, "metric": task.metric, "metric_label": task.metric_label},
         "data": {"name": used, "requested": spec.data.name, "description": splits.description, "num_classes": splits.num_classes,
                  "classes": list(splits.classes), "train_size": len(splits.train), "val_size": len(splits.val)},
         "preprocess": attrs.asdict(preprocess),
@@ -392,12 +402,14 @@ def _load(spec: Spec, regs: Registries) -> tuple[SNNet, Preprocess, list[str], D
     return snnet, preprocess, notes, splits
 
 
-def _save_stage(snnet: SNNet, spec_h: str, partial: Path, state: dict[str, Any]) -> None:
-    """Rank 0 saves the weights and the state of a finished stage; the other ranks wait for it."""
-    broadcast_state(snnet)  # every rank goes on with rank 0's weights, bit for bit
+def _save_stage(snnet: SNNet, model: torch.nn.Module | None, spec_h: str, partial: Path,
+                state: dict[str, Any]) -> None:
+    """Rank 0 saves the weights (and a task's own layers) and the state of a finished stage; the other ranks
+    wait for it."""
+    broadcast_state(snnet if model is None else model)  # every rank goes on with rank 0's weights, bit for bit
 
     def save() -> None:
-        save_module(snnet, partial / WEIGHTS, kind="snnet", metadata={"spec_hash": spec_h, "stage": state["stage"]})
+        _save_weights(snnet, model, partial, {"spec_hash": spec_h, "stage": state["stage"]})
         write_json(partial / STATE_FILE, state)
 
     on_main(save)
@@ -409,6 +421,7 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     _seed_everything(spec.seed)
+    task = load_task(spec, regs)
     device = dist_info().device(resolve_device(spec.device))  # under torchrun: this rank's GPU, cuda:LOCAL_RANK
     snnet, preprocess, notes, splits = _load(spec, regs)
     snnet.to(device)
@@ -418,11 +431,13 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
         for note in notes:
             console.print(f"note: {note}")
         console.print(f"{len(snnet.routes)} routes over anchors {', '.join(snnet.anchors)}; data: {splits.description}")
-    _check_classes(snnet, splits.num_classes, _data_used(spec, splits)[0])
+    model = task_model(task, snnet, splits, spec, device)
     timings["load"] = time.perf_counter() - t0
     weights = partial / WEIGHTS
     if STAGES.index(state["stage"]) >= 1 and weights.is_file():
         load_module_state(snnet, weights, kind="snnet")
+        if model is not None and model is not snnet:
+            load_task_layers(model, snnet, partial / TASK_WEIGHTS)
     else:
         t = time.perf_counter()
         if spec.train.route_bn_batches and "batchnorm" not in spec.train.freeze:
@@ -430,11 +445,11 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
         _calibrate(snnet, spec, splits, device, console)
         timings["calibrate"] = time.perf_counter() - t
         state["stage"] = "calibrated"
-        _save_stage(snnet, spec_h, partial, state)
+        _save_stage(snnet, model, spec_h, partial, state)
     train_result = state.get("train")
     if state["stage"] != "trained":
         t = time.perf_counter()
-        result = _train(snnet, spec, splits, device, partial / "checkpoints", resume, console)
+        result = _train(snnet, spec, splits, device, partial / "checkpoints", resume, console, model, task)
         _stop_if_interrupted(result)
         train_result = _plain(result, partial, out)
         timings["train"] = time.perf_counter() - t
@@ -443,14 +458,16 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
             _recalibrate_bn(snnet, spec, splits, device, console)
             timings["route_bn"] = time.perf_counter() - t
         state.update(stage="trained", train=train_result)
-        _save_stage(snnet, spec_h, partial, state)
+        _save_stage(snnet, model, spec_h, partial, state)
     t = time.perf_counter()
-    evaluation = _evaluate(snnet, spec, splits, partial / "checkpoints" / "evaluation.jsonl", console)
+    evaluation = _evaluate(snnet, spec, splits, partial / "checkpoints" / "evaluation.jsonl", console, model=model,
+                           task=task)
     timings["evaluate"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
 
     def finish() -> dict[str, Any]:
-        summary = _write_outputs(partial, snnet, spec, splits, preprocess, evaluation, train_result, timings)
+        summary = _write_outputs(partial, snnet, spec, splits, preprocess, evaluation, train_result, timings, task,
+                                 model)
         swap(partial, out)
         return summary
 
@@ -460,7 +477,13 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
         console.print(f"On {_data_used(spec, splits)[1]}: {summary_sentence(summary)}")
         console.print(f"wrote {out}")
     return BuildResult(output=out, snnet=snnet, evaluation=evaluation, summary=summary, train_result=train_result,
-                       data=splits.description)
+                       data=splits.description, model=model)
+
+
+def _save_weights(snnet: SNNet, model: torch.nn.Module | None, partial: Path, metadata: dict[str, str]) -> None:
+    save_module(snnet, partial / WEIGHTS, kind="snnet", metadata=metadata)
+    if model is not None and model is not snnet:
+        save_task_layers(model, snnet, partial / TASK_WEIGHTS, metadata)
 
 
 def _stop_if_interrupted(result: Any) -> None:
@@ -483,8 +506,11 @@ def load_snnet(output_dir: str | Path, registries: Registries | None = None, *,
                device: str | torch.device | None = None, metrics: str | Path | None = None) -> SNNet:
     """Rebuild the SN-Net of a build output from its ``spec.yaml`` and weights.
 
-    Per-route metrics recorded at build time (accuracy, loss, latency) are
-    restored into the route table, so :meth:`SNNet.select_for` works at once.
+    Per-route metrics recorded at build time (accuracy, loss, latency, and
+    the task's metric such as ``miou`` for a task other than classification)
+    are restored into the route table, so :meth:`SNNet.select_for` works at
+    once.  A task's own layers (``task.safetensors``) are not part of the
+    SN-Net; :func:`~stitchframe.load_task_layers` loads them into the task's model.
 
     Args:
         output_dir: A folder written by :func:`build`.
@@ -517,7 +543,7 @@ def load_snnet(output_dir: str | Path, registries: Registries | None = None, *,
     if spec.train.route_bn_batches:
         snnet.enable_route_bn()
     load_module_state(snnet, out / WEIGHTS, kind="snnet")
-    _restore_route_meta(snnet, table, out / WEIGHTS)
+    _restore_route_meta(snnet, table, out / WEIGHTS, build_task(out).get("metric"))
     if metrics is not None:
         _apply_report_metrics(snnet, Path(metrics))
     if device is not None:
@@ -526,7 +552,7 @@ def load_snnet(output_dir: str | Path, registries: Registries | None = None, *,
 
 
 def _apply_report_metrics(snnet: SNNet, path: Path) -> None:
-    """Set each route's accuracy, loss and latency from a ``routes.json`` report of the same routes."""
+    """Set each route's accuracy, loss, latency and task metric from a ``routes.json`` report of the same routes."""
     report = read_json(path)
     records = report.get("routes") if isinstance(report, dict) else None
     if not isinstance(records, list) or len(records) != len(snnet.routes):
@@ -537,7 +563,8 @@ def _apply_report_metrics(snnet: SNNet, path: Path) -> None:
         if not ok or rec.get("route") != snnet.routes[rec["id"]].describe():
             raise CheckpointError(f"{str(path)!r}: record {rec!r:.120} does not match a route of this SN-Net; "
                                   "pass the routes.json that stitchframe build or evaluate wrote for this output")
-        found = {k: rec[k] for k in ("accuracy", "loss", "latency_ms") if isinstance(rec.get(k), (int, float))}
+        keys = ("accuracy", "loss", "latency_ms", report.get("metric") or "accuracy")  # and a task's metric
+        found = {k: rec[k] for k in keys if isinstance(rec.get(k), (int, float))}
         if found:
             snnet.set_route_meta(rec["id"], **found)
 
@@ -567,7 +594,15 @@ def _route_table(header: dict[str, str], where: Path) -> tuple[list[dict[str, An
     return table, routes
 
 
-def _restore_route_meta(snnet: SNNet, table: list[dict[str, Any]], where: Path) -> None:
+def build_task(output_dir: Path) -> dict[str, Any]:
+    """The task a build output was made for, from its manifest: ``name``, ``metric`` and ``metric_label``
+    (``{}`` for a build without one recorded: classification)."""
+    manifest = read_json(output_dir / MANIFEST) if (output_dir / MANIFEST).is_file() else {}
+    task = manifest.get("task") if isinstance(manifest, dict) else None
+    return task if isinstance(task, dict) else {}
+
+
+def _restore_route_meta(snnet: SNNet, table: list[dict[str, Any]], where: Path, metric: str | None = None) -> None:
     if table and len(table) != len(snnet.routes):
         raise CheckpointError(f"{str(where)!r} records {len(table)} routes, the spec gives {len(snnet.routes)}")
     for i, rec in enumerate(table):
@@ -576,7 +611,8 @@ def _restore_route_meta(snnet: SNNet, table: list[dict[str, Any]], where: Path) 
                 f"{str(where)!r}: route {i} is {rec['name']!r} in the file but {snnet.routes[i].describe()!r} "
                 "from the spec; the plugins that generate routes changed. Rebuild"
             )
-        metrics = {k: v for k, v in (rec.get("meta") or {}).items() if k in ("accuracy", "loss", "latency_ms")}
+        keys = ("accuracy", "loss", "latency_ms", metric or "accuracy")  # and the build's task metric
+        metrics = {k: v for k, v in (rec.get("meta") or {}).items() if k in keys}
         if metrics:
             snnet.set_route_meta(i, **metrics)
 
@@ -618,12 +654,18 @@ def _evaluate_output(out: Path, regs: Registries, info: DistInfo, latency: bool 
         raise SpecError(f"{str(out / 'spec.yaml')!r}: data: the spec has no data section to evaluate on")
     preprocess, _ = agreed_preprocess(list(snnet.anchors.values()), spec.data.img_size)
     splits = load_data(spec, regs, preprocess)
-    snnet.to(info.device(resolve_device(spec.device)))
+    device = info.device(resolve_device(spec.device))
+    snnet.to(device)
+    task = load_task(spec, regs)
+    model = task_model(task, snnet, splits, spec, device)
+    if model is not None and model is not snnet:
+        load_task_layers(model, snnet, out / TASK_WEIGHTS)
     evaluation = _evaluate(snnet, spec, splits, out / "evaluation" / "progress.jsonl", console,
-                           max_batches=max_batches, latency=latency)
+                           max_batches=max_batches, latency=latency, model=model, task=task)
     used, label = _data_used(spec, splits)
     summary = on_main(lambda: write_report(snnet.routes, out / "evaluation",
-                                           title=f"{' / '.join(snnet.anchors)} on {label}", data=used))
+                                           title=f"{' / '.join(snnet.anchors)} on {label}", data=used,
+                                           metric=task.metric, metric_label=task.metric_label))
     if console is not None:
         evaluated = min(len(splits.val), evaluation.batches * spec.eval.batch_size)
         size = "" if evaluated >= len(splits.val) else f"; evaluated on {evaluated} of the {len(splits.val)} val images"

@@ -42,6 +42,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "stitchframe.stitch_spaces",
     "stitchframe.cross_space",
     "stitchframe.datasets",
+    "stitchframe.tasks",
 )
 
 #: Built-in plugins whose hooks live apart from the module they are named after, so that registering
@@ -49,6 +50,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
 _BUILTIN_HOOKS = {
     "stitchframe.stitch_layers": "stitchframe.builtins:StitchLayerHooks",
     "stitchframe.datasets": "stitchframe.builtins:DatasetHooks",
+    "stitchframe.tasks": "stitchframe.builtins:TaskHooks",
 }
 
 #: Anchor source prefixes of known plugins: prefix -> (distribution, how to install it).  Named in the
@@ -66,6 +68,7 @@ _REGISTER_HOOKS = {
     "stitchframe_register_stitch_layers": ("stitch_layers", "stitch layer"),
     "stitchframe_register_stitch_spaces": ("stitch_spaces", "stitch space"),
     "stitchframe_register_datasets": ("datasets", "dataset"),
+    "stitchframe_register_tasks": ("tasks", "task"),
 }
 
 
@@ -238,6 +241,7 @@ class Registries:
         stitch_layers: Stitching-layer classes.
         stitch_spaces: Stitch-space classes.
         datasets: Dataset loaders.
+        tasks: Tasks (what the build trains and evaluates per route).
         pm: The plugin manager they came from (for resolution hooks).
         problems: Plugins that failed, by name and hook.
     """
@@ -246,6 +250,7 @@ class Registries:
     stitch_layers: Registry = attrs.field(factory=lambda: Registry("stitch layer"))
     stitch_spaces: Registry = attrs.field(factory=lambda: Registry("stitch space"))
     datasets: Registry = attrs.field(factory=lambda: Registry("dataset"))
+    tasks: Registry = attrs.field(factory=lambda: Registry("task"))
     pm: PluginManager | None = None
     problems: list[PluginProblem] = attrs.field(factory=list)
 
@@ -383,6 +388,11 @@ def _wrong_kind(attr: str, obj: Any) -> str | None:
 
         fits = isinstance(obj, type) and issubclass(obj, StitchLayer)
         return None if fits else "a subclass of stitchframe.StitchLayer"
+    if attr == "tasks":
+        from .tasks import Task  # only here: registering tasks imports no torch
+
+        fits = isinstance(obj, type) and issubclass(obj, Task)
+        return None if fits else "a subclass of stitchframe.Task"
     if attr == "stitch_spaces":
         fits = isinstance(obj, type) and callable(getattr(obj, "routes", None))
         return None if fits else "a class with a routes() method (a subclass of stitchframe.StitchSpace)"

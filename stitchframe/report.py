@@ -2,15 +2,18 @@
 
 A route *record* is a plain dict (``id``, ``route``, ``kind``, ``anchors``,
 ``flops``, ``macs``, ``params``, ``accuracy``, ``loss``, ``latency_ms``,
-``pareto``).  Costs are per example: ``macs`` are multiply-adds (the SN-Net
-papers' "FLOPs"), ``flops`` torch's convention (a multiply-add is 2 FLOPs),
-both counted by :func:`stitchframe.count_flops` (normalisation layers
-included); accuracy is top-1 in percent.
+``pareto``, and the task's metric when it is not ``accuracy``, e.g. ``miou``).
+Costs are per example: ``macs`` are multiply-adds (the SN-Net papers'
+"FLOPs"), ``flops`` torch's convention (a multiply-add is 2 FLOPs), both
+counted by :func:`stitchframe.count_flops` (normalisation layers included);
+accuracy is top-1 in percent for classification (pixel accuracy for
+segmentation).  Routes are ranked by the task's *metric* (``accuracy`` for
+classification; every function below takes ``metric=``).
 
 The summary answers SN-Net's central question: do the stitched routes
 interpolate the anchors?  For every stitched route whose FLOPs lie between
-two neighbouring anchors (by FLOPs), it compares the route's accuracy with
-the straight line joining those two anchors in the accuracy-FLOPs plane.
+two neighbouring anchors (by FLOPs), it compares the route's metric with
+the straight line joining those two anchors in the metric-FLOPs plane.
 """
 
 from __future__ import annotations
@@ -44,8 +47,8 @@ MACS_UNIT = "multiply-adds per example (the SN-Net papers' 'FLOPs'): half the FL
 _TOL = 1e-9
 
 
-def route_records(routes: Sequence[Route]) -> list[dict[str, Any]]:
-    """One plain record per route (in id order), with the Pareto flag filled in."""
+def route_records(routes: Sequence[Route], metric: str = "accuracy") -> list[dict[str, Any]]:
+    """One plain record per route (in id order), with the Pareto flag (by ``metric``) filled in."""
     records = []
     for i, r in enumerate(routes):
         records.append({
@@ -60,7 +63,9 @@ def route_records(routes: Sequence[Route]) -> list[dict[str, Any]]:
             "loss": r.meta.get("loss"),
             "latency_ms": r.meta.get("latency_ms"),
         })
-    front = set(pareto_front(records))
+        if metric != "accuracy":
+            records[-1][metric] = r.meta.get(metric)
+    front = set(pareto_front(records, y=metric))
     for rec in records:
         rec["pareto"] = rec["id"] in front
     return records
@@ -87,20 +92,20 @@ def pareto_front(records: Sequence[dict[str, Any]], *, x: str = "flops", y: str 
     return front
 
 
-def anchor_line_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """How stitched routes compare with the line between neighbouring anchors.
+def anchor_line_summary(records: Sequence[dict[str, Any]], metric: str = "accuracy") -> dict[str, Any]:
+    """How stitched routes compare with the line between neighbouring anchors, by ``metric``.
 
     Returns:
-        ``stitched`` (stitched routes with an accuracy), ``between_anchors``
-        (those whose FLOPs lie between two neighbouring anchors),
-        ``on_or_above_line``, ``below_line``, ``within_anchor_accuracy``
-        (accuracy between the two anchors' accuracies), ``on_front``
-        (stitched routes on the Pareto front) and ``intervals``, one entry
-        per pair of neighbouring anchors with the same counts.
+        ``metric``, ``stitched`` (stitched routes with the metric),
+        ``between_anchors`` (those whose FLOPs lie between two neighbouring
+        anchors), ``on_or_above_line``, ``below_line``,
+        ``within_anchor_accuracy`` (metric between the two anchors'),
+        ``on_front`` (stitched routes on the Pareto front) and ``intervals``,
+        one entry per pair of neighbouring anchors with the same counts.
     """
-    anchors = sorted((r for r in records if r["kind"] == "anchor" and r.get("accuracy") is not None),
+    anchors = sorted((r for r in records if r["kind"] == "anchor" and r.get(metric) is not None),
                      key=lambda r: r["flops"])
-    stitched = [r for r in records if r["kind"] != "anchor" and r.get("accuracy") is not None]
+    stitched = [r for r in records if r["kind"] != "anchor" and r.get(metric) is not None]
     intervals = []
     for lo, hi in zip(anchors, anchors[1:]):
         inside = [r for r in stitched if lo["flops"] <= r["flops"] <= hi["flops"]]
@@ -108,15 +113,16 @@ def anchor_line_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         above = within = 0
         for r in inside:
             t = (r["flops"] - lo["flops"]) / span if span else 0.0
-            line = lo["accuracy"] + t * (hi["accuracy"] - lo["accuracy"])
-            above += r["accuracy"] >= line - _TOL
-            low, high = sorted((lo["accuracy"], hi["accuracy"]))
-            within += low - _TOL <= r["accuracy"] <= high + _TOL
+            line = lo[metric] + t * (hi[metric] - lo[metric])
+            above += r[metric] >= line - _TOL
+            low, high = sorted((lo[metric], hi[metric]))
+            within += low - _TOL <= r[metric] <= high + _TOL
         intervals.append({"from": lo["route"], "to": hi["route"], "routes": len(inside),
                           "on_or_above_line": above, "within_anchor_accuracy": within})
     between = sum(iv["routes"] for iv in intervals)
     above = sum(iv["on_or_above_line"] for iv in intervals)
     return {
+        "metric": metric,
         "stitched": len(stitched),
         "between_anchors": between,
         "on_or_above_line": above,
@@ -132,18 +138,28 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def routes_markdown(records: Sequence[dict[str, Any]], summary: dict[str, Any] | None = None, *,
-                    title: str = "Routes") -> str:
-    """The route table as markdown, cheapest route first, with the summary below it."""
-    legend = (f"MACs: {MACS_UNIT}. FLOPs: {FLOPS_UNIT}. Accuracy: top-1 (%). "
-              "Front: on the accuracy-cost Pareto front.")
+                    title: str = "Routes", metric: str = "accuracy", metric_label: str = "top-1 %") -> str:
+    """The route table as markdown, cheapest route first, with the summary below it.
+
+    A ``metric`` other than ``accuracy`` gets its own column (``metric_label``) before the accuracy's.
+    """
+    if metric == "accuracy":
+        legend = (f"MACs: {MACS_UNIT}. FLOPs: {FLOPS_UNIT}. Accuracy: top-1 (%). "
+                  "Front: on the accuracy-cost Pareto front.")
+        head, cols = "top-1 %", ["accuracy"]
+    else:
+        legend = (f"MACs: {MACS_UNIT}. FLOPs: {FLOPS_UNIT}. {metric_label}: the task's metric ({metric}); "
+                  f"accuracy %: the task's accuracy. Front: on the {metric}-cost Pareto front.")
+        head, cols = f"{metric_label} | accuracy %", [metric, "accuracy"]
     lines = [f"# {title}", "", legend, ""]
-    lines += ["| id | route | kind | GMACs | GFLOPs | M params | top-1 % | loss | latency ms | front |",
-              "|---:|---|---|---:|---:|---:|---:|---:|---:|:---:|"]
+    lines += [f"| id | route | kind | GMACs | GFLOPs | M params | {head} | loss | latency ms | front |",
+              "|---:|---|---|---:|---:|---:|" + "---:|" * len(cols) + "---:|---:|:---:|"]
     for r in sorted(records, key=lambda r: (r["flops"] or 0, r["id"])):
+        values = " | ".join(_fmt(r.get(c), ".2f") for c in cols)
         lines.append(
             f"| {r['id']} | `{r['route']}` | {r['kind']} | {_fmt((r['flops'] or 0) / 2e9, '.4f')} | "
             f"{_fmt((r['flops'] or 0) / 1e9, '.4f')} | "
-            f"{_fmt((r['params'] or 0) / 1e6, '.3f')} | {_fmt(r['accuracy'], '.2f')} | {_fmt(r['loss'], '.4f')} | "
+            f"{_fmt((r['params'] or 0) / 1e6, '.3f')} | {values} | {_fmt(r['loss'], '.4f')} | "
             f"{_fmt(r['latency_ms'], '.3f')} | {'*' if r.get('pareto') else ''} |"
         )
     if summary is not None:
@@ -153,26 +169,29 @@ def routes_markdown(records: Sequence[dict[str, Any]], summary: dict[str, Any] |
 
 def summary_sentence(summary: dict[str, Any]) -> str:
     """One sentence summarising :func:`anchor_line_summary`."""
+    metric = summary.get("metric", "accuracy")
     return (
         f"{summary['stitched']} stitched routes evaluated; {summary['between_anchors']} lie between neighbouring "
         f"anchors by FLOPs, of which {summary['on_or_above_line']} are on or above the line joining those anchors "
-        f"and {summary['within_anchor_accuracy']} have an accuracy between theirs; "
+        f"and {summary['within_anchor_accuracy']} have {'an accuracy' if metric == 'accuracy' else 'a ' + metric} "
+        "between theirs; "
         f"{summary['on_front']} stitched routes are on the Pareto front."
     )
 
 
-def plot_pareto(records: Sequence[dict[str, Any]], path: str | os.PathLike[str], *, title: str = "") -> Path | None:
-    """Plot accuracy against GMACs (GFLOPs on the top axis) to a PNG: routes, anchors (labelled), the Pareto front.
+def plot_pareto(records: Sequence[dict[str, Any]], path: str | os.PathLike[str], *, title: str = "",
+                metric: str = "accuracy", metric_label: str = "top-1 %") -> Path | None:
+    """Plot ``metric`` against GMACs (GFLOPs on the top axis) to a PNG: routes, anchors (labelled), the Pareto front.
 
     Uses matplotlib's Agg canvas (no display needed, no global pyplot state).
 
     Returns:
-        The path written, or ``None`` when no route has an accuracy.
+        The path written, or ``None`` when no route has the metric.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    pts = [r for r in records if r.get("accuracy") is not None]
+    pts = [r for r in records if r.get(metric) is not None]
     if not pts:
         return None
     fig = Figure(figsize=(8, 5), layout="constrained")
@@ -180,32 +199,32 @@ def plot_pareto(records: Sequence[dict[str, Any]], path: str | os.PathLike[str],
     ax = fig.add_subplot()
     stitched = [r for r in pts if r["kind"] != "anchor"]
     anchors = sorted((r for r in pts if r["kind"] == "anchor"), key=lambda r: r["flops"])
-    ax.scatter([r["flops"] / 2e9 for r in stitched], [r["accuracy"] for r in stitched],
+    ax.scatter([r["flops"] / 2e9 for r in stitched], [r[metric] for r in stitched],
                s=18, alpha=0.7, color="tab:blue", label=f"stitched routes ({len(stitched)})")
     if len(anchors) > 1:
-        ax.plot([r["flops"] / 2e9 for r in anchors], [r["accuracy"] for r in anchors],
+        ax.plot([r["flops"] / 2e9 for r in anchors], [r[metric] for r in anchors],
                 ":", color="grey", linewidth=1, label="line between anchors")
     by_id = {r["id"]: r for r in pts}
-    front = [by_id[i] for i in pareto_front(pts)]
-    ax.step([r["flops"] / 2e9 for r in front], [r["accuracy"] for r in front], where="post", color="black",
+    front = [by_id[i] for i in pareto_front(pts, y=metric)]
+    ax.step([r["flops"] / 2e9 for r in front], [r[metric] for r in front], where="post", color="black",
             linewidth=1.2, marker="o", markersize=7, markerfacecolor="none", label="Pareto front")
-    ax.scatter([r["flops"] / 2e9 for r in anchors], [r["accuracy"] for r in anchors],
+    ax.scatter([r["flops"] / 2e9 for r in anchors], [r[metric] for r in anchors],
                marker="*", s=160, color="tab:red", zorder=3, label="anchors")
     for r in anchors:
-        ax.annotate(r["anchors"][0], (r["flops"] / 2e9, r["accuracy"]), textcoords="offset points",
+        ax.annotate(r["anchors"][0], (r["flops"] / 2e9, r[metric]), textcoords="offset points",
                     xytext=(6, -12), fontsize=9)
     ax.set_xlabel("GMACs per example (multiply-adds, the papers' unit)")
     top = ax.secondary_xaxis("top", functions=(lambda macs: 2 * macs, lambda flops: flops / 2))
     top.set_xlabel("GFLOPs per example (1 multiply-add = 2 FLOPs)")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(title or "accuracy vs cost")
+    ax.set_ylabel("top-1 accuracy (%)" if metric == "accuracy" else metric_label)
+    ax.set_title(title or ("accuracy vs cost" if metric == "accuracy" else f"{metric} vs cost"))
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
 
 
 def write_report(routes: Sequence[Route], out_dir: str | os.PathLike[str], *, title: str = "Routes",
-                 data: str | None = None) -> dict[str, Any]:
+                 data: str | None = None, metric: str = "accuracy", metric_label: str = "top-1 %") -> dict[str, Any]:
     """Write ``routes.json``, ``routes.md`` and ``pareto.png`` into ``out_dir``.
 
     Args:
@@ -213,25 +232,29 @@ def write_report(routes: Sequence[Route], out_dir: str | os.PathLike[str], *, ti
         out_dir: The folder to write into.
         title: Title of ``routes.md`` and the plot (name the data evaluated on).
         data: Name of the dataset the metrics were measured on, recorded in ``routes.json``.
+        metric: The route metadata key that ranks routes (the task's metric; higher is better).
+        metric_label: How tables and the plot name it.
 
     Returns:
         The summary (see :func:`anchor_line_summary`).
     """
     out = Path(out_dir)
-    records = route_records(routes)
-    summary = anchor_line_summary(records)
+    records = route_records(routes, metric)
+    summary = anchor_line_summary(records, metric)
+    extra = {} if metric == "accuracy" else {"metric": metric, "metric_label": metric_label}
     write_json(out / "routes.json", {
         "flops_unit": FLOPS_UNIT,
         "macs_unit": MACS_UNIT,
-        "accuracy_unit": "top-1 %",
+        "accuracy_unit": "top-1 %" if metric == "accuracy" else "%",
+        **extra,
         "data": data,
         "routes": records,
-        "pareto": pareto_front(records),
+        "pareto": pareto_front(records, y=metric),
         "summary": summary,
     })
-    atomic_write(out / "routes.md", lambda tmp: Path(tmp).write_text(routes_markdown(records, summary, title=title),
-                                                                    encoding="utf-8"))
-    plot_pareto(records, out / "pareto.png", title=title)
+    markdown = routes_markdown(records, summary, title=title, metric=metric, metric_label=metric_label)
+    atomic_write(out / "routes.md", lambda tmp: Path(tmp).write_text(markdown, encoding="utf-8"))
+    plot_pareto(records, out / "pareto.png", title=title, metric=metric, metric_label=metric_label)
     return summary
 
 

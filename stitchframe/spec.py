@@ -4,7 +4,7 @@ YAML is parsed by PyYAML, structured into the attrs classes below by cattrs
 (unknown keys rejected), and validated by attrs validators.  Every error is a
 one-line :class:`~stitchframe.errors.SpecError` naming the dotted spec path
 (``stitch.layer_options.rank``).  Plugin options (``anchors[i].options``,
-``stitch.space_options``, ``stitch.layer_options``, ``data.options``) are
+``stitch.space_options``, ``stitch.layer_options``, ``data.options``, ``task.options``) are
 validated the same way against the registered ``Options`` class when the spec
 meets the registries (:func:`validate_spec`, :func:`stitchframe.assemble`).
 
@@ -35,6 +35,7 @@ __all__ = [
     "StitchSpec",
     "CalibrationSpec",
     "DataSpec",
+    "TaskSpec",
     "TrainSpec",
     "RESUME_NEUTRAL",
     "RESUME_ADJUSTABLE",
@@ -168,6 +169,18 @@ RESUME_ADJUSTABLE = frozenset({"lr", "stitch_lr", "grad_clip", "amp"})
 
 
 @attrs.frozen(kw_only=True)
+class TaskSpec:
+    """What every route is trained and evaluated for."""
+
+    name: str = attrs.field(
+        default="classification", validator=_v.instance_of(str),
+        metadata=_help("Task: classification (each route's end anchor's head gives class logits; top-1 accuracy) "
+                       "| one registered by a plugin (stitchframe-dense: segmentation)."),
+    )
+    options: dict[str, Any] = attrs.field(factory=dict, metadata=_help("Options of the task (see its plugin's docs)."))
+
+
+@attrs.frozen(kw_only=True)
 class TrainSpec:
     """Training of the SN-Net after calibration."""
 
@@ -256,6 +269,7 @@ class Spec:
     stitch: StitchSpec = attrs.field(factory=StitchSpec, metadata=_help("Stitch space and stitching layers."))
     calibration: CalibrationSpec = attrs.field(factory=CalibrationSpec, metadata=_help("Least-squares initialisation."))
     data: DataSpec | None = attrs.field(default=None, metadata=_help("Dataset (not needed by `stitchframe routes`)."))
+    task: TaskSpec = attrs.field(factory=TaskSpec, metadata=_help("Task trained and evaluated on every route."))
     train: TrainSpec = attrs.field(factory=TrainSpec, metadata=_help("Training."))
     eval: EvalSpec = attrs.field(factory=EvalSpec, metadata=_help("Evaluation."))
     output: str | None = attrs.field(default=None, metadata=_help("Output directory (default: runs/<spec file name>)."))
@@ -366,7 +380,7 @@ def _make_converter() -> cattrs.Converter:
 
     _base_anchor = cattrs.gen.make_dict_structure_fn(AnchorSpec, conv, _cattrs_forbid_extra_keys=True)
     conv.register_structure_hook(AnchorSpec, anchor_hook)
-    for section in (StitchSpec, CalibrationSpec, DataSpec, TrainSpec, EvalSpec):
+    for section in (StitchSpec, CalibrationSpec, DataSpec, TaskSpec, TrainSpec, EvalSpec):
         conv.register_structure_hook(section, _mapping_only(section, conv))
     return conv
 

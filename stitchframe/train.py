@@ -164,6 +164,10 @@ class _StopSignals:
 class _Trainer:
     def __init__(self, snnet: SNNet, dataset: Dataset, cfg: TrainSpec, **kw: Any) -> None:
         self.snnet, self.cfg = snnet, cfg
+        self.task_model: nn.Module | None = kw["model"]  # a task's model holding the SN-Net, or None
+        self.task = kw["task"]
+        if self.task_model is not None and self.task is None:
+            raise TrainingError("train(): a task model needs its task (pass task=...) for the loss")
         self.seed = int(kw["seed"])
         self.dist: DistInfo = setup_distributed(kw["device"])
         self.device = self.dist.device(kw["device"])
@@ -184,7 +188,7 @@ class _Trainer:
         )
         self.sampler = make_sampler(cfg.sampling, list(snnet.routes), seed=self.seed, groups=cfg.flops_groups,
                                     anchor_share=cfg.anchor_share)
-        self.teacher = teacher_name(snnet, cfg) if cfg.loss == "distill" else None
+        self.teacher = teacher_name(snnet, cfg) if cfg.loss == "distill" and self.task_model is None else None
         self.total = total_steps(cfg, self.order.steps_per_epoch)
         self.amp = _amp_dtype(cfg.amp, self.device)
         self.losses: list[float] = []
@@ -196,29 +200,32 @@ class _Trainer:
     # -- setup / teardown ------------------------------------------------
     def _prepare_model(self) -> None:
         snnet = self.snnet
+        whole = self.task_model if self.task_model is not None else snnet  # what is trained and checkpointed
         self.saved = {
-            "modes": [(m, m.training) for m in snnet.modules()],
+            "modes": [(m, m.training) for m in whole.modules()],
             "selected": snnet.selected_id,
-            "requires_grad": [(p, p.requires_grad) for p in snnet.parameters()],
+            "requires_grad": [(p, p.requires_grad) for p in whole.parameters()],
         }
-        snnet.to(self.device)
+        whole.to(self.device)
         self.frozen = frozen_modules(snnet, list(self.cfg.freeze))
         for m in self.frozen:
             m.requires_grad_(False)
-        self.optimizer = build_optimizer(snnet, self.cfg)
+        self.optimizer = build_optimizer(snnet, self.cfg, extra=self.task_model)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        own = any(g["name"].startswith("task/") for g in self.optimizer.param_groups)  # the task's layers train
         self.route_trainable = [
-            any(p.requires_grad for m in snnet.route_modules(r) for p in m.parameters()) for r in snnet.routes
+            own or any(p.requires_grad for m in snnet.route_modules(r) for p in m.parameters()) for r in snnet.routes
         ]
+        self.whole = whole
         self._set_modes()
-        self.model: nn.Module = snnet
+        self.model: nn.Module = whole
         if self.dist.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = nn.parallel.DistributedDataParallel(snnet, device_ids=ids, find_unused_parameters=True)
+            self.model = nn.parallel.DistributedDataParallel(whole, device_ids=ids, find_unused_parameters=True)
 
     def _set_modes(self) -> None:
         """Train mode everywhere except the frozen parts (their BatchNorm statistics stay fixed)."""
-        self.snnet.train()
+        self.whole.train()
         for m in self.frozen:
             m.eval()
 
@@ -241,7 +248,7 @@ class _Trainer:
             self._seed_rngs(0)
             return
         base_lrs = [g["base_lr"] for g in self.optimizer.param_groups]
-        ck = load_checkpoint(path, model=self.snnet, optimizer=self.optimizer)
+        ck = load_checkpoint(path, model=self.whole, optimizer=self.optimizer)
         self._check_compatible(ck.state, path)
         self._adjust(ck.state, base_lrs)
         self.step = int(ck.state["step"])
@@ -313,6 +320,8 @@ class _Trainer:
         target = target.to(self.device, non_blocking=True)
         amp = torch.autocast(self.device.type, dtype=self.amp) if self.amp is not None else contextlib.nullcontext()
         with amp, (contextlib.nullcontext() if trainable else torch.no_grad()):
+            if self.task_model is not None:
+                return self.task.loss((self.model if trainable else self.task_model)(inputs), target, self.cfg)
             logits = output_logits((self.model if trainable else self.snnet)(inputs))
             teacher = None
             if self.teacher is not None:
@@ -396,7 +405,7 @@ class _Trainer:
                 "world_size": self.dist.world_size,
             }
             save_checkpoint(
-                self.checkpoint_dir, step=self.step, model=self.snnet, optimizer=self.optimizer,
+                self.checkpoint_dir, step=self.step, model=self.whole, optimizer=self.optimizer,
                 state=state, keep=self.cfg.keep_checkpoints,
             )
         self.checkpoint = self.checkpoint_dir / f"step-{self.step:08d}"
@@ -510,6 +519,8 @@ def train(
     collate_fn: Callable[[list[Any]], Any] | None = None,
     console: Any = None,
     stop_after: int | None = None,
+    model: nn.Module | None = None,
+    task: Any = None,
 ) -> TrainResult:
     """Train an SN-Net (already calibrated), sampling one route per optimizer step.
 
@@ -539,6 +550,11 @@ def train(
         console: A :class:`rich.console.Console` for progress, or ``None``.
         stop_after: Stop (with a checkpoint) once this many steps are done in
             total, without changing the schedule; resume later to go on.
+        model: A task's model holding ``snnet`` (:meth:`stitchframe.Task.build_model`):
+            it is what runs, trains (its own layers at ``cfg.stitch_lr``) and
+            is checkpointed; ``None``: the SN-Net (classification).
+        task: The :class:`stitchframe.Task` whose ``loss`` trains ``model``
+            (needed with ``model``; distillation is for the SN-Net only).
 
     Returns:
         Steps, epochs, loss history and why the run stopped early, if it did.
@@ -550,6 +566,6 @@ def train(
     """
     trainer = _Trainer(
         snnet, dataset, cfg, device=device, checkpoint_dir=checkpoint_dir, seed=seed, num_workers=num_workers,
-        collate_fn=collate_fn, console=console, stop_after=stop_after,
+        collate_fn=collate_fn, console=console, stop_after=stop_after, model=model, task=task,
     )
     return trainer.run(resume)

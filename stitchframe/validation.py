@@ -85,4 +85,6 @@ def validate_spec(spec: Spec, registries: Registries | None = None) -> list[str]
     if spec.data is not None:
         entry = regs.datasets.get(spec.data.name, where="data.name")
         structure_options(entry.options, spec.data.options, "data.options")
+    entry = regs.tasks.get(spec.task.name, where="task.name")
+    structure_options(entry.options, spec.task.options, "task.options")
     return notes

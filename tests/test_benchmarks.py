@@ -135,6 +135,25 @@ def test_calibration_matches_the_pinv_reference(ctx, tmp_path):
     # the build path calibrated on each number of images, batch by batch
     assert [(b["images"], b["batches"]) for b in result["builds"]] == [(8, 2), (16, 4)]
     assert all(b["peak_bytes"] is None or b["peak_bytes"] >= 0 for b in result["builds"])
+    assert [b["ridge_folds"] for b in result["builds"]] == [2, 4]  # ridge auto: one fold per batch, up to 4
+
+
+def test_fold_state_is_what_ridge_auto_calibration_keeps(ctx, monkeypatch):
+    """The benchmark's computed fold state equals the normal equations calibrate() holds at the end, per fold."""
+    import stitchframe
+    from stitchframe.stitch_layers import LeastSquaresStitch
+
+    net = benchmarks.families.build(VITS[:2], ctx.regs(), seed=0)
+    held, end = [], LeastSquaresStitch.fit_end
+
+    def spy(self, ridge=0.0):
+        held.append(sum(t.numel() * t.element_size() for fold in self._folds.values() for eq in fold.values()
+                        for t in (eq.xtx, eq.xty)))
+        return end(self, ridge)
+
+    monkeypatch.setattr(LeastSquaresStitch, "fit_end", spy)
+    stitchframe.calibrate(net, [benchmarks.families.images(net, 4, seed=s) for s in range(6)], ridge="auto")
+    assert sum(held) == 4 * calibration.fold_state_bytes(net) > 0
 
 
 def test_exported_route_holds_its_own_parameters(ctx, tmp_path):

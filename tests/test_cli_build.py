@@ -253,8 +253,8 @@ def test_a_fallback_dataset_is_named_everywhere(tmp_path, monkeypatch, capsys):
 
     titles = []
     plot = report.plot_pareto
-    monkeypatch.setattr(report, "plot_pareto", lambda records, path, *, title="": titles.append(title) or
-                        plot(records, path, title=title))
+    monkeypatch.setattr(report, "plot_pareto", lambda records, path, *, title="", **kw: titles.append(title) or
+                        plot(records, path, title=title, **kw))
     spec = {**SPEC, "anchors": SPEC["anchors"][:2],
             "data": {"name": "fashion_mnist", "img_size": 16, "options": {"root": str(tmp_path / "none"),
                                                                          "fallback": "digits"}},

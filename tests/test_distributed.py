@@ -5,6 +5,8 @@ process gives (weights to float rounding, the same route table, and an
 evaluation split over the ranks that equals a single-process evaluation of
 the same weights byte for byte), stop cleanly on SIGTERM and resume to
 exactly the uninterrupted result.  Errors found by rank 0 stop every rank.
+A task with layers of its own trains under DDP and is evaluated split over
+the ranks the same way.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from stitchframe import build, evaluate_build, load_snnet, parse_spec
+from stitchframe import build, evaluate_build, load_registries, load_snnet, parse_spec
 from stitchframe.outputs import partial_dir
+from tests import tiny
 from tests._training import assert_equivalent_training
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,9 +48,9 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "STITCHFRAME_LOAD_PLUGINS": ""}
 
 
-def _torchrun(*args: str) -> list[str]:
+def _torchrun(*args: str, plugins: tuple[str, ...] = ()) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            "-m", "stitchframe.cli", *PLUGIN, "build", *args]
+            "-m", "stitchframe.cli", *PLUGIN, *(a for p in plugins for a in ("--plugin", p)), "build", *args]
 
 
 def _run(cmd: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
@@ -134,6 +137,36 @@ def test_torchrun_build_resumes_after_sigterm(ddp_build, regs, tmp_path):
     assert manifest["evaluation"]["resumed_batches"] == 1 and manifest["train"]["steps"] == TOTAL_STEPS
     assert (out / "checkpoints" / "evaluation.jsonl").read_text() == (
         reference / "checkpoints" / "evaluation.jsonl").read_text()
+
+
+def test_torchrun_build_of_a_task_with_layers_of_its_own(pm, tmp_path):
+    """The task's model trains under DDP, rank 0 alone writes task.safetensors, and evaluate_task_routes splits
+    the batches over the ranks: gathered, they are a single-process evaluation of the same weights."""
+    pm.register_plugin(tiny.TinyPlugin, name="tiny")
+    pm.register_plugin(tiny.TinyTaskPlugin, name="tiny-task")
+    regs = load_registries(pm)
+    spec_dict = {**SPEC, "task": {"name": "rescaled"}, "train": {**SPEC["train"], "epochs": 2}}  # 8 steps
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(spec_dict))
+    out = tmp_path / "out"
+    proc = _run(_torchrun(str(spec), "--output", str(out), plugins=("tests.tiny:TinyTaskPlugin",)))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.stdout.count(f"wrote {out}") == 1 and not partial_dir(out).exists()
+    single = build(parse_spec(spec_dict), output=tmp_path / "single", registries=regs)
+
+    a, b = load_file(str(out / "task.safetensors")), load_file(str(tmp_path / "single" / "task.safetensors"))
+    assert list(a) == ["scale"] and not torch.equal(a["scale"], torch.ones(10))  # the task's layer trained
+    assert_equivalent_training({**single.snnet.state_dict(), **b},
+                               {**load_snnet(out, regs).state_dict(), **a})
+    routes, ref = _routes(out), _routes(tmp_path / "single")
+    assert json.loads((out / "routes.json").read_text())["metric"] == "top1"
+    assert [r["loss"] for r in routes] == pytest.approx([r["loss"] for r in ref], abs=1e-4)
+    assert all(r["top1"] == r["accuracy"] for r in routes)
+
+    again = evaluate_build(out, registries=regs)  # one process, the same weights
+    assert [(r.accuracy, r.loss) for r in again.routes] == [(r["accuracy"], r["loss"]) for r in routes]
+    jsonl = (out / "checkpoints" / "evaluation.jsonl").read_text()
+    assert jsonl == (out / "evaluation" / "progress.jsonl").read_text() and len(jsonl.splitlines()) == 1 + 3
 
 
 def _free_port() -> int:

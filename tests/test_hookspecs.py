@@ -6,6 +6,7 @@ The plugins between ``--8<--`` markers are the examples of docs/reference/hooks.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import attrs
@@ -243,3 +244,63 @@ def test_hook_stitchframe_resolve_anchor(pm, tmp_path):
     message = r"Anchor source '.*model\.onnx' at anchors\[0\] has no 'prefix:'"
     with pytest.raises(stitchframe.UnknownNameError, match=message):
         stitchframe.load_anchor(str(tmp_path / "model.onnx"), regs)
+
+
+# --8<-- [start:register_tasks]
+@attrs.frozen(kw_only=True)
+class TopKOptions:
+    """Options of the ``top_k`` task."""
+
+    k: int = attrs.field(default=2, validator=attrs.validators.ge(1), metadata={"help": "How many guesses count."})
+
+
+class TopKTask(stitchframe.ClassificationTask):
+    """Classification whose routes are ranked by top-k accuracy (the anchors' heads, no layers of its own)."""
+
+    Options = TopKOptions
+    metric = "top_k"
+    metric_label = "top-k %"
+
+    def batch_stats(self, output, target):
+        correct, loss, n = super().batch_stats(output, target)  # sums: batches add up
+        guesses = output.topk(self.options.k, dim=-1).indices
+        return [correct, loss, n, float((guesses == target[:, None]).any(-1).sum())]
+
+    def metrics(self, stats):
+        return {**super().metrics(stats[:3]), "top_k": 100.0 * stats[3] / stats[2]}
+
+
+class TopKPlugin:
+    @staticmethod
+    @stitchframe.hookimpl
+    def stitchframe_register_tasks(register):
+        register("top_k", TopKTask)
+# --8<-- [end:register_tasks]
+
+
+def test_hook_stitchframe_register_tasks(pm, tmp_path):
+    pm.register_plugin(TopKPlugin, name="topk_plugin")
+    pm.register_plugin(tiny.TinyPlugin, name="tiny")
+    regs = stitchframe.load_registries(pm)
+    assert regs.tasks.origin("top_k") == "topk_plugin" and regs.tasks.origin("classification") == "stitchframe.tasks"
+    spec = {"anchors": ["tiny:vit32", "tiny:vit48"], "calibration": {"batches": 1, "augment": 0},
+            "data": {"name": "synthetic", "options": {"train_size": 32, "val_size": 24}},
+            "task": {"name": "top_k", "options": {"k": 3}}, "train": {"max_steps": 2, "batch_size": 8},
+            "eval": {"batch_size": 16}}
+    parsed = stitchframe.parse_spec(spec)
+    assert stitchframe.validate_spec(parsed, regs) == []
+    result = stitchframe.build(parsed, output=tmp_path / "out", registries=regs)
+    assert result.model is result.snnet and result.train_result["steps"] == 2  # no layers of its own
+    # the generic evaluator's accuracy and loss are the shared-prefix evaluator's; top-3 counts more guesses
+    preprocess, _ = stitchframe.datasets.agreed_preprocess(list(result.snnet.anchors.values()))
+    val = stitchframe.datasets.load_data(parsed, regs, preprocess).val
+    again = stitchframe.evaluate_routes(result.snnet, val, batch_size=16, record=False)
+    for r, ref in zip(result.evaluation.routes, again.routes):
+        assert r.accuracy == pytest.approx(ref.accuracy) and r.loss == pytest.approx(ref.loss, rel=1e-5)
+        assert ref.accuracy <= r.metrics["top_k"] <= 100.0 and result.snnet.routes[r.id].meta["top_k"] == r.metrics["top_k"]
+    report = json.loads((tmp_path / "out" / "routes.json").read_text())
+    assert report["metric"] == "top_k" and "top-k %" in (tmp_path / "out" / "routes.md").read_text()
+    with pytest.raises(stitchframe.SpecError, match=r"task\.options: unknown key\(s\) 'kk'; did you mean 'k'"):
+        stitchframe.validate_spec(stitchframe.parse_spec({**spec, "task": {"name": "top_k", "options": {"kk": 2}}}), regs)
+    with pytest.raises(stitchframe.UnknownNameError, match=r"task.*'top_j'.*did you mean 'top_k'"):
+        stitchframe.validate_spec(stitchframe.parse_spec({**spec, "task": {"name": "top_j"}}), regs)

@@ -200,3 +200,38 @@ class TinyPlugin:
 def images(n: int = 8, *, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 3, 16, 16, generator=g)
+
+
+class Rescaled(nn.Module):
+    """The SN-Net's logits through a learned per-class scale: a task model with a layer of its own."""
+
+    def __init__(self, snnet: stitchframe.SNNet, classes: int = 10) -> None:
+        super().__init__()
+        self.snnet = snnet
+        self.scale = nn.Parameter(torch.ones(classes))
+
+    def forward(self, x):
+        return self.snnet(x) * self.scale
+
+
+class RescaledTask(stitchframe.ClassificationTask):
+    """Classification through :class:`Rescaled`: the generic task path (own layers, ``task.safetensors``)."""
+
+    metric = "top1"
+    metric_label = "top-1 (rescaled) %"
+
+    def build_model(self, snnet, splits):
+        return Rescaled(snnet, splits.num_classes)
+
+    def metrics(self, stats):
+        m = super().metrics(stats)
+        return {**m, "top1": m["accuracy"]}
+
+
+class TinyTaskPlugin:
+    """Test plugin registering the ``rescaled`` task."""
+
+    @staticmethod
+    @stitchframe.hookimpl
+    def stitchframe_register_tasks(register):
+        register("rescaled", RescaledTask)

@@ -11,6 +11,7 @@ from ..errors import PluginError
 from ..plugins import Registries, get_plugin_manager, load_registries
 from ..stitch_layers import StitchLayer
 from ..stitch_spaces import StitchSpace
+from ..tasks import Task
 from ._common import ConformanceError, fail
 
 __all__ = ["check_plugin"]
@@ -23,8 +24,8 @@ def check_plugin(plugin: Any, name: str = "plugin_under_test") -> Registries:
     it registers or resolves something, every registered object has an attrs
     ``Options`` class whose fields all carry ``metadata={"help": ...}``,
     stitching layers subclass :class:`~stitchframe.StitchLayer`, stitch spaces
-    :class:`~stitchframe.StitchSpace`, adapters and datasets are callables,
-    an adapter's loader takes the :class:`~stitchframe.AnchorLoader`
+    :class:`~stitchframe.StitchSpace`, tasks :class:`~stitchframe.Task`,
+    adapters and datasets are callables, an adapter's loader takes the :class:`~stitchframe.AnchorLoader`
     arguments ``(identifier, options, registries, *, structure_only)``, and
     an adapter's ``check_identifier`` (a lazy reference imported here) is a
     callable too.
@@ -56,6 +57,7 @@ def check_plugin(plugin: Any, name: str = "plugin_under_test") -> Registries:
         "stitch layer": (regs.stitch_layers, StitchLayer),
         "stitch space": (regs.stitch_spaces, StitchSpace),
         "dataset": (regs.datasets, None),
+        "task": (regs.tasks, Task),
     }
     count = 0
     for kind, (registry, base) in kinds.items():

@@ -16,6 +16,10 @@ per level are therefore the same for every route, and one head serves all.
 The backbone runs routes through the SN-Net's public API (anchors'
 ``prepare``/``run_stem``/``run_blocks`` and ``SNNet.stitch_for``) and stops
 after the deepest level; the anchors' final norms and heads are never run.
+It runs the SN-Net's selected route (``select`` switches both), so a
+training loop or evaluator that calls ``snnet.select(route)`` drives it, and
+it uses the route's own BatchNorm statistics when the SN-Net has them
+(``SNNet.enable_route_bn``).
 """
 
 from __future__ import annotations
@@ -103,7 +107,8 @@ class StitchedBackbone(nn.Module):
                 key = self.projection_key(level, anchor, pos)
                 if key not in self.projections:
                     self.projections[key] = self._projection(anchor, pos, self.level_specs[level])
-        self._selected = self.route_ids[0]
+        if snnet.selected_id not in self.plans:
+            snnet.select(self.route_ids[0])
 
     def _example_size(self) -> tuple[int, int]:
         x = next(iter(self.snnet.anchors.values())).example_inputs
@@ -137,29 +142,40 @@ class StitchedBackbone(nn.Module):
 
     @property
     def selected(self) -> Route:
-        """The route :meth:`forward` runs."""
-        return self.snnet.routes[self._selected]
+        """The route :meth:`forward` runs: the SN-Net's selected route."""
+        return self.snnet.selected
 
-    def select(self, route: int | str | Route) -> Route:
-        """Switch to another route (id, name or Route) of :attr:`route_ids`; the SN-Net follows."""
-        rid = self.snnet.routes.index_of(route)
+    def _served(self, rid: int) -> int:
         if rid not in self.plans:
             raise SpecError(f"StitchedBackbone: route {rid} is not one of the routes it serves {list(self.route_ids)}")
-        self._selected = rid
-        self.snnet.select(rid)
-        return self.snnet.routes[rid]
+        return rid
+
+    def select(self, route: int | str | Route) -> Route:
+        """Switch to another route (id, name or Route) of :attr:`route_ids`: selects it in the SN-Net."""
+        return self.snnet.select(self._served(self.snnet.routes.index_of(route)))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Features of the selected route, one ``[B, C_l, H_l, W_l]`` map per level."""
-        raw = self.raw_features(x)
-        plan = self.plans[self._selected]
+        rid = self._served(self.snnet.selected_id)
+        raw = self.raw_features(x, rid)
         return [
-            self.projections[self.projection_key(lvl, a, p)](h) for lvl, ((_, a, p), h) in enumerate(zip(plan, raw))
+            self.projections[self.projection_key(lvl, a, p)](h)
+            for lvl, ((_, a, p), h) in enumerate(zip(self.plans[rid], raw))
         ]
 
     def raw_features(self, x: torch.Tensor, route: int | str | Route | None = None) -> list[torch.Tensor]:
         """The activations each level reads, before projection (default: the selected route)."""
-        rid = self._selected if route is None else self.snnet.routes.index_of(route)
+        rid = self._served(self.snnet.selected_id if route is None else self.snnet.routes.index_of(route))
+        state = self.snnet.route_bn
+        if state is None:
+            return self._run(x, rid)
+        state.route = rid  # per-route BatchNorm statistics, as SNNet.forward_route uses them
+        try:
+            return self._run(x, rid)
+        finally:
+            state.route = None
+
+    def _run(self, x: torch.Tensor, rid: int) -> list[torch.Tensor]:
         r, plan = self.snnet.routes[rid], self.plans[rid]
         wanted: dict[tuple[int, int], list[int]] = {}
         for level, (seg, _anchor, pos) in enumerate(plan):

@@ -126,3 +126,26 @@ def test_backbone_on_cuda(vit_net):
     backbone = StitchedBackbone(copy.deepcopy(vit_net)).cuda()
     feats = backbone(torch.randn(2, 3, 32, 32, device="cuda"))
     assert [f.device.type for f in feats] == ["cuda"] * 4
+
+
+def test_the_backbone_runs_the_snnets_selected_route_with_its_own_batchnorm_statistics(regs):
+    """A loop that selects routes on the SN-Net (the build's training and evaluation) drives the backbone, and
+    routes with per-route BatchNorm statistics read their own rows, as SNNet.forward_route does."""
+    net = stitchframe.build_snnet(
+        [cnn(16), vit(regs, 32, 0)], space="cross", space_options={"between": False}, registries=regs
+    )
+    data = ShapesSegmentation(32, (32, 32), seed=5)
+    batches = [torch.stack([data[i][0] for i in range(j, j + 16)]) for j in (0, 16)]
+    stitchframe.calibrate(net, batches)
+    stitchframe.recalibrate_route_bn(net, batches)  # stitched routes through the CNN get rows of their own
+    backbone = StitchedBackbone(net).eval()
+    net.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        for rid, route in enumerate(net.routes):
+            net.select(rid)
+            assert backbone.selected == route
+            last = backbone.raw_features(x)[-1]
+            end = net.anchors[route.segments[-1].anchor]
+            torch.testing.assert_close(end.run_head(last), net.forward_route(x, rid))
+    assert net.route_bn.route is None
