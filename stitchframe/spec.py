@@ -123,7 +123,7 @@ class CalibrationSpec:
         default="auto", validator=_ridge_value,
         metadata=_help("Relative ridge regularisation of the least-squares solve, or auto: per stitching layer, "
                        "the ridge of a grid (0, 1e-5 ... 1) with the smallest error on held-out calibration "
-                       "batches (cross-validation over 4 folds of batches), then solved on all batches."),
+                       "images (cross-validation over 4 folds: image i in fold i mod 4), then solved on all of them."),
     )
     share_fit: Literal["pooled", "mean"] = attrs.field(
         default="pooled", validator=_v.in_(("pooled", "mean")),
