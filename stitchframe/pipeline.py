@@ -73,6 +73,7 @@ from .route_bn import recalibrate_route_bn
 from .routes import Route
 from .snnet import SNNet
 from .spec import Spec, dump_spec, load_spec, spec_hash
+from .validation import recipe_notes
 
 __all__ = [
     "BuildResult",
@@ -410,7 +411,7 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
         snnet.enable_route_bn()
     preprocess, notes, splits = data_for(snnet.anchors.values())
     if console is not None:
-        for note in notes:
+        for note in notes + recipe_notes(spec):
             console.print(f"note: {note}")
         console.print(f"{len(snnet.routes)} routes over anchors {', '.join(snnet.anchors)}; data: {splits.description}")
     _check_classes(snnet, splits.num_classes, _data_used(spec, splits)[0])
