@@ -14,8 +14,16 @@ Runs, per configuration and seed:
 * ``default`` - the SN-Net with the recipe of ``examples/default.yaml``
   (its ``stitch``, ``calibration`` and ``train`` sections; data and budget
   from the configuration);
+* ``default+route_bn`` - the trained ``default`` SN-Net evaluated again
+  with per-route BatchNorm statistics re-estimated after training
+  (``train.route_bn_batches``; configurations with ``route_bn_ablation``):
+  the same weights, so the difference is the statistics alone;
 * ``uniform`` - the recipe before issue 12: one route sampled uniformly per
-  step, no anchor share, no per-route BatchNorm (main configuration only).
+  step, no anchor share, no per-route BatchNorm (when a configuration asks).
+
+A distilling recipe (``train.loss: distill``) also runs its teacher forward
+(no backward) on the distilled steps: that cost is on top of the equal step
+count, and the markdown says so.
 
 Goals (issue 12), over the seeds of each configuration: every anchor within
 0.5 point of itself fine-tuned alone; at least 90% of the stitched routes
@@ -60,6 +68,9 @@ class Config:
     batch_size: int = 64
     calibration_batches: int | None = None  # None: the default spec's
     variants: tuple[str, ...] = ("alone", "default", "uniform")
+    #: Also evaluate each trained ``default`` SN-Net with per-route BatchNorm statistics re-estimated on
+    #: this many batches (run ``default+route_bn``; 0: no).
+    route_bn_ablation: int = 0
 
 
 @attrs.frozen(kw_only=True)
@@ -87,7 +98,7 @@ def presets() -> dict[str, Params]:
         "full": Params(
             anchors=tuple(families.efficientnet_lite(64, num_classes=10)),
             configs=(
-                Config(label="fashion_mnist-64", variants=("alone", "default")),
+                Config(label="fashion_mnist-64", variants=("alone", "default"), route_bn_ablation=8),
                 Config(label="fashion_mnist-32", img_size=32, steps_per_anchor=100, variants=("alone", "default")),
             ),
         ),
@@ -132,15 +143,22 @@ def _spec_dict(params: Params, cfg: Config, seed: int, device: str, anchors: lis
     }
 
 
-def _records(result: Any) -> list[dict[str, Any]]:
+def _records(routes: Any) -> list[dict[str, Any]]:
     from stitchframe.report import route_records
 
     return [{k: r[k] for k in ("id", "route", "kind", "flops", "params", "accuracy", "pareto")}
-            for r in route_records(result.snnet.routes)]
+            for r in route_records(routes)]
 
 
-def _build_job(spec: dict, output: str, threads: int | None, registries: Any = None) -> dict[str, Any]:
-    """One build (in a worker process when ``registries`` is None); plain data back."""
+def _build_job(spec: dict, output: str, threads: int | None, registries: Any = None,
+               route_bn_batches: int = 0) -> dict[str, Any]:
+    """One build (in a worker process when ``registries`` is None); plain data back.
+
+    With ``route_bn_batches`` the trained SN-Net is evaluated a second time
+    with per-route BatchNorm statistics re-estimated on that many training
+    batches (``train.route_bn_batches``, the recipe before this benchmark's
+    default) - the same weights, so the difference is the statistics alone.
+    """
     import torch
 
     from stitchframe.pipeline import build
@@ -149,13 +167,39 @@ def _build_job(spec: dict, output: str, threads: int | None, registries: Any = N
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    result = build(parse_spec(spec, source=f"benchmark {NAME}"), output=output, overwrite=True, registries=registries)
-    return {"records": _records(result), "summary": result.summary, "data": result.data,
-            "val_size": result.evaluation.routes[0].samples if result.evaluation else 0,
-            "seconds": time.perf_counter() - t0, "train": (result.train_result or {}).get("steps")}
+    parsed = parse_spec(spec, source=f"benchmark {NAME}")
+    result = build(parsed, output=output, overwrite=True, registries=registries)
+    job = {"records": _records(result.snnet.routes), "summary": result.summary, "data": result.data,
+           "val_size": result.evaluation.routes[0].samples if result.evaluation else 0,
+           "seconds": time.perf_counter() - t0, "train": (result.train_result or {}).get("steps")}
+    if route_bn_batches:
+        job["route_bn"] = _route_bn_ablation(result.snnet, parsed, route_bn_batches, registries)
+    return job
 
 
-def _jobs(params: Params, ctx: Context) -> list[tuple[tuple, dict]]:
+def _route_bn_ablation(snnet: Any, spec: Any, batches: int, registries: Any) -> dict[str, Any]:
+    """Records and line summary of ``snnet`` re-evaluated with per-route BatchNorm statistics."""
+    import torch
+
+    from stitchframe import load_registries, recalibrate_route_bn
+    from stitchframe.datasets import agreed_preprocess, load_data
+    from stitchframe.evaluate import evaluate_routes
+    from stitchframe.report import anchor_line_summary
+
+    regs = registries if registries is not None else load_registries()
+    splits = load_data(spec, regs, agreed_preprocess(list(snnet.anchors.values()), spec.data.img_size)[0])
+    loader = torch.utils.data.DataLoader(splits.train, batch_size=spec.train.batch_size, shuffle=True,
+                                         generator=torch.Generator().manual_seed(spec.seed + 1),
+                                         collate_fn=splits.collate_fn)
+    snnet.enable_route_bn()
+    recalibrate_route_bn(snnet, (b for _, b in zip(range(batches), loader)),
+                         anchor_rows="batchnorm" not in spec.train.freeze)
+    evaluate_routes(snnet, splits.val, batch_size=spec.eval.batch_size, collate_fn=splits.collate_fn)
+    records = _records(snnet.routes)
+    return {"batches": batches, "records": records, "summary": anchor_line_summary(records)}
+
+
+def _jobs(params: Params, ctx: Context) -> list[tuple[tuple, dict, int]]:
     anchors = [dict(a) for a in params.anchors]
     jobs = []
     for cfg in params.configs:
@@ -164,27 +208,28 @@ def _jobs(params: Params, ctx: Context) -> list[tuple[tuple, dict]]:
                 if variant == "alone":
                     for a in anchors:
                         jobs.append(((cfg.label, seed, "alone", a["name"]),
-                                     _spec_dict(params, cfg, seed, ctx.device.type, [a], "alone")))
+                                     _spec_dict(params, cfg, seed, ctx.device.type, [a], "alone"), 0))
                 else:
                     jobs.append(((cfg.label, seed, variant, None),
-                                 _spec_dict(params, cfg, seed, ctx.device.type, anchors, variant)))
+                                 _spec_dict(params, cfg, seed, ctx.device.type, anchors, variant),
+                                 cfg.route_bn_ablation if variant == "default" else 0))
     return jobs
 
 
-def _run_jobs(params: Params, ctx: Context, jobs: list[tuple[tuple, dict]]) -> dict[tuple, dict]:
+def _run_jobs(params: Params, ctx: Context, jobs: list[tuple[tuple, dict, int]]) -> dict[tuple, dict]:
     def out(key: tuple) -> str:
         return str(ctx.work_dir / NAME / "-".join(str(k) for k in key if k is not None))
 
     done: dict[tuple, dict] = {}
     if params.workers <= 1 or ctx.cuda:
         with num_threads(params.threads if not ctx.cuda else None):
-            for key, spec in jobs:
+            for key, spec, bn in jobs:
                 ctx.log(f"  [{NAME}] build {key}")
-                done[key] = _build_job(spec, out(key), None, registries=ctx.regs())
+                done[key] = _build_job(spec, out(key), None, registries=ctx.regs(), route_bn_batches=bn)
         return done
     pool = concurrent.futures.ProcessPoolExecutor(params.workers, mp_context=multiprocessing.get_context("spawn"))
     with pool:
-        futures = {pool.submit(_build_job, spec, out(key), params.threads): key for key, spec in jobs}
+        futures = {pool.submit(_build_job, spec, out(key), params.threads, None, bn): key for key, spec, bn in jobs}
         for f in concurrent.futures.as_completed(futures):
             key = futures[f]
             done[key] = f.result()
@@ -216,6 +261,13 @@ def _seed_runs(params: Params, cfg: Config, seed: int, done: dict[tuple, dict]) 
         runs[variant] = {"seconds": job["seconds"], "steps": job["train"], "summary": job["summary"],
                          "routes": job["records"],
                          "anchor_gap_points": {k: acc[k] - v for k, v in alone.items() if k in acc}}
+        if "route_bn" in job:  # the same trained weights, evaluated with per-route statistics
+            ab = job["route_bn"]
+            acc = _anchor_accuracy(ab["records"])
+            runs[f"{variant}+route_bn"] = {
+                "seconds": 0.0, "steps": job["train"], "route_bn_batches": ab["batches"],
+                "summary": ab["summary"], "routes": ab["records"],
+                "anchor_gap_points": {k: acc[k] - v for k, v in alone.items() if k in acc}}
     return runs
 
 
@@ -234,7 +286,7 @@ def _config_goals(params: Params, cfg: Config, per_seed: dict[int, dict], n_val:
     seeds = list(per_seed)
     agg: dict[str, Any] = {"seeds": seeds}
     goals: list[Goal] = []
-    for variant in (v for v in cfg.variants if v != "alone"):
+    for variant in (v for v in per_seed[seeds[0]] if v != "alone"):
         gaps = {a["name"]: [per_seed[s][variant]["anchor_gap_points"][a["name"]] for s in seeds] for a in params.anchors}
         line = [per_seed[s][variant]["summary"] for s in seeds]
         share = [x["on_or_above_line"] / x["between_anchors"] * 100 if x["between_anchors"] else 0.0 for x in line]
@@ -297,6 +349,16 @@ def _fmt_gap(g: dict[str, float]) -> str:
     return f"{g['mean']:+.2f} ({g['min']:+.2f}..{g['max']:+.2f})"
 
 
+def _teacher_cost(train: dict[str, Any]) -> str:
+    if train.get("loss") != "distill":
+        return ""
+    who = "its end anchor" if train.get("teacher") == "end" else f"the teacher anchor ({train.get('teacher') or 'largest'})"
+    share = train.get("anchor_share", 0.0)
+    steps = f"the {1 - share:.0%} of steps that train a stitched route" if train.get("teacher") == "end" else "every step"
+    return (f"; on {steps} the SN-Net also runs {who} forward without gradients (distillation), "
+            "compute the solo fine-tunes do not spend")
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The markdown section of a result."""
     p = result["params"]
@@ -309,7 +371,7 @@ def markdown(result: dict[str, Any]) -> str:
         parts.append(f"### {label}\n\nData: {c['data']}; {cfg['img_size']} px; seeds {', '.join(c['per_seed'])}. "
                      f"Equal compute: each anchor alone {cfg['steps_per_anchor']} steps of batch {cfg['batch_size']}; "
                      f"each SN-Net {n} x {cfg['steps_per_anchor']} = {n * cfg['steps_per_anchor']} steps of the "
-                     "same batch.")
+                     "same batch" + _teacher_cost(recipe["train"]) + ".")
         rows = []
         for seed, runs in c["per_seed"].items():
             if "alone" in runs:

@@ -9,7 +9,7 @@ pair with ``share_fit="mean"``), whatever the number of batches.
 
 Options beyond the plain solve: ``share_fit`` (how a layer shared by several
 cut pairs is fitted), ``ridge="auto"`` (ridge chosen per layer by
-cross-validation over folds of batches) and ``augment`` (random resized
+cross-validation over folds of images) and ``augment`` (random resized
 crops and flips of every image batch).
 """
 
@@ -162,7 +162,7 @@ def calibrate(
         ridge: Relative ridge regularisation (see :func:`~stitchframe.solve_least_squares`); ``"auto"``
             (or a sequence of ridges) chooses, per layer and sub-problem, the ridge of the grid
             (:data:`~stitchframe.stitch_layers.RIDGE_GRID`) with the smallest cross-validated error,
-            batch ``b`` belonging to fold ``b % folds``.
+            image ``i`` of the stream (with its augmented views) belonging to fold ``i % folds``.
         share_fit: A layer shared by several cut pairs (``snnet``'s windows): ``pooled`` solves one
             least squares over the rows of all its pairs; ``mean`` solves one per pair and averages
             the solutions (weights and bias), as the SN-Net reference code does.
@@ -206,11 +206,15 @@ def calibrate(
         for fitter, _ in items:
             fitter.fit_start()
     gen = torch.Generator().manual_seed(seed)
+    seen = 0  # images so far: image i (and its augmented views) belongs to fold i % folds
     try:
         for b, batch in enumerate(batches):
-            fold = b % folds if isinstance(grid, tuple) else 0
-            for inputs in _views(to_device(batch_inputs(batch), device), augment, gen):
-                _accumulate(snnet, inputs, needed, fitters, fold)
+            inputs = to_device(batch_inputs(batch), device)
+            n = _batch_size(inputs)
+            for view in _views(inputs, augment, gen):
+                for fold, part in _fold_parts(view, n, seen, folds if isinstance(grid, tuple) else 1):
+                    _accumulate(snnet, part, needed, fitters, fold)
+            seen += n
             if on_batch is not None:
                 on_batch(b)
         counts = {k: sum(_rows(f) for f, _ in items) for k, items in fitters.items()}
@@ -226,6 +230,46 @@ def calibrate(
         for m, mode in modes:
             m.training = mode
     return counts
+
+
+def _batch_size(inputs: Any) -> int:
+    """Examples in a batch of model inputs (a tensor, or a mapping of tensors with the batch first)."""
+    first = inputs if isinstance(inputs, torch.Tensor) else next(
+        (v for v in inputs.values() if isinstance(v, torch.Tensor)), None) if isinstance(inputs, Mapping) else None
+    if first is None or first.dim() == 0:
+        raise StitchframeError(f"calibration: cannot tell the batch size of inputs of type {type(inputs).__name__}; "
+                               "pass a tensor or a mapping of tensors with the batch dimension first")
+    return int(first.shape[0])
+
+
+def _fold_parts(inputs: Any, n: int, offset: int, folds: int) -> Iterator[tuple[int, Any]]:
+    """``(fold, part)`` of a batch whose images are ``offset .. offset + n - 1`` overall (image i: fold i % folds).
+
+    Folds go by image, not by batch, so cross-validation has every fold from
+    the first batch on (and the same memory for 100 images as for 10,000).
+    """
+    if folds == 1:
+        yield 0, inputs
+        return
+    fold_of = (torch.arange(offset, offset + n) % folds).to(_device_of_inputs(inputs))
+    for f in range(folds):
+        idx = (fold_of == f).nonzero().flatten()
+        if len(idx):
+            yield f, _take(inputs, idx, n)
+
+
+def _device_of_inputs(inputs: Any) -> torch.device:
+    return inputs.device if isinstance(inputs, torch.Tensor) else next(
+        v.device for v in inputs.values() if isinstance(v, torch.Tensor))
+
+
+def _take(inputs: Any, idx: torch.Tensor, n: int) -> Any:
+    """The examples ``idx`` of a batch (tensors with ``n`` rows are indexed; anything else is kept)."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs[idx] if inputs.dim() and inputs.shape[0] == n else inputs
+    if isinstance(inputs, Mapping):
+        return type(inputs)({k: _take(v, idx, n) for k, v in inputs.items()})
+    return inputs
 
 
 def _rows(fitter: StitchLayer) -> int:

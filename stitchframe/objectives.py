@@ -12,7 +12,7 @@ from .errors import SpecError, TrainingError, did_you_mean
 from .snnet import SNNet
 from .spec import TrainSpec
 
-__all__ = ["output_logits", "training_loss", "teacher_name"]
+__all__ = ["output_logits", "route_teachers", "training_loss", "teacher_name"]
 
 
 def output_logits(output: Any) -> torch.Tensor:
@@ -56,6 +56,28 @@ def training_loss(logits: torch.Tensor, target: torch.Tensor, cfg: TrainSpec, te
         log_target=True,
     )
     return (1.0 - cfg.distill_alpha) * ce + cfg.distill_alpha * (t * t) * kl
+
+
+#: ``train.teacher`` value that makes every stitched route learn from its own end anchor.
+END_TEACHER = "end"
+
+
+def route_teachers(snnet: SNNet, cfg: TrainSpec) -> list[str | None]:
+    """The teacher anchor of every route (``None``: plain cross-entropy), by route id.
+
+    Without ``loss: distill`` no route has one. With ``teacher: end`` each
+    stitched route learns from the anchor it ends in (whose head it shares)
+    and anchor routes from the labels alone; otherwise every route learns
+    from :func:`teacher_name`.
+
+    Raises:
+        SpecError: ``train.teacher`` names no anchor.
+    """
+    if cfg.loss != "distill":
+        return [None] * len(snnet.routes)
+    if cfg.teacher == END_TEACHER and END_TEACHER not in snnet.anchors:
+        return [None if r.is_anchor else r.segments[-1].anchor for r in snnet.routes]
+    return [teacher_name(snnet, cfg)] * len(snnet.routes)
 
 
 def teacher_name(snnet: SNNet, cfg: TrainSpec) -> str:

@@ -77,6 +77,7 @@ from .snnet import SNNet
 from .spec import Spec, dump_spec, load_spec, spec_hash
 from .tasks import (TASK_WEIGHTS, Task, evaluate_task_routes, load_task, load_task_layers, save_task_layers,
                     task_model)
+from .validation import recipe_notes
 
 __all__ = [
     "BuildResult",
@@ -428,7 +429,7 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
     if spec.train.route_bn_batches:
         snnet.enable_route_bn()
     if console is not None:
-        for note in notes:
+        for note in notes + recipe_notes(spec):
             console.print(f"note: {note}")
         console.print(f"{len(snnet.routes)} routes over anchors {', '.join(snnet.anchors)}; data: {splits.description}")
     model = task_model(task, snnet, splits, spec, device)

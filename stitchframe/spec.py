@@ -124,7 +124,7 @@ class CalibrationSpec:
         default="auto", validator=_ridge_value,
         metadata=_help("Relative ridge regularisation of the least-squares solve, or auto: per stitching layer, "
                        "the ridge of a grid (0, 1e-5 ... 1) with the smallest error on held-out calibration "
-                       "batches (cross-validation over 4 folds of batches), then solved on all batches."),
+                       "images (cross-validation over 4 folds: image i in fold i mod 4), then solved on all of them."),
     )
     share_fit: Literal["pooled", "mean"] = attrs.field(
         default="pooled", validator=_v.in_(("pooled", "mean")),
@@ -221,7 +221,9 @@ class TrainSpec:
     loss: Literal["ce", "distill"] = attrs.field(
         default="ce", validator=_v.in_(("ce", "distill")), metadata=_help("Cross-entropy, or distillation from a teacher anchor.")
     )
-    teacher: str | None = attrs.field(default=None, metadata=_help("Teacher anchor for distill (default: the largest)."))
+    teacher: str | None = attrs.field(default=None, metadata=_help("Teacher anchor for distill: an anchor's name, or `end` (every stitched route learns from the "
+                                "anchor it ends in, anchor routes from the labels alone; an anchor named `end` takes "
+                                "precedence). Default: the anchor with the most FLOPs."))
     distill_alpha: float = attrs.field(
         default=0.5, validator=[_v.ge(0), _v.le(1)], metadata=_help("Weight of the distillation term (1 - alpha for CE).")
     )

@@ -340,7 +340,7 @@ class LeastSquaresStitch(StitchLayer):
         """Accumulate one batch (see :meth:`StitchLayer.fit_update`).
 
         ``rows`` / ``grams`` pass design rows and ``XᵀX`` the calibrator
-        already computed; ``fold`` is the cross-validation fold of the batch
+        already computed; ``fold`` is the cross-validation fold of these rows
         (used when :meth:`fit_end` chooses the ridge from a grid).
         """
         if not hasattr(self, "_folds"):

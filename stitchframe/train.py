@@ -37,7 +37,7 @@ from .anchors import to_device
 from .checkpoint import clear_checkpoints, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from .distributed import DistInfo, barrier, setup_distributed
 from .errors import CheckpointError, SpecError, TrainingError
-from .objectives import output_logits, teacher_name, training_loss
+from .objectives import output_logits, route_teachers, training_loss
 from .optim import build_optimizer, frozen_modules, lr_factor
 from .sampling import EpochOrder, SeededDataset, hash_ints, make_sampler
 from .snnet import SNNet
@@ -188,7 +188,8 @@ class _Trainer:
         )
         self.sampler = make_sampler(cfg.sampling, list(snnet.routes), seed=self.seed, groups=cfg.flops_groups,
                                     anchor_share=cfg.anchor_share)
-        self.teacher = teacher_name(snnet, cfg) if cfg.loss == "distill" and self.task_model is None else None
+        self.teachers = (route_teachers(snnet, cfg) if self.task_model is None
+                         else [None] * len(snnet.routes))  # a task computes its own loss
         self.total = total_steps(cfg, self.order.steps_per_epoch)
         self.amp = _amp_dtype(cfg.amp, self.device)
         self.losses: list[float] = []
@@ -303,8 +304,8 @@ class _Trainer:
         return iter(loader)
 
     @contextlib.contextmanager
-    def _teacher_mode(self):
-        teacher = self.snnet.anchors[self.teacher]
+    def _teacher_mode(self, name: str):
+        teacher = self.snnet.anchors[name]
         modes = [(m, m.training) for m in teacher.modules()]
         teacher.eval()
         try:
@@ -314,7 +315,7 @@ class _Trainer:
             for m, flag in modes:
                 m.training = flag
 
-    def _micro_loss(self, batch: Any, trainable: bool) -> torch.Tensor:
+    def _micro_loss(self, batch: Any, trainable: bool, route: int) -> torch.Tensor:
         inputs, target = _split_batch(batch)
         inputs = to_device(inputs, self.device)
         target = target.to(self.device, non_blocking=True)
@@ -324,8 +325,9 @@ class _Trainer:
                 return self.task.loss((self.model if trainable else self.task_model)(inputs), target, self.cfg)
             logits = output_logits((self.model if trainable else self.snnet)(inputs))
             teacher = None
-            if self.teacher is not None:
-                with self._teacher_mode() as t:
+            name = self.teachers[route]
+            if name is not None:
+                with self._teacher_mode(name) as t:
                     teacher = output_logits(t(inputs))
         return training_loss(logits, target, self.cfg, teacher)
 
@@ -340,7 +342,7 @@ class _Trainer:
         for m in range(acc):
             sync = not self.dist.distributed or m == acc - 1
             with contextlib.nullcontext() if sync or not trainable else self.model.no_sync():
-                loss = self._micro_loss(next(it), trainable)
+                loss = self._micro_loss(next(it), trainable, route)
                 if trainable:
                     (loss / acc).backward()
             total += loss.detach() / acc

@@ -14,7 +14,7 @@ from .plugins import Registries, load_registries, prefix_provider, unknown_sourc
 from .registry import Entry
 from .spec import AnchorSpec, Spec, structure_options
 
-__all__ = ["validate_spec", "AUTO_LAYER"]
+__all__ = ["validate_spec", "recipe_notes", "AUTO_LAYER"]
 
 #: The layer name that picks ``conv1x1`` between feature maps and ``linear`` otherwise.
 AUTO_LAYER = "auto"
@@ -87,4 +87,16 @@ def validate_spec(spec: Spec, registries: Registries | None = None) -> list[str]
         structure_options(entry.options, spec.data.options, "data.options")
     entry = regs.tasks.get(spec.task.name, where="task.name")
     structure_options(entry.options, spec.task.options, "task.options")
+    return notes + recipe_notes(spec)
+
+
+def recipe_notes(spec: Spec) -> list[str]:
+    """Warnings about training settings that work against each other (printed by ``validate`` and ``build``)."""
+    notes = []
+    if spec.train.route_bn_batches and "batchnorm" in spec.train.freeze:
+        notes.append(
+            "train.route_bn_batches with batchnorm in train.freeze: the routes train with the anchors' frozen "
+            "BatchNorm statistics, and statistics re-estimated after training replace them in every layer after "
+            "a stitch (measured: stitched routes lose up to 70 points, docs/how-to/keep-the-anchors.md); set "
+            "route_bn_batches: 0, or train BatchNorm (remove batchnorm from train.freeze)")
     return notes

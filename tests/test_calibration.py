@@ -118,7 +118,7 @@ def test_share_fit_is_validated(builtin):
 
 
 # ---------------------------------------------------------------------------
-# ridge: auto, chosen by cross-validation over folds of batches
+# ridge: auto, chosen by cross-validation over folds of images
 # ---------------------------------------------------------------------------
 def _folds(n_per_fold: int, noise: float, seed: int = 0, d: int = 24, k: int = 4) -> list[NormalEquations]:
     g = torch.Generator().manual_seed(seed)
@@ -162,6 +162,21 @@ def test_calibrate_with_auto_ridge_records_the_chosen_ridge(builtin):
     assert all(layer.fitted_ridge["main"] == 0.01 for layer in net.stitches.values())
     with pytest.raises(StitchframeError, match="calibration.ridge: 'big' is not a number or 'auto'"):
         calibrate(net, [tiny.images(2)], ridge="big")
+
+
+def test_auto_ridge_folds_go_by_image_not_by_batch(builtin):
+    """Image i is in fold i % 4 whatever the batching: one batch is cross-validated, and re-batching the same
+    images chooses the same ridges and weights."""
+    images = tiny.images(24, seed=5)
+    one = _net(builtin, space_options={"share": False})
+    calibrate(one, [images], ridge="auto")
+    split = _net(builtin, space_options={"share": False})
+    calibrate(split, [images[:5], images[5:13], images[13:]], ridge="auto")
+    for key, layer in one.stitches.items():
+        assert layer.fitted_ridge == split.stitches[key].fitted_ridge
+        assert torch.allclose(layer.weight, split.stitches[key].weight, atol=1e-5)
+    # a single batch now has folds to hold out: the noisy tiny fit is regularised, not the plain solve
+    assert any(r != 0.0 for layer in one.stitches.values() for r in layer.fitted_ridge.values())
 
 
 # ---------------------------------------------------------------------------

@@ -68,6 +68,15 @@ def test_validate_spec_checks_without_loading(regs):
         validate_spec(parse_spec({"anchors": ["nope:x"]}), regs)
 
 
+def test_validate_warns_of_route_bn_statistics_over_frozen_batchnorm(regs):
+    base = {"anchors": ["tiny:vit32", "tiny:vit48"]}
+    clash = parse_spec({**base, "train": {"route_bn_batches": 4, "freeze": ["batchnorm"]}})
+    (note,) = validate_spec(clash, regs)
+    assert "train.route_bn_batches with batchnorm in train.freeze" in note and "route_bn_batches: 0" in note
+    assert validate_spec(parse_spec({**base, "train": {"route_bn_batches": 4}}), regs) == []
+    assert validate_spec(parse_spec({**base, "train": {"freeze": ["batchnorm"]}}), regs) == []
+
+
 def test_build_from_given_routes_skips_the_space(regs, vit_family):
     net = stitchframe.build_snnet(vit_family, space="snnet", registries=regs)
     table = [stitchframe.Route.from_dict(r) for r in net.routes.to_list()]

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset, TensorDataset
 import stitchframe
 from stitchframe import CheckpointError, SpecError, TrainingError
 from stitchframe.checkpoint import latest_checkpoint, load_checkpoint
-from stitchframe.objectives import output_logits, teacher_name, training_loss
+from stitchframe.objectives import output_logits, route_teachers, teacher_name, training_loss
 from stitchframe.optim import build_optimizer, lr_factor
 from stitchframe.spec import TrainSpec, parse_spec
 from stitchframe.train import train
@@ -299,6 +299,27 @@ def test_teacher_defaults_to_the_largest_anchor():
     assert teacher_name(net, TrainSpec(loss="distill", teacher="vit16")) == "vit16"
     with pytest.raises(SpecError, match="train.teacher: unknown anchor 'vit33'; did you mean 'vit32'"):
         teacher_name(net, TrainSpec(loss="distill", teacher="vit33"))
+
+
+def test_teacher_end_is_each_stitched_routes_end_anchor():
+    net = vit_snnet(calibrate=False)
+    teachers = route_teachers(net, TrainSpec(loss="distill", teacher="end"))
+    assert teachers == [None if r.is_anchor else r.segments[-1].anchor for r in net.routes]
+    assert None in teachers and "vit32" in teachers
+    assert route_teachers(net, TrainSpec(loss="distill")) == ["vit32"] * len(net.routes)
+    assert route_teachers(net, TrainSpec(loss="ce", teacher="end")) == [None] * len(net.routes)
+
+
+def test_teacher_end_distills_stitched_steps_from_their_end_anchor(tmp_path, monkeypatch):
+    """Stitched steps run their end anchor as teacher; anchor steps run no teacher at all."""
+    net = vit_snnet(calibrate=False)
+    called: list[tuple[int, str]] = []
+    for name, anchor in net.anchors.items():
+        anchor.register_forward_hook(lambda m, i, o, name=name: called.append((net.selected_id, name)))
+    cfg = TrainSpec(epochs=1, batch_size=16, lr=1e-3, loss="distill", teacher="end", anchor_share=0.5)
+    result = run(net, prototype_data(64), cfg, tmp_path)
+    expected = [(rid, net.routes[rid].segments[-1].anchor) for rid in result.routes if not net.routes[rid].is_anchor]
+    assert called == expected and expected and len(expected) < result.steps
 
 
 def test_new_train_spec_fields_parse():
