@@ -281,6 +281,33 @@ def test_cnn_build_with_anchor_share_and_per_route_batchnorm(regs, tmp_path):
             assert net.routes[i].meta["accuracy"] == res.snnet.routes[i].meta["accuracy"]
 
 
+def test_build_with_the_default_recipe_distils_stitched_steps_from_their_end_anchor(regs, tmp_path, monkeypatch):
+    """The embedded default's levers end to end on tiny CNNs: anchor share, frozen BatchNorm, teacher: end."""
+    import stitchframe.train
+
+    spec = tiny_spec(
+        anchors=["tiny:cnn8", {"source": "tiny:cnn16", "options": {"seed": 1}}],
+        calibration={"batches": 4, "heads": True},
+        train={"epochs": 2, "max_steps": 8, "batch_size": 16, "lr": 1e-3, "anchor_share": 0.5, "loss": "distill",
+               "teacher": "end", "freeze": ["batchnorm"]},
+    )
+    distilled: list[bool] = []
+    loss = stitchframe.train.training_loss
+    monkeypatch.setattr(stitchframe.train, "training_loss",
+                        lambda logits, target, cfg, teacher=None: distilled.append(teacher is not None)
+                        or loss(logits, target, cfg, teacher))
+    fresh = build(parse_spec({**spec, "train": {**spec["train"], "max_steps": 0}}), output=tmp_path / "calibrated",
+                  registries=regs)
+    distilled.clear()
+    res = _build(regs, tmp_path / "out", spec=spec)
+    net, routes = res.snnet, res.train_result["routes"]
+    assert any(net.routes[r].is_anchor for r in routes) and not all(net.routes[r].is_anchor for r in routes)
+    assert distilled == [not net.routes[r].is_anchor for r in routes]  # a teacher on every stitched step only
+    for name, anchor in net.anchors.items():  # frozen BatchNorm: the statistics calibration left, unchanged
+        before = fresh.snnet.anchors[name].state_dict()
+        assert all(torch.equal(v, before[k]) for k, v in anchor.state_dict().items() if "running_" in k)
+
+
 def _tracking(fn, live: list[int], refs: list):
     """Wrap a calibration function: record, at every batch it reads, how many batches read so far are alive."""
     import gc
