@@ -135,7 +135,7 @@ def test_calibration_matches_the_pinv_reference(ctx, tmp_path):
     # the build path calibrated on each number of images, batch by batch
     assert [(b["images"], b["batches"]) for b in result["builds"]] == [(8, 2), (16, 4)]
     assert all(b["peak_bytes"] is None or b["peak_bytes"] >= 0 for b in result["builds"])
-    assert [b["ridge_folds"] for b in result["builds"]] == [2, 4]  # ridge auto: one fold per batch, up to 4
+    assert [b["ridge_folds"] for b in result["builds"]] == [4, 4]  # ridge auto: 4 folds of images from the start
 
 
 def test_fold_state_is_what_ridge_auto_calibration_keeps(ctx, monkeypatch):
