@@ -251,16 +251,11 @@ def _fold_parts(inputs: Any, n: int, offset: int, folds: int) -> Iterator[tuple[
     if folds == 1:
         yield 0, inputs
         return
-    fold_of = (torch.arange(offset, offset + n) % folds).to(_device_of_inputs(inputs))
+    fold_of = torch.arange(offset, offset + n) % folds  # CPU indices select rows on any device
     for f in range(folds):
         idx = (fold_of == f).nonzero().flatten()
         if len(idx):
             yield f, _take(inputs, idx, n)
-
-
-def _device_of_inputs(inputs: Any) -> torch.device:
-    return inputs.device if isinstance(inputs, torch.Tensor) else next(
-        v.device for v in inputs.values() if isinstance(v, torch.Tensor))
 
 
 def _take(inputs: Any, idx: torch.Tensor, n: int) -> Any:
