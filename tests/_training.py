@@ -62,14 +62,14 @@ def state_of(net: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
-def assert_equivalent_training(a: dict, b: dict, *, atol: float = 2e-6) -> None:
+def assert_equivalent_training(a: dict, b: dict) -> None:
     """Weights of two equivalent runs that sum gradients in a different order agree to float rounding.
 
     Adam divides by ``sqrt(v)``, so where an element's true gradient is (near) zero it turns
     rounding noise into real steps of up to the learning rate.  Softmax ignores the key third
     of an attention ``qkv.bias`` (its exact gradient is zero), so it is left out; elsewhere a
     few such elements occur on some CPUs (which elements depends on the machine's summation
-    order), so each tensor may hold at most 1% (and at least one) elements beyond ``atol``.
+    order), so each tensor may hold at most 1% (and at least one) elements beyond 2e-6.
     A real difference between the runs (a wrong batch, route or gradient scale) moves nearly
     every element of a trained tensor by about the learning rate, and fails.
     """
@@ -79,12 +79,10 @@ def assert_equivalent_training(a: dict, b: dict, *, atol: float = 2e-6) -> None:
         if k.endswith("attn.qkv.bias"):
             x, y = (torch.cat([t[: len(t) // 3], t[2 * len(t) // 3 :]]) for t in (x, y))
         assert x.shape == y.shape and x.dtype == y.dtype, k
-        off = (x.double() - y.double()).abs() > atol
-        allowed = max(1, x.numel() // 100)
-        assert int(off.sum()) <= allowed, (
-            f"{k}: {int(off.sum())} of {x.numel()} elements differ by more than {atol} "
-            f"(at most {allowed} allowed; largest {(x.double() - y.double()).abs().max().item():.3g})"
-        )
+        diff = (x.double() - y.double()).abs()
+        off, allowed = int((diff > 2e-6).sum()), max(1, x.numel() // 100)
+        assert off <= allowed, (f"{k}: {off} of {x.numel()} elements differ by more than 2e-6 "
+                                f"(at most {allowed} allowed; largest {diff.max().item():.3g})")
 
 
 class SignalAt(Dataset):
