@@ -86,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, default=None,
                    help="torch threads on CPU for every benchmark (default: each benchmark's own, mostly 1)")
     r.add_argument("--work-dir", type=Path, default=Path("runs/benchmarks"), help="scratch folder (checkpoints)")
+    r.add_argument("--resume", action="store_true",
+                   help="reuse the builds an interrupted run finished in --work-dir at the same commit (elastic)")
     sub.add_parser("list", help="list the benchmarks")
     s = sub.add_parser("summary", help="rewrite summary.md from the JSON results")
     s.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -106,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     preset = "quick" if args.quick else "full"
     ctx = Context(device=_device(args.device), preset=preset, seed=args.seed, work_dir=args.work_dir,
-                  log=lambda s: print(s, file=sys.stderr, flush=True))
+                  resume=args.resume, log=lambda s: print(s, file=sys.stderr, flush=True))
     names = [n for n in (args.only or BENCHMARKS) if n not in args.skip]
     missed = []
     for name in names:

@@ -35,6 +35,8 @@ standard errors of the difference of two accuracies on the validation set).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import json
 import math
 import multiprocessing
 import statistics
@@ -46,7 +48,7 @@ import attrs
 import yaml
 
 from . import families
-from .harness import Context, Goal, md_table, num_threads
+from .harness import Context, Goal, code_version, md_table, num_threads
 
 NAME = "elastic"
 TITLE = "Elastic accuracy: SN-Net vs anchors fine-tuned alone, equal compute"
@@ -217,22 +219,58 @@ def _jobs(params: Params, ctx: Context) -> list[tuple[tuple, dict, int]]:
 
 
 def _run_jobs(params: Params, ctx: Context, jobs: list[tuple[tuple, dict, int]]) -> dict[tuple, dict]:
+    """Every job's result; each finished one is also saved next to its build (``<build>.job.json``).
+
+    With ``ctx.resume`` a saved result of the same spec, ablation and code
+    (:func:`code_version`) is reused instead of building again, and marked
+    ``reused``.
+    """
+    version = code_version()
+
     def out(key: tuple) -> str:
         return str(ctx.work_dir / NAME / "-".join(str(k) for k in key if k is not None))
 
+    def saved(key: tuple, spec: dict, bn: int) -> dict | None:
+        path = Path(out(key) + ".job.json")
+        if not ctx.resume or version is None or not path.is_file():
+            return None
+        with contextlib.suppress(ValueError, OSError):
+            kept = json.loads(path.read_text(encoding="utf-8"))
+            if kept.get("code") == version and kept.get("spec") == spec and kept.get("route_bn") == bn:
+                return {**kept["job"], "reused": True}
+        return None
+
+    def keep(key: tuple, spec: dict, bn: int, job: dict) -> dict:
+        if version is not None:
+            path = Path(out(key) + ".job.json")
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"code": version, "spec": spec, "route_bn": bn, "job": job}), encoding="utf-8")
+            tmp.replace(path)
+        return job
+
     done: dict[tuple, dict] = {}
+    todo = []
+    for key, spec, bn in jobs:
+        job = saved(key, spec, bn)
+        if job is not None:
+            ctx.log(f"  [{NAME}] reused {key} (built at {version})")
+            done[key] = job
+        else:
+            todo.append((key, spec, bn))
     if params.workers <= 1 or ctx.cuda:
         with num_threads(params.threads if not ctx.cuda else None):
-            for key, spec, bn in jobs:
+            for key, spec, bn in todo:
                 ctx.log(f"  [{NAME}] build {key}")
-                done[key] = _build_job(spec, out(key), None, registries=ctx.regs(), route_bn_batches=bn)
+                done[key] = keep(key, spec, bn,
+                                 _build_job(spec, out(key), None, registries=ctx.regs(), route_bn_batches=bn))
         return done
     pool = concurrent.futures.ProcessPoolExecutor(params.workers, mp_context=multiprocessing.get_context("spawn"))
     with pool:
-        futures = {pool.submit(_build_job, spec, out(key), params.threads, None, bn): key for key, spec, bn in jobs}
+        futures = {pool.submit(_build_job, spec, out(key), params.threads, None, bn): (key, spec, bn)
+                   for key, spec, bn in todo}
         for f in concurrent.futures.as_completed(futures):
-            key = futures[f]
-            done[key] = f.result()
+            key, spec, bn = futures[f]
+            done[key] = keep(key, spec, bn, f.result())
             ctx.log(f"  [{NAME}] built {key} in {done[key]['seconds']:.0f} s")
     return done
 
@@ -343,12 +381,12 @@ def run(params: Params, ctx: Context) -> dict[str, Any]:
         "runs": configs[first.label]["per_seed"][str(params.seeds[0])],
         "configs": configs,
         "goals": [x.to_dict() for x in goals],
+        "reused": ["-".join(str(k) for k in key if k is not None) for key, job in done.items() if job.get("reused")],
     }
 
 
 def _zeroshot_goal() -> Goal:
     """Issue 12's zero-shot goal, as measured by the zero-shot benchmark's latest result (its own commit)."""
-    import json
 
     path = Path(__file__).resolve().parent / "results" / "zeroshot.json"
     name, target = "zero-shot agreement on real photos (benchmarks/zeroshot.py)", "median at least 90%"
@@ -407,6 +445,10 @@ def markdown(result: dict[str, Any]) -> str:
     n = len(p["anchors"])
     parts = [f"Recipe (`examples/default.yaml`): `stitch: {recipe['stitch']}`, `calibration: {recipe['calibration']}`, "
              f"`train: {recipe['train']}`; the budget (`max_steps`) and the data come from each configuration."]
+    if result.get("reused"):
+        parts.append(f"{len(result['reused'])} builds come from an interrupted run of this benchmark at the same code "
+                     f"(`--resume`: {', '.join(result['reused'])}); their build seconds are their own, the time "
+                     "above counts this run only.")
     for label, c in result["configs"].items():
         cfg = next(x for x in p["configs"] if x["label"] == label)
         parts.append(f"### {label}\n\nData: {c['data']}; {cfg['img_size']} px; seeds {', '.join(c['per_seed'])}. "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import hashlib
 import itertools
 import json
 import os
@@ -36,6 +37,7 @@ __all__ = [
     "Context",
     "Goal",
     "describe_anchors",
+    "code_version",
     "environment",
     "fix_malloc_threshold",
     "fmt_ratio",
@@ -63,6 +65,10 @@ class Context:
         seed: Seed of data, weights and interleaving orders.
         log: Progress printer.
         work_dir: Scratch folder (checkpoints of training runs).
+        resume: Benchmarks made of separate builds (``elastic``) keep each
+            finished build's result in ``work_dir`` and, when this is set,
+            reuse those measured at the same commit with the same spec
+            instead of building them again (an interrupted run goes on).
     """
 
     device: torch.device
@@ -71,6 +77,7 @@ class Context:
     seed: int = 0
     log: Callable[[str], None] = print
     work_dir: Path = Path("runs/benchmarks")
+    resume: bool = False
 
     def regs(self) -> stitchframe.Registries:
         """The registries, loaded on first use."""
@@ -117,6 +124,23 @@ def _git_commit() -> str | None:
         )
         if out.returncode == 0:
             return out.stdout.strip()
+    return None
+
+
+def code_version() -> str | None:
+    """The commit, with a digest of uncommitted changes to tracked files if there are any (``None`` outside git).
+
+    What ``--resume`` compares: a build measured with other code is not reused.
+    """
+    commit = _git_commit()
+    if commit is None:
+        return None
+    with contextlib.suppress(Exception):
+        diff = subprocess.run(["git", "diff", "HEAD"], capture_output=True, timeout=30, check=True,
+                              cwd=Path(__file__).resolve().parent).stdout
+        if diff:
+            return f"{commit}+{hashlib.sha256(diff).hexdigest()[:12]}"
+        return commit
     return None
 
 

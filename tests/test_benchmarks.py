@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 
+import attrs
 import pytest
 import torch
 
@@ -182,6 +183,25 @@ def test_elastic_compares_every_run_at_equal_compute(ctx, tmp_path):
     assert zeroshot["target"] == "median at least 90%" and "zeroshot" in zeroshot["measured"]
     md = (tmp_path / "elastic.md").read_text()
     assert "Over the seeds" in md and "Equal compute" in md and "Tried on the way" in md
+
+
+def test_elastic_resume_reuses_builds_of_the_same_code_and_spec_only(ctx, tmp_path, monkeypatch):
+    first = run_benchmark("elastic", TINY["elastic"], ctx, tmp_path / "a")
+    assert first["reused"] == []
+    built = []
+    real = elastic._build_job
+    monkeypatch.setattr(elastic, "_build_job", lambda spec, out, *a, **k: built.append(out) or real(spec, out, *a, **k))
+    again = run_benchmark("elastic", TINY["elastic"], attrs.evolve(ctx, resume=True), tmp_path / "b")
+    assert built == [] and len(again["reused"]) == 8  # 2 seeds x (2 anchors alone + SN-Nets default, uniform)
+    assert again["configs"] == first["configs"]
+    assert "builds come from an interrupted run" in (tmp_path / "b" / "elastic.md").read_text()
+    params = attrs.evolve(TINY["elastic"], seeds=(0,), recipe={**TINY["elastic"].recipe,
+                                                                 "stitch": {"space": "snnet", "final_norm": "keep"}})
+    run_benchmark("elastic", params, attrs.evolve(ctx, resume=True), tmp_path / "c")
+    assert len(built) == 2  # the SN-Nets of seed 0 (a changed spec); the anchors alone are reused
+    monkeypatch.setattr(elastic, "code_version", lambda: "other-code")
+    run_benchmark("elastic", params, attrs.evolve(ctx, resume=True), tmp_path / "d")
+    assert len(built) == 2 + 4  # other code: everything is built again
 
 
 def test_elastic_default_recipe_is_the_default_spec():
