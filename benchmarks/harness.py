@@ -130,14 +130,17 @@ def _git_commit() -> str | None:
 def code_version() -> str | None:
     """The commit, with a digest of uncommitted changes to tracked files if there are any (``None`` outside git).
 
-    What ``--resume`` compares: a build measured with other code is not reused.
+    What ``--resume`` compares: a build measured with other code is not reused.  Changes under
+    ``benchmarks/results`` and ``docs`` do not count (the benchmarks run before ``elastic`` rewrite
+    their results).
     """
     commit = _git_commit()
     if commit is None:
         return None
     with contextlib.suppress(Exception):
-        diff = subprocess.run(["git", "diff", "HEAD"], capture_output=True, timeout=30, check=True,
-                              cwd=Path(__file__).resolve().parent).stdout
+        diff = subprocess.run(["git", "diff", "HEAD", "--", ".", ":(exclude)benchmarks/results", ":(exclude)docs"],
+                              capture_output=True, timeout=30, check=True,
+                              cwd=Path(__file__).resolve().parent.parent).stdout
         if diff:
             return f"{commit}+{hashlib.sha256(diff).hexdigest()[:12]}"
         return commit
