@@ -230,8 +230,11 @@ def _run_jobs(params: Params, ctx: Context, jobs: list[tuple[tuple, dict, int]])
     def out(key: tuple) -> str:
         return str(ctx.work_dir / NAME / "-".join(str(k) for k in key if k is not None))
 
+    def record(key: tuple) -> Path:
+        return Path(out(key) + ".job.json")
+
     def saved(key: tuple, spec: dict, bn: int) -> dict | None:
-        path = Path(out(key) + ".job.json")
+        path = record(key)
         if not ctx.resume or version is None or not path.is_file():
             return None
         with contextlib.suppress(ValueError, OSError):
@@ -242,7 +245,7 @@ def _run_jobs(params: Params, ctx: Context, jobs: list[tuple[tuple, dict, int]])
 
     def keep(key: tuple, spec: dict, bn: int, job: dict) -> dict:
         if version is not None:
-            path = Path(out(key) + ".job.json")
+            path = record(key)
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps({"code": version, "spec": spec, "route_bn": bn, "job": job}), encoding="utf-8")
             tmp.replace(path)

@@ -67,8 +67,8 @@ class Context:
         work_dir: Scratch folder (checkpoints of training runs).
         resume: Benchmarks made of separate builds (``elastic``) keep each
             finished build's result in ``work_dir`` and, when this is set,
-            reuse those measured at the same commit with the same spec
-            instead of building them again (an interrupted run goes on).
+            reuse those measured with the same code (:func:`code_version`) and
+            spec instead of building them again (an interrupted run goes on).
     """
 
     device: torch.device
