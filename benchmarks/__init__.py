@@ -16,8 +16,8 @@ __all__ = ["BENCHMARKS", "load"]
 #: Benchmark names in running order (module names in this package).
 #: The memory benchmarks come after the timing ones: they fix glibc's mmap threshold
 #: for the rest of the process (see ``harness.fix_malloc_threshold``).
-BENCHMARKS = ("forward", "switching", "evaluation", "training", "calibration", "memory", "zeroshot", "elastic",
-              "startup")
+BENCHMARKS = ("forward", "switching", "evaluation", "training", "layout", "calibration", "memory", "zeroshot",
+              "elastic", "startup")
 
 
 def load(name: str) -> ModuleType:

@@ -130,6 +130,24 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def resolve_memory_format(name: str, module: torch.nn.Module) -> torch.memory_format:
+    """The spec's ``memory_format`` for ``module`` (an SN-Net or one model).
+
+    ``auto`` -> channels_last when an anchor (or the model) has more than one
+    ``Conv2d``: a CNN, not a ViT whose only convolution embeds the patches.
+    """
+    if name == "auto":
+        parts = list(module.anchors.values()) if isinstance(module, SNNet) else [module]
+        cnn = any(sum(isinstance(m, torch.nn.Conv2d) for m in part.modules()) > 1 for part in parts)
+        name = "channels_last" if cnn else "contiguous"
+    return torch.channels_last if name == "channels_last" else torch.contiguous_format
+
+
+def place(module: torch.nn.Module, device: torch.device | str, memory_format: str = "auto") -> torch.nn.Module:
+    """Move ``module`` to ``device`` with the 4-d parameters in the spec's ``memory_format`` (the layers follow it)."""
+    return module.to(device=device, memory_format=resolve_memory_format(memory_format, module))
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -425,7 +443,7 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
     task = load_task(spec, regs)
     device = dist_info().device(resolve_device(spec.device))  # under torchrun: this rank's GPU, cuda:LOCAL_RANK
     snnet, preprocess, notes, splits = _load(spec, regs)
-    snnet.to(device)
+    place(snnet, device, spec.memory_format)
     if spec.train.route_bn_batches:
         snnet.enable_route_bn()
     if console is not None:
@@ -517,7 +535,8 @@ def load_snnet(output_dir: str | Path, registries: Registries | None = None, *,
         output_dir: A folder written by :func:`build`.
         registries: The registries (default: all installed plugins); they
             must provide the adapters the spec names.
-        device: Where to put it (default: CPU).
+        device: Where to put it (default: CPU), with its 4-d weights in
+            the spec's ``memory_format``.
         metrics: A ``routes.json`` report whose metrics replace the build's,
             e.g. ``OUT/evaluation/routes.json`` written by ``stitchframe
             evaluate OUT --latency`` on the machine the model will run on.
@@ -547,8 +566,7 @@ def load_snnet(output_dir: str | Path, registries: Registries | None = None, *,
     _restore_route_meta(snnet, table, out / WEIGHTS, build_task(out).get("metric"))
     if metrics is not None:
         _apply_report_metrics(snnet, Path(metrics))
-    if device is not None:
-        snnet.to(device)
+    place(snnet, device if device is not None else "cpu", spec.memory_format)
     return snnet.eval()
 
 
@@ -656,7 +674,7 @@ def _evaluate_output(out: Path, regs: Registries, info: DistInfo, latency: bool 
     preprocess, _ = agreed_preprocess(list(snnet.anchors.values()), spec.data.img_size)
     splits = load_data(spec, regs, preprocess)
     device = info.device(resolve_device(spec.device))
-    snnet.to(device)
+    place(snnet, device, spec.memory_format)
     task = load_task(spec, regs)
     model = task_model(task, snnet, splits, spec, device)
     if model is not None and model is not snnet:

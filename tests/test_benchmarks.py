@@ -19,6 +19,7 @@ from benchmarks import (
     elastic,
     evaluation,
     forward,
+    layout,
     memory,
     startup,
     switching,
@@ -30,6 +31,7 @@ from benchmarks.harness import Context, interleave, python_allocations, ratios
 
 VITS = ({"source": "tiny:vit32"}, {"source": "tiny:vit48", "options": {"seed": 1}},
         {"source": "tiny:vit64", "options": {"seed": 2}})
+CNNS = ({"source": "tiny:cnn8", "name": "cnn8"}, {"source": "tiny:cnn16", "name": "cnn16", "options": {"seed": 1}})
 
 TINY = {
     "forward": forward.Params(configs=(forward.Config(label="tiny", anchors=VITS, batch=2, rounds=2),),
@@ -39,11 +41,13 @@ TINY = {
                                     batch=2, distributed=evaluation.Distributed(space="snnet", images=6, rounds=1)),
     "training": training.Params(anchors=VITS[:2], batch=4, routes=2, steps_per_route=1,
                                 cpu_variants=("fp32", "bf16")),
+    "layout": layout.Params(families=(layout.Family(label="tiny CNNs", anchors=CNNS, batch=4),
+                                      layout.Family(label="tiny ViTs", anchors=VITS[:2], batch=4)), routes=2, rounds=1),
     "calibration": calibration.Params(anchors=VITS[:2], images=(4, 8), batch=4, repeats=1, repeats_large=1,
                                       build_images=(8, 16), build_batch=4),
     "memory": memory.Params(anchors=VITS[:2], batch=2, stitched_pairs=1),
     "elastic": elastic.Params(
-        anchors=({"source": "tiny:cnn8", "name": "cnn8"}, {"source": "tiny:cnn16", "name": "cnn16", "options": {"seed": 1}}),
+        anchors=CNNS,
         configs=(elastic.Config(label="synthetic", data="synthetic", data_options={"train_size": 32, "val_size": 16},
                                 img_size=None, steps_per_anchor=2, batch_size=8, calibration_batches=1),),
         seeds=(0, 1), workers=1,
@@ -214,6 +218,17 @@ def test_training_skips_cuda_only_variants_on_cpu(ctx, tmp_path):
     result = run_benchmark("training", TINY["training"], ctx, tmp_path)
     assert [v["variant"] for v in result["variants"]] == ["fp32", "bf16"]
     assert result["skipped"] == ["compile"]
+
+
+def test_layout_times_both_layouts_and_reports_what_auto_picks(ctx, tmp_path):
+    result = run_benchmark("layout", TINY["layout"], ctx, tmp_path)
+    assert [f["auto"] for f in result["families"]] == ["channels_last", "contiguous"]
+    for fam in result["families"]:
+        assert set(fam["seconds"]) == {f"{k} {n}" for k in ("train", "forward") for n in ("channels_last", "contiguous")}
+        assert fam["train_channels_last_over_contiguous"]["n"] == 2  # routes x rounds
+    assert [g["met"] for g in result["goals"]] == [
+        f["auto"] == ("channels_last" if f["train_channels_last_over_contiguous"]["median"] < 1 else "contiguous")
+        for f in result["families"]]
 
 
 def test_every_benchmark_has_presets():

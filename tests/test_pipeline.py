@@ -352,7 +352,7 @@ def test_streamed_calibration_equals_the_list_of_batches(regs, tmp_path):
     res = _build(regs, tmp_path / "out", spec=raw)
     # the old path: the first calibration.batches batches of a seeded loader, collected in a list
     torch.manual_seed(spec.seed)
-    net = assemble(spec, regs)
+    net = pipeline.place(assemble(spec, regs), "cpu", spec.memory_format)  # the build's layout: channels_last
     pre, _ = agreed_preprocess(list(net.anchors.values()), spec.data.img_size)
     splits = load_data(spec, regs, pre)
     loader = DataLoader(splits.train, batch_size=spec.train.batch_size, shuffle=True,
@@ -363,3 +363,36 @@ def test_streamed_calibration_equals_the_list_of_batches(regs, tmp_path):
     built = res.snnet.state_dict()
     for key, value in net.state_dict().items():
         assert torch.equal(value, built[key]), key
+
+
+def test_resolve_memory_format_picks_channels_last_for_cnn_anchors(regs):
+    from stitchframe import assemble
+
+    cnns = assemble(parse_spec(tiny_spec(anchors=["tiny:cnn8", "tiny:cnn16"])), regs)
+    vits = assemble(parse_spec(tiny_spec()), regs)  # two anchors, one patch-embedding Conv2d each
+    assert pipeline.resolve_memory_format("auto", cnns) == torch.channels_last
+    assert pipeline.resolve_memory_format("auto", vits) == torch.contiguous_format
+    assert pipeline.resolve_memory_format("auto", tiny.tiny_cnn(8)) == torch.channels_last
+    assert pipeline.resolve_memory_format("channels_last", vits) == torch.channels_last
+    assert pipeline.resolve_memory_format("contiguous", cnns) == torch.contiguous_format
+
+
+def test_cnn_build_in_channels_last_matches_contiguous_and_reloads_in_it(regs, tmp_path):
+    def cnn(memory_format):
+        return tiny_spec(
+            anchors=["tiny:cnn8", {"source": "tiny:cnn16", "options": {"seed": 1}}], memory_format=memory_format,
+            calibration={"batches": 2, "heads": True},
+            train={"epochs": 1, "max_steps": 3, "batch_size": 16, "lr": 1e-3, "checkpoint_every": 1},
+        )
+
+    res = {fmt: _build(regs, tmp_path / fmt, spec=cnn(fmt)) for fmt in ("auto", "contiguous")}
+    conv = "anchors.cnn16.blocks.1.conv"  # a 3x3 kernel: channels_last differs from contiguous
+    weights = {fmt: dict(r.snnet.named_modules())[conv].weight for fmt, r in res.items()}
+    assert weights["auto"].is_contiguous(memory_format=torch.channels_last) and not weights["auto"].is_contiguous()
+    assert weights["contiguous"].is_contiguous()
+    # the layout changes the order of float sums only: same training, same accuracies
+    torch.testing.assert_close(weights["auto"], weights["contiguous"], atol=1e-4, rtol=1e-4)
+    assert [r.accuracy for r in res["auto"].evaluation.routes] == [r.accuracy for r in res["contiguous"].evaluation.routes]
+    net = load_snnet(tmp_path / "auto", regs)  # saved contiguous (safetensors), reloaded in the spec's layout
+    assert dict(net.named_modules())[conv].weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(dict(net.named_modules())[conv].weight, weights["auto"].detach())
