@@ -33,6 +33,8 @@ from .harness import Context, Goal, describe_anchors, fmt_ratio, interleave, md_
 
 NAME = "layout"
 TITLE = "Memory format: channels_last vs contiguous"
+#: Auto's layout may be this much slower than the other before the goal counts as missed (timing noise).
+TIE = 1.02
 LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
 
@@ -114,11 +116,11 @@ def run(params: Params, ctx: Context) -> dict[str, Any]:
     goals = []
     for r in rows:
         tr, fw = r["train_channels_last_over_contiguous"]["median"], r["forward_channels_last_over_contiguous"]["median"]
-        faster = "channels_last" if tr < 1.0 else "contiguous"
-        goals.append(Goal(name=f"{r['label']}: memory_format auto picks the layout that trains faster",
-                          target=f"auto = the faster layout (here {faster})",
-                          measured=f"auto: {r['auto']}; training step channels_last / contiguous {tr:.3f}x, "
-                                   f"forward {fw:.3f}x", met=r["auto"] == faster))
+        picked = tr if r["auto"] == "channels_last" else 1 / tr  # auto's layout over the other one
+        goals.append(Goal(name=f"{r['label']}: memory_format auto trains no slower than the other layout",
+                          target=f"training step with auto's layout / the other's <= {TIE:.2f}x (a tie within noise)",
+                          measured=f"auto: {r['auto']}, {picked:.3f}x (channels_last / contiguous: training step "
+                                   f"{tr:.3f}x, forward {fw:.3f}x)", met=picked <= TIE))
     return {"families": rows, "goals": [g.to_dict() for g in goals]}
 
 
