@@ -85,6 +85,7 @@ __all__ = [
     "evaluate_build",
     "load_snnet",
     "resolve_device",
+    "resolve_memory_format",
     "partial_dir",
     "MANIFEST",
     "WEIGHTS",
