@@ -18,6 +18,11 @@ Runs, per configuration and seed:
   with per-route BatchNorm statistics re-estimated after training
   (``train.route_bn_batches``; configurations with ``route_bn_ablation``):
   the same weights, so the difference is the statistics alone;
+* ``default-refit`` - the trained ``default`` SN-Net with its stitching
+  layers as training left them, before ``calibration.refit`` fitted them
+  again (the last training checkpoint; configurations with
+  ``refit_ablation``, when the recipe refits): the same anchors, so the
+  difference is the refit alone;
 * ``uniform`` - the recipe before issue 12: one route sampled uniformly per
   step, no anchor share, no per-route BatchNorm (when a configuration asks).
 
@@ -73,6 +78,8 @@ class Config:
     #: Also evaluate each trained ``default`` SN-Net with per-route BatchNorm statistics re-estimated on
     #: this many batches (run ``default+route_bn``; 0: no).
     route_bn_ablation: int = 0
+    #: Also evaluate each trained ``default`` SN-Net before its ``calibration.refit`` (run ``default-refit``).
+    refit_ablation: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -100,8 +107,10 @@ def presets() -> dict[str, Params]:
         "full": Params(
             anchors=tuple(families.efficientnet_lite(64, num_classes=10)),
             configs=(
-                Config(label="fashion_mnist-64", variants=("alone", "default"), route_bn_ablation=8),
-                Config(label="fashion_mnist-32", img_size=32, steps_per_anchor=100, variants=("alone", "default")),
+                Config(label="fashion_mnist-64", variants=("alone", "default"), route_bn_ablation=8,
+                       refit_ablation=True),
+                Config(label="fashion_mnist-32", img_size=32, steps_per_anchor=100, variants=("alone", "default"),
+                       refit_ablation=True),
             ),
         ),
     }
@@ -153,13 +162,16 @@ def _records(routes: Any) -> list[dict[str, Any]]:
 
 
 def _build_job(spec: dict, output: str, threads: int | None, registries: Any = None,
-               route_bn_batches: int = 0) -> dict[str, Any]:
+               ablation: dict[str, Any] | None = None) -> dict[str, Any]:
     """One build (in a worker process when ``registries`` is None); plain data back.
 
-    With ``route_bn_batches`` the trained SN-Net is evaluated a second time
+    ``ablation["route_bn"]``: the trained SN-Net is evaluated a second time
     with per-route BatchNorm statistics re-estimated on that many training
     batches (``train.route_bn_batches``, the recipe before this benchmark's
     default) - the same weights, so the difference is the statistics alone.
+    ``ablation["refit"]`` (with ``calibration.refit`` in the spec): it is
+    evaluated with the weights of the last training checkpoint, before the
+    refit (and before per-route BatchNorm statistics, if the recipe has them).
     """
     import torch
 
@@ -174,34 +186,61 @@ def _build_job(spec: dict, output: str, threads: int | None, registries: Any = N
     job = {"records": _records(result.snnet.routes), "summary": result.summary, "data": result.data,
            "val_size": result.evaluation.routes[0].samples if result.evaluation else 0,
            "seconds": time.perf_counter() - t0, "train": (result.train_result or {}).get("steps")}
-    if route_bn_batches:
-        job["route_bn"] = _route_bn_ablation(result.snnet, parsed, route_bn_batches, registries)
+    ablation = ablation or {}
+    if ablation.get("refit") and parsed.calibration.refit:
+        job["refit"] = _refit_ablation(output, parsed, registries)
+    if ablation.get("route_bn"):
+        job["route_bn"] = _route_bn_ablation(result.snnet, parsed, ablation["route_bn"], registries)
     return job
+
+
+def _evaluated(snnet: Any, spec: Any, splits: Any) -> dict[str, Any]:
+    """Records and line summary of ``snnet`` evaluated on the validation split."""
+    from stitchframe.evaluate import evaluate_routes
+    from stitchframe.report import anchor_line_summary
+
+    evaluate_routes(snnet, splits.val, batch_size=spec.eval.batch_size, collate_fn=splits.collate_fn)
+    records = _records(snnet.routes)
+    return {"records": records, "summary": anchor_line_summary(records)}
+
+
+def _splits(snnet: Any, spec: Any, registries: Any) -> Any:
+    from stitchframe import load_registries
+    from stitchframe.datasets import agreed_preprocess, load_data
+
+    regs = registries if registries is not None else load_registries()
+    return load_data(spec, regs, agreed_preprocess(list(snnet.anchors.values()), spec.data.img_size)[0])
+
+
+def _refit_ablation(output: str, spec: Any, registries: Any) -> dict[str, Any]:
+    """The build at ``output`` evaluated with the weights of its last training checkpoint (before the refit)."""
+    from stitchframe import load_registries, load_snnet
+    from stitchframe.checkpoint import latest_checkpoint
+    from stitchframe.io import load_module_state
+
+    regs = registries if registries is not None else load_registries()
+    snnet = load_snnet(output, regs)
+    load_module_state(snnet, latest_checkpoint(Path(output) / "checkpoints") / "model.safetensors", kind="checkpoint")
+    return _evaluated(snnet, spec, _splits(snnet, spec, regs))
 
 
 def _route_bn_ablation(snnet: Any, spec: Any, batches: int, registries: Any) -> dict[str, Any]:
     """Records and line summary of ``snnet`` re-evaluated with per-route BatchNorm statistics."""
     import torch
 
-    from stitchframe import load_registries, recalibrate_route_bn
-    from stitchframe.datasets import agreed_preprocess, load_data
-    from stitchframe.evaluate import evaluate_routes
-    from stitchframe.report import anchor_line_summary
+    from stitchframe import recalibrate_route_bn
 
-    regs = registries if registries is not None else load_registries()
-    splits = load_data(spec, regs, agreed_preprocess(list(snnet.anchors.values()), spec.data.img_size)[0])
+    splits = _splits(snnet, spec, registries)
     loader = torch.utils.data.DataLoader(splits.train, batch_size=spec.train.batch_size, shuffle=True,
                                          generator=torch.Generator().manual_seed(spec.seed + 1),
                                          collate_fn=splits.collate_fn)
     snnet.enable_route_bn()
     recalibrate_route_bn(snnet, (b for _, b in zip(range(batches), loader)),
                          anchor_rows="batchnorm" not in spec.train.freeze)
-    evaluate_routes(snnet, splits.val, batch_size=spec.eval.batch_size, collate_fn=splits.collate_fn)
-    records = _records(snnet.routes)
-    return {"batches": batches, "records": records, "summary": anchor_line_summary(records)}
+    return {"batches": batches, **_evaluated(snnet, spec, splits)}
 
 
-def _jobs(params: Params, ctx: Context) -> list[tuple[tuple, dict, int]]:
+def _jobs(params: Params, ctx: Context) -> list[tuple[tuple, dict, dict]]:
     anchors = [dict(a) for a in params.anchors]
     jobs = []
     for cfg in params.configs:
@@ -210,15 +249,16 @@ def _jobs(params: Params, ctx: Context) -> list[tuple[tuple, dict, int]]:
                 if variant == "alone":
                     for a in anchors:
                         jobs.append(((cfg.label, seed, "alone", a["name"]),
-                                     _spec_dict(params, cfg, seed, ctx.device.type, [a], "alone"), 0))
+                                     _spec_dict(params, cfg, seed, ctx.device.type, [a], "alone"), {}))
                 else:
                     jobs.append(((cfg.label, seed, variant, None),
                                  _spec_dict(params, cfg, seed, ctx.device.type, anchors, variant),
-                                 cfg.route_bn_ablation if variant == "default" else 0))
+                                 {"route_bn": cfg.route_bn_ablation, "refit": cfg.refit_ablation}
+                                 if variant == "default" else {}))
     return jobs
 
 
-def _run_jobs(params: Params, ctx: Context, jobs: list[tuple[tuple, dict, int]]) -> dict[tuple, dict]:
+def _run_jobs(params: Params, ctx: Context, jobs: list[tuple[tuple, dict, dict]]) -> dict[tuple, dict]:
     """Every job's result; each finished one is also saved next to its build (``<build>.job.json``).
 
     With ``ctx.resume`` a saved result of the same spec, ablation and code
@@ -233,47 +273,48 @@ def _run_jobs(params: Params, ctx: Context, jobs: list[tuple[tuple, dict, int]])
     def record(key: tuple) -> Path:
         return Path(out(key) + ".job.json")
 
-    def saved(key: tuple, spec: dict, bn: int) -> dict | None:
+    def saved(key: tuple, spec: dict, ablation: dict) -> dict | None:
         path = record(key)
         if not ctx.resume or version is None or not path.is_file():
             return None
         with contextlib.suppress(ValueError, OSError):
             kept = json.loads(path.read_text(encoding="utf-8"))
-            if kept.get("code") == version and kept.get("spec") == spec and kept.get("route_bn") == bn:
+            if kept.get("code") == version and kept.get("spec") == spec and kept.get("ablation") == ablation:
                 return {**kept["job"], "reused": True}
         return None
 
-    def keep(key: tuple, spec: dict, bn: int, job: dict) -> dict:
+    def keep(key: tuple, spec: dict, ablation: dict, job: dict) -> dict:
         if version is not None:
             path = record(key)
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"code": version, "spec": spec, "route_bn": bn, "job": job}), encoding="utf-8")
+            tmp.write_text(json.dumps({"code": version, "spec": spec, "ablation": ablation, "job": job}),
+                           encoding="utf-8")
             tmp.replace(path)
         return job
 
     done: dict[tuple, dict] = {}
     todo = []
-    for key, spec, bn in jobs:
-        job = saved(key, spec, bn)
+    for key, spec, ablation in jobs:
+        job = saved(key, spec, ablation)
         if job is not None:
             ctx.log(f"  [{NAME}] reused {key} (built at {version})")
             done[key] = job
         else:
-            todo.append((key, spec, bn))
+            todo.append((key, spec, ablation))
     if params.workers <= 1 or ctx.cuda:
         with num_threads(params.threads if not ctx.cuda else None):
-            for key, spec, bn in todo:
+            for key, spec, ablation in todo:
                 ctx.log(f"  [{NAME}] build {key}")
-                done[key] = keep(key, spec, bn,
-                                 _build_job(spec, out(key), None, registries=ctx.regs(), route_bn_batches=bn))
+                done[key] = keep(key, spec, ablation,
+                                 _build_job(spec, out(key), None, registries=ctx.regs(), ablation=ablation))
         return done
     pool = concurrent.futures.ProcessPoolExecutor(params.workers, mp_context=multiprocessing.get_context("spawn"))
     with pool:
-        futures = {pool.submit(_build_job, spec, out(key), params.threads, None, bn): (key, spec, bn)
-                   for key, spec, bn in todo}
+        futures = {pool.submit(_build_job, spec, out(key), params.threads, None, ablation): (key, spec, ablation)
+                   for key, spec, ablation in todo}
         for f in concurrent.futures.as_completed(futures):
-            key, spec, bn = futures[f]
-            done[key] = keep(key, spec, bn, f.result())
+            key, spec, ablation = futures[f]
+            done[key] = keep(key, spec, ablation, f.result())
             ctx.log(f"  [{NAME}] built {key} in {done[key]['seconds']:.0f} s")
     return done
 
@@ -302,6 +343,12 @@ def _seed_runs(params: Params, cfg: Config, seed: int, done: dict[tuple, dict]) 
         runs[variant] = {"seconds": job["seconds"], "steps": job["train"], "summary": job["summary"],
                          "routes": job["records"],
                          "anchor_gap_points": {k: acc[k] - v for k, v in alone.items() if k in acc}}
+        if "refit" in job:  # the same anchors, with the stitching layers as training left them
+            ab = job["refit"]
+            acc = _anchor_accuracy(ab["records"])
+            runs[f"{variant}-refit"] = {
+                "seconds": 0.0, "steps": job["train"], "summary": ab["summary"], "routes": ab["records"],
+                "anchor_gap_points": {k: acc[k] - v for k, v in alone.items() if k in acc}}
         if "route_bn" in job:  # the same trained weights, evaluated with per-route statistics
             ab = job["route_bn"]
             acc = _anchor_accuracy(ab["records"])
@@ -441,6 +488,13 @@ def _teacher_cost(train: dict[str, Any]) -> str:
             "compute the solo fine-tunes do not spend")
 
 
+def _refit_cost(calibration: dict[str, Any]) -> str:
+    if not calibration.get("refit"):
+        return ""
+    return ("; after training it fits the stitching layers again by least squares (`calibration.refit`: one more "
+            "calibration pass, forwards without gradients)")
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The markdown section of a result."""
     p = result["params"]
@@ -457,7 +511,7 @@ def markdown(result: dict[str, Any]) -> str:
         parts.append(f"### {label}\n\nData: {c['data']}; {cfg['img_size']} px; seeds {', '.join(c['per_seed'])}. "
                      f"Equal compute: each anchor alone {cfg['steps_per_anchor']} steps of batch {cfg['batch_size']}; "
                      f"each SN-Net {n} x {cfg['steps_per_anchor']} = {n * cfg['steps_per_anchor']} steps of the "
-                     "same batch" + _teacher_cost(recipe["train"]) + ".")
+                     "same batch" + _teacher_cost(recipe["train"]) + _refit_cost(recipe["calibration"]) + ".")
         rows = []
         for seed, runs in c["per_seed"].items():
             if "alone" in runs:

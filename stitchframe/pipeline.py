@@ -220,19 +220,24 @@ class _CalibrationBatches:
             yield batch[0] if self.inputs_only and isinstance(batch, (tuple, list)) else batch
 
 
-def _calibrate(snnet: SNNet, spec: Spec, splits: DatasetSplits, device: torch.device, console) -> None:
-    """Least squares for the stitching layers (and, with ``calibration.heads``, the classifiers), streaming."""
+def _calibrate(snnet: SNNet, spec: Spec, splits: DatasetSplits, device: torch.device, console, *,
+               refit: bool = False) -> None:
+    """Least squares for the stitching layers (and, with ``calibration.heads``, the classifiers), streaming.
+
+    ``refit``: the stitching layers alone, again, through the trained anchors (``calibration.refit``).
+    """
     cal = spec.calibration
-    if cal.batches == 0 or (len(snnet.stitches) == 0 and not cal.heads):
+    heads = cal.heads and not refit
+    if cal.batches == 0 or (len(snnet.stitches) == 0 and not heads):
         return
     batches = _CalibrationBatches(spec, splits)
     n = len(batches)
     if len(snnet.stitches):
         what = f"{len(snnet.stitches)} stitching layer{'s' if len(snnet.stitches) > 1 else ''}"
-        with _progress(console, f"calibrating {what}", n) as tick:
+        with _progress(console, f"{'re-fitting' if refit else 'calibrating'} {what}", n) as tick:
             calibrate(snnet, batches, ridge=cal.ridge, share_fit=cal.share_fit, augment=cal.augment, seed=spec.seed,
                       device=device, on_batch=lambda b: tick(b + 1, n))
-    if cal.heads:
+    if heads:
         with _progress(console, f"fitting the classifiers of {len(snnet.anchors)} anchors", n) as tick:
             calibrate_heads(snnet, batches, num_classes=splits.num_classes, ridge=cal.head_ridge, device=device,
                             on_batch=lambda b: tick(b + 1, n))
@@ -473,6 +478,10 @@ def _run(spec: Spec, regs: Registries, out: Path, partial: Path, state: dict[str
         _stop_if_interrupted(result)
         train_result = _plain(result, partial, out)
         timings["train"] = time.perf_counter() - t
+        if spec.calibration.refit:
+            t = time.perf_counter()
+            _calibrate(snnet, spec, splits, device, console, refit=True)
+            timings["refit"] = time.perf_counter() - t
         if spec.train.route_bn_batches:
             t = time.perf_counter()
             _recalibrate_bn(snnet, spec, splits, device, console)

@@ -146,6 +146,13 @@ class CalibrationSpec:
     head_ridge: float = attrs.field(
         default=0.1, validator=_v.ge(0.0), metadata=_help("Relative ridge regularisation of the classifier fit.")
     )
+    refit: bool = attrs.field(
+        default=False, validator=_v.instance_of(bool),
+        metadata=_help("After training, fit the stitching layers again by least squares through the trained "
+                       "anchors (same batches and options; the classifiers are left as trained). It replaces what "
+                       "training taught the stitching layers: for short fine-tunes, where each one gets a few "
+                       "steps while the anchors it joins move; off for long training."),
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -558,7 +565,25 @@ def dump_spec(spec: Spec) -> str:
     return yaml.safe_dump(_CONVERTER.unstructure(spec), sort_keys=False)
 
 
+#: Spec fields that do not change what a build computes, left out of :func:`spec_hash`: a build reloads and
+#: resumes with any value of them, and builds made before they existed keep their hash.
+UNHASHED = ("memory_format",)
+#: Fields added after the first builds, left out of :func:`spec_hash` while they hold their default: builds
+#: made before a field existed ran as its default does, so they keep their hash (and load and resume).
+LATER_FIELDS: dict[tuple[str, ...], Any] = {("calibration", "refit"): False}
+
+
 def spec_hash(spec: Spec) -> str:
-    """A short, stable hash of a spec (recorded in saved weights)."""
-    text = json.dumps(_CONVERTER.unstructure(spec), sort_keys=True, default=str)
+    """A short, stable hash of a spec (recorded in saved weights).
+
+    :data:`UNHASHED` fields are left out, and :data:`LATER_FIELDS` while they hold their default.
+    """
+    data = {k: v for k, v in _CONVERTER.unstructure(spec).items() if k not in UNHASHED}
+    for *parents, name in LATER_FIELDS:
+        section = data
+        for key in parents:
+            section = section.get(key) or {}
+        if name in section and section[name] == LATER_FIELDS[(*parents, name)]:
+            del section[name]
+    text = json.dumps(data, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -99,4 +99,9 @@ def recipe_notes(spec: Spec) -> list[str]:
             "BatchNorm statistics, and statistics re-estimated after training replace them in every layer after "
             "a stitch (measured: stitched routes lose up to 70 points, docs/how-to/keep-the-anchors.md); set "
             "route_bn_batches: 0, or train BatchNorm (remove batchnorm from train.freeze)")
+    if spec.calibration.refit and (spec.calibration.batches == 0 or spec.train.epochs == 0
+                                   or spec.train.max_steps == 0):
+        notes.append(
+            "calibration.refit with no calibration batches or no training: there is nothing to fit again after "
+            "training; set calibration.refit: false, or give calibration.batches and train steps")
     return notes

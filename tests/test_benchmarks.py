@@ -49,10 +49,11 @@ TINY = {
     "elastic": elastic.Params(
         anchors=CNNS,
         configs=(elastic.Config(label="synthetic", data="synthetic", data_options={"train_size": 32, "val_size": 16},
-                                img_size=None, steps_per_anchor=2, batch_size=8, calibration_batches=1),),
+                                img_size=None, steps_per_anchor=2, batch_size=8, calibration_batches=1,
+                                route_bn_ablation=1, refit_ablation=True),),
         seeds=(0, 1), workers=1,
-        recipe={"stitch": {"space": "snnet"}, "calibration": {"batches": 1},
-                "train": {"lr": 1e-3, "anchor_share": 0.5, "route_bn_batches": 1, "warmup_steps": 0}},
+        recipe={"stitch": {"space": "snnet"}, "calibration": {"batches": 1, "refit": True},
+                "train": {"lr": 1e-3, "anchor_share": 0.5, "warmup_steps": 0}},
         eval_batch_size=16),
     "zeroshot": zeroshot.Params(anchors=VITS[:2], eval_views=1, calib_views=1, crop_calib_views=1,
                                 eval_photos=("chelsea", "coffee"), calibration_photos=("camera", "coins")),
@@ -170,7 +171,10 @@ def test_exported_route_holds_its_own_parameters(ctx, tmp_path):
 def test_elastic_compares_every_run_at_equal_compute(ctx, tmp_path):
     result = run_benchmark("elastic", TINY["elastic"], ctx, tmp_path)
     runs = result["runs"]
-    assert set(runs) == {"alone", "default", "uniform"}
+    assert set(runs) == {"alone", "default", "default-refit", "default+route_bn", "uniform"}
+    # the refit ablation: the same anchors, the stitching layers as training left them
+    anchors = [[r["accuracy"] for r in runs[k]["routes"] if r["kind"] == "anchor"] for k in ("default", "default-refit")]
+    assert anchors[0] == anchors[1] and runs["default-refit"]["steps"] == runs["default"]["steps"]
     assert set(runs["alone"]) == {"cnn8", "cnn16"}
     assert all(v["steps"] == 2 for v in runs["alone"].values())
     for name in ("default", "uniform"):

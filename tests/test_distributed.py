@@ -99,6 +99,21 @@ def test_torchrun_build_equals_a_single_process_build(ddp_build, regs, tmp_path)
     assert len(jsonl.splitlines()) == 1 + 3
 
 
+def test_torchrun_build_of_cnns_in_channels_last_equals_a_single_process_build(regs, tmp_path):
+    """CNN anchors train in channels_last (``memory_format: auto``); DDP's gradient buckets must follow it."""
+    raw = {**SPEC, "anchors": ["tiny:cnn8", {"source": "tiny:cnn16", "options": {"seed": 1}}],
+           "train": {**SPEC["train"], "epochs": 2, "freeze": ["batchnorm"]}}  # per-rank batch statistics differ
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(raw))
+    proc = _run(_torchrun(str(tmp_path / "spec.yaml"), "--output", str(tmp_path / "ddp")))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "strides do not match" not in proc.stderr  # DDP's warning when buckets and gradients differ in layout
+    single = build(parse_spec(raw), output=tmp_path / "single", registries=regs)
+    ddp_net = load_snnet(tmp_path / "ddp", regs)
+    conv = dict(ddp_net.named_modules())["anchors.cnn16.blocks.1.conv"].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert_equivalent_training(single.snnet.state_dict(), ddp_net.state_dict())
+
+
 def test_torchrun_build_resumes_after_sigterm(ddp_build, regs, tmp_path):
     spec, reference, _ = ddp_build
     out = tmp_path / "out"

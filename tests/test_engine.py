@@ -77,6 +77,15 @@ def test_validate_warns_of_route_bn_statistics_over_frozen_batchnorm(regs):
     assert validate_spec(parse_spec({**base, "train": {"freeze": ["batchnorm"]}}), regs) == []
 
 
+def test_validate_warns_of_a_refit_with_nothing_to_fit_again(regs):
+    base = {"anchors": ["tiny:vit32", "tiny:vit48"]}
+    for empty in ({"calibration": {"refit": True, "batches": 0}}, {"calibration": {"refit": True},
+                                                                  "train": {"max_steps": 0}}):
+        (note,) = validate_spec(parse_spec({**base, **empty}), regs)
+        assert note.startswith("calibration.refit with no calibration batches or no training")
+    assert validate_spec(parse_spec({**base, "calibration": {"refit": True}}), regs) == []
+
+
 def test_build_from_given_routes_skips_the_space(regs, vit_family):
     net = stitchframe.build_snnet(vit_family, space="snnet", registries=regs)
     table = [stitchframe.Route.from_dict(r) for r in net.routes.to_list()]
