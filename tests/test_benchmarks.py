@@ -191,6 +191,10 @@ def test_elastic_compares_every_run_at_equal_compute(ctx, tmp_path):
     assert zeroshot["target"] == "median at least 90%" and "zeroshot" in zeroshot["measured"]
     md = (tmp_path / "elastic.md").read_text()
     assert "Over the seeds" in md and "Equal compute" in md and "Tried on the way" in md
+    # one row per seed and pair of neighbouring anchors, with the counts of the line summary
+    (iv,) = runs["default"]["summary"]["intervals"]
+    row = (f"| 0 | `{iv['from']}` -> `{iv['to']}` |")
+    assert row in md and md.count("` -> `" + iv["to"] + "` |") == 2
 
 
 def test_elastic_resume_reuses_builds_of_the_same_code_and_spec_only(ctx, tmp_path, monkeypatch):
