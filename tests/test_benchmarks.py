@@ -193,8 +193,10 @@ def test_elastic_compares_every_run_at_equal_compute(ctx, tmp_path):
     assert "Over the seeds" in md and "Equal compute" in md and "Tried on the way" in md
     # one row per seed and pair of neighbouring anchors, with the counts of the line summary
     (iv,) = runs["default"]["summary"]["intervals"]
-    row = (f"| 0 | `{iv['from']}` -> `{iv['to']}` |")
-    assert row in md and md.count("` -> `" + iv["to"] + "` |") == 2
+    acc = {r["route"]: r["accuracy"] for r in runs["default"]["routes"]}
+    row = (f"| 0 | `{iv['from']}` -> `{iv['to']}` | {acc[iv['from']]:.2f} -> {acc[iv['to']]:.2f} | {iv['routes']} | "
+           f"{iv['on_or_above_line']} | {iv['within_anchor_accuracy']} |")
+    assert row in md and md.count("` -> `" + iv["to"] + "` |") == 2  # and one for seed 1
 
 
 def test_elastic_resume_reuses_builds_of_the_same_code_and_spec_only(ctx, tmp_path, monkeypatch):
