@@ -8,7 +8,11 @@ never of a process-local random state, so:
 
 Route samplers (``TrainSpec.sampling``):
 
-* ``uniform`` - every route equally often;
+* ``uniform`` - every route equally often (each step an independent draw);
+* ``cyclic`` - every route exactly once in every cycle of ``len(routes)``
+  steps, in a new random order each cycle; with ``anchor_share`` the anchor
+  steps are also spread evenly over the run and the anchors taken in turn,
+  so every anchor gets the same number of direct steps, early and late;
 * ``flops_grouped`` - SN-Netv2's resource-constrained sampling: the FLOPs range
   of the routes is split into ``flops_groups`` equal-width intervals (empty
   ones dropped), a group is drawn uniformly, then a route inside it, so cheap
@@ -26,6 +30,7 @@ number of workers or ranks, and after a resume.
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -41,6 +46,7 @@ __all__ = [
     "RouteSampler",
     "UniformSampler",
     "FlopsGroupedSampler",
+    "CyclicSampler",
     "AnchorShareSampler",
     "make_sampler",
     "flops_groups",
@@ -88,6 +94,26 @@ class UniformSampler(RouteSampler):
     def route_at(self, step: int) -> int:
         a, _ = hash_ints(self.seed, step, 0x5EED)
         return a % self.num_routes
+
+
+def cycle_order(seed: int, cycle: int, n: int, salt: int) -> list[int]:
+    """The order of ``range(n)`` in cycle ``cycle``: a permutation seeded by ``(seed, cycle, salt)``."""
+    return sorted(range(n), key=lambda i: hash_ints(seed, cycle, salt, i))
+
+
+class CyclicSampler(RouteSampler):
+    """Every route once in every cycle of ``len(routes)`` steps, in a new random order each cycle.
+
+    Uniform sampling draws every step independently, so over a short run some
+    routes are trained twice as often as others; here the counts differ by at
+    most one.
+    """
+
+    name = "cyclic"
+
+    def route_at(self, step: int) -> int:
+        cycle, pos = divmod(step, self.num_routes)
+        return cycle_order(self.seed, cycle, self.num_routes, 0xC7C1)[pos]
 
 
 def flops_groups(flops: Sequence[float], groups: int) -> list[list[int]]:
@@ -160,8 +186,9 @@ class AnchorShareSampler(RouteSampler):
 
     name = "anchor_share"
 
-    def __init__(self, routes: Sequence[Route], *, seed: int, share: float, base) -> None:
+    def __init__(self, routes: Sequence[Route], *, seed: int, share: float, base, spread: bool = False) -> None:
         super().__init__(routes, seed=seed)
+        self.spread = bool(spread)
         self.anchors = [i for i, r in enumerate(routes) if r.is_anchor]
         self.stitched = [i for i, r in enumerate(routes) if not r.is_anchor]
         if not self.anchors or not self.stitched:  # nothing to mix: the base sampler over everything
@@ -171,19 +198,33 @@ class AnchorShareSampler(RouteSampler):
         self.base = base([routes[i] for i in self.stitched], seed)
 
     def route_at(self, step: int) -> int:
+        if self.spread:
+            return self._spread_route_at(step)
         a, b = hash_ints(self.seed, step, 0xA7C0)
         if self.anchors and a / 2.0**64 < self.share:
             return self.anchors[b % len(self.anchors)]
         return self.stitched[self.base.route_at(step)]
 
+    def _spread_route_at(self, step: int) -> int:
+        # Step n is the k-th anchor step when floor((n + 1) * share) steps up to it are anchor steps and the
+        # count grows at n: exactly that share of every prefix of the run, spread evenly. The anchors go
+        # in turn (a new order every round), the other steps walk the base sampler over the stitched routes.
+        done = math.floor((step + 1) * self.share)
+        if self.anchors and done > math.floor(step * self.share):
+            k = done - 1
+            rnd, pos = divmod(k, len(self.anchors))
+            return self.anchors[cycle_order(self.seed, rnd, len(self.anchors), 0xA7C1)[pos]]
+        return self.stitched[self.base.route_at(step - done)]
+
     def state(self) -> dict[str, Any]:
-        return {**super().state(), "share": self.share, "base": self.base.state()}
+        state = {**super().state(), "share": self.share, "base": self.base.state()}
+        return {**state, "spread": True} if self.spread else state
 
 
 def make_sampler(
     kind: str, routes: Sequence[Route], *, seed: int, groups: int = 8, anchor_share: float = 0.0
 ) -> RouteSampler:
-    """The route sampler named ``kind`` (``uniform`` or ``flops_grouped``).
+    """The route sampler named ``kind`` (``uniform``, ``cyclic`` or ``flops_grouped``).
 
     With ``anchor_share > 0`` that share of the steps trains an anchor and
     ``kind`` samples the other steps among the stitched routes
@@ -195,13 +236,16 @@ def make_sampler(
     if kind == "uniform":
         def base(rs, s):
             return UniformSampler(rs, seed=s)
+    elif kind == "cyclic":
+        def base(rs, s):
+            return CyclicSampler(rs, seed=s)
     elif kind == "flops_grouped":
         def base(rs, s):
             return FlopsGroupedSampler(rs, seed=s, groups=groups)
     else:
-        raise SpecError(f"train.sampling: unknown sampler {kind!r}; choose one of uniform, flops_grouped")
+        raise SpecError(f"train.sampling: unknown sampler {kind!r}; choose one of uniform, cyclic, flops_grouped")
     if anchor_share > 0:
-        return AnchorShareSampler(routes, seed=seed, share=anchor_share, base=base)
+        return AnchorShareSampler(routes, seed=seed, share=anchor_share, base=base, spread=kind == "cyclic")
     return base(routes, seed)
 
 

@@ -206,9 +206,11 @@ class TrainSpec:
     scheduler: Literal["cosine", "constant"] = attrs.field(
         default="cosine", validator=_v.in_(("cosine", "constant")), metadata=_help("Learning-rate schedule after warm-up.")
     )
-    sampling: Literal["uniform", "flops_grouped"] = attrs.field(
-        default="uniform", validator=_v.in_(("uniform", "flops_grouped")),
-        metadata=_help("Route sampling per step: uniform over routes, or SN-Netv2's FLOPs-grouped sampling."),
+    sampling: Literal["uniform", "cyclic", "flops_grouped"] = attrs.field(
+        default="uniform", validator=_v.in_(("uniform", "cyclic", "flops_grouped")),
+        metadata=_help("Route sampling per step: uniform over routes (independent draws), cyclic (every route once "
+                       "per cycle, in a new order each cycle; with anchor_share the anchor steps are spread evenly "
+                       "and the anchors taken in turn), or SN-Netv2's FLOPs-grouped sampling."),
     )
     flops_groups: int = attrs.field(default=8, validator=_v.ge(1), metadata=_help("Number of FLOPs groups for flops_grouped."))
     anchor_share: float = attrs.field(

@@ -283,13 +283,14 @@ def test_cnn_build_with_anchor_share_and_per_route_batchnorm(regs, tmp_path):
 
 
 def test_build_with_the_default_recipe_distils_stitched_steps_from_their_end_anchor(regs, tmp_path, monkeypatch):
-    """The embedded default's levers end to end on tiny CNNs: anchor share, frozen BatchNorm, teacher: end."""
+    """The embedded default's levers end to end on tiny CNNs: cyclic anchor share, frozen BatchNorm, teacher: end."""
     import stitchframe.train
 
     spec = tiny_spec(
         anchors=["tiny:cnn8", {"source": "tiny:cnn16", "options": {"seed": 1}}],
         calibration={"batches": 4, "heads": True},
-        train={"epochs": 2, "max_steps": 8, "batch_size": 16, "lr": 1e-3, "anchor_share": 0.5, "loss": "distill",
+        train={"epochs": 2, "max_steps": 8, "batch_size": 16, "lr": 1e-3, "anchor_share": 0.5, "sampling": "cyclic",
+               "loss": "distill",
                "teacher": "end", "freeze": ["batchnorm"]},
     )
     distilled: list[bool] = []
@@ -307,6 +308,26 @@ def test_build_with_the_default_recipe_distils_stitched_steps_from_their_end_anc
     for name, anchor in net.anchors.items():  # frozen BatchNorm: the statistics calibration left, unchanged
         before = fresh.snnet.anchors[name].state_dict()
         assert all(torch.equal(v, before[k]) for k, v in anchor.state_dict().items() if "running_" in k)
+
+
+def test_build_with_cyclic_sampling_spreads_anchor_steps_and_takes_routes_in_turn(regs, tmp_path):
+    spec = tiny_spec(
+        anchors=["tiny:cnn8", {"source": "tiny:cnn16", "options": {"seed": 1}}],
+        calibration={"batches": 4, "heads": True},
+        train={"epochs": 3, "max_steps": 12, "batch_size": 16, "lr": 1e-3, "anchor_share": 0.5, "sampling": "cyclic",
+               "freeze": ["batchnorm"]},
+    )
+    res = _build(regs, tmp_path / "out", spec=spec)
+    net, routes = res.snnet, res.train_result["routes"]
+    anchors = [i for i, r in enumerate(net.routes) if r.is_anchor]
+    stitched = [i for i, r in enumerate(net.routes) if not r.is_anchor]
+    assert len(routes) == 12 and len(stitched) >= 2
+    assert [net.routes[r].is_anchor for r in routes] == [False, True] * 6  # every second step, evenly spread
+    anchor_steps = [r for r in routes if net.routes[r].is_anchor]
+    assert all(sorted(anchor_steps[i:i + 2]) == anchors for i in range(0, 6, 2))  # each anchor once per round
+    stitched_steps = [r for r in routes if not net.routes[r].is_anchor]
+    n = min(len(stitched), len(stitched_steps))
+    assert len(set(stitched_steps[:n])) == n  # no stitched route twice before every one has run
 
 
 def _tracking(fn, live: list[int], refs: list):

@@ -50,7 +50,7 @@ def test_flops_grouped_gives_each_group_equal_frequency():
 
 def test_samplers_are_pure_functions_of_seed_and_step():
     routes = routes_with_flops([1, 2, 3, 5, 8, 13, 21])
-    for kind in ("uniform", "flops_grouped"):
+    for kind in ("uniform", "cyclic", "flops_grouped"):
         a = make_sampler(kind, routes, seed=7, groups=3)
         b = make_sampler(kind, routes, seed=7, groups=3)  # e.g. another rank, or a resumed run
         forward = [a.route_at(s) for s in range(200)]
@@ -59,6 +59,33 @@ def test_samplers_are_pure_functions_of_seed_and_step():
         assert a.state() == b.state()
         other = make_sampler(kind, routes, seed=8, groups=3)
         assert [other.route_at(s) for s in range(200)] != forward
+
+
+def test_cyclic_trains_every_route_once_per_cycle_in_a_new_order():
+    s = make_sampler("cyclic", routes_with_flops(range(7)), seed=4)
+    cycles = [[s.route_at(7 * c + i) for i in range(7)] for c in range(5)]
+    assert all(sorted(c) == list(range(7)) for c in cycles)
+    assert len({tuple(c) for c in cycles}) > 1  # reshuffled, not one fixed order
+
+
+@pytest.mark.parametrize("share", [0.75, 0.6, 0.85])
+def test_cyclic_anchor_share_spreads_the_anchor_steps_and_takes_the_anchors_in_turn(share):
+    routes = _family_routes()  # 3 anchors (ids 0-2), then stitched routes
+    s = make_sampler("cyclic", routes, seed=2, anchor_share=share)
+    picks = [s.route_at(t) for t in range(450)]
+    stitched = [p for p in picks if p >= 3]
+    n_stitched = len(routes) - 3
+    for n in range(1, 451):  # every prefix of the run: the share exactly, the anchors level within one step
+        prefix = picks[:n]
+        anchor_counts = [prefix.count(a) for a in range(3)]
+        assert sum(anchor_counts) == int(n * share + 1e-9)
+        assert max(anchor_counts) - min(anchor_counts) <= 1
+    counts = Counter(stitched)
+    assert max(counts.values()) - min(counts[i] for i in range(3, len(routes))) <= 1  # every stitched route, evenly
+    assert len(counts) == n_stitched
+    assert s.state()["spread"] is True and s.state()["base"]["kind"] == "cyclic"
+    # uniform keeps its independent draws (and its sequence: builds made before cyclic existed resume unchanged)
+    assert "spread" not in make_sampler("uniform", routes, seed=2, anchor_share=share).state()
 
 
 def test_make_sampler_errors():
@@ -119,7 +146,7 @@ def _family_routes():
     return anchors + stitched
 
 
-@pytest.mark.parametrize("kind", ["uniform", "flops_grouped"])
+@pytest.mark.parametrize("kind", ["uniform", "cyclic", "flops_grouped"])
 def test_anchor_share_trains_the_anchors_that_share_of_the_steps(kind):
     routes = _family_routes()
     s = make_sampler(kind, routes, seed=3, groups=4, anchor_share=0.6)
