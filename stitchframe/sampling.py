@@ -182,6 +182,9 @@ class AnchorShareSampler(RouteSampler):
         seed: The run's seed.
         share: Fraction of steps that train an anchor, in ``[0, 1]``.
         base: Builds the sampler of the stitched routes from ``(routes, seed)``.
+        spread: Instead of drawing, make exactly ``share`` of every stretch of steps anchor steps, evenly
+            spaced, take the anchors in turn, and give ``base`` the count of stitched steps so far
+            (``sampling: cyclic``).
     """
 
     name = "anchor_share"
