@@ -42,7 +42,7 @@ def test_round_trip_through_yaml(tmp_path):
         ({"anchors": ["a"], "stitch": {"layerr": "x"}}, "stitch: unknown key(s) 'layerr'; did you mean 'layer'?"),
         ({"anchors": ["a"], "train": {"lr": -1}}, "train.lr: 'lr' must be > 0"),
         ({"anchors": ["a"], "train": {"batch_size": "big"}}, "train.batch_size: expected an integer, got str 'big'"),
-        ({"anchors": ["a"], "train": {"sampling": "random"}}, "train.sampling: must be one of 'uniform', 'flops_grouped'"),
+        ({"anchors": ["a"], "train": {"sampling": "random"}}, "train.sampling: must be one of 'uniform', 'cyclic', 'flops_grouped'"),
         ({"anchors": ["a"], "stitch": {"final_norm": "x"}}, "stitch.final_norm: must be one of 'keep', 'skip_stitched'"),
         ({"anchors": [{"source": "a", "name": "A!"}]}, "anchors[0].name"),
         ({"anchors": [{"source": "t:a", "name": "x"}, {"source": "t:b", "name": "x"}]}, "names ['x'] are used twice"),
