@@ -355,7 +355,36 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``stitchframe`` command; returns the exit code."""
+    """Entry point of the ``stitchframe`` command; returns the exit code.
+
+    A rank launched by ``torchrun`` (``WORLD_SIZE`` above 1) ends here instead, with :func:`os._exit` once its
+    output is flushed: the build has destroyed its process group by then, and skipping the interpreter's
+    teardown avoids a rare abort of a rank there ("terminate called without an active exception", seen on
+    gloo after a complete build), which torchrun would report as a failed run.
+    """
+    code = _main(argv)
+    if _torchrun_world() > 1:
+        import logging
+        import os
+
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        os._exit(code)
+    return code
+
+
+def _torchrun_world() -> int:
+    import os
+
+    try:
+        return int(os.environ.get("WORLD_SIZE") or 1)
+    except ValueError:
+        return 1
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     with warnings.catch_warnings():
