@@ -26,6 +26,7 @@ PRIVATE_READS_ALLOWED = {
     *(("stitchframe/_docgen.py", a) for a in ("_actions", "_choices_actions", "_AppendAction", "_HelpAction",
                                              "_SubParsersAction", "_VersionAction")),
     ("plugins/transformers/stitchframe_transformers/adapter.py", "_attn_implementation"),
+    ("stitchframe/cli.py", "_exit"),  # os._exit: a torchrun rank skips the interpreter teardown (cli.main)
     *(("stitchframe/route_bn.py", a) for a in ("_route_bn_state", "_rows", "_owner", "_sums", "_loaded_row",
                                                 "_skip_row0", "_finish_collect")),
 }
