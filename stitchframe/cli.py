@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -364,9 +366,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     code = _main(argv)
     if _torchrun_world() > 1:
-        import logging
-        import os
-
         logging.shutdown()
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError):
@@ -376,8 +375,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _torchrun_world() -> int:
-    import os
-
     try:
         return int(os.environ.get("WORLD_SIZE") or 1)
     except ValueError:
@@ -420,8 +417,6 @@ def _run_command(args: argparse.Namespace) -> int:
 
 def _silence_stdout() -> None:
     """After the reader closed the pipe: send what is left to /dev/null, so exiting does not fail once more."""
-    import os
-
     with contextlib.suppress(OSError, ValueError):
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

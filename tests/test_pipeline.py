@@ -290,8 +290,7 @@ def test_build_with_the_default_recipe_distils_stitched_steps_from_their_end_anc
         anchors=["tiny:cnn8", {"source": "tiny:cnn16", "options": {"seed": 1}}],
         calibration={"batches": 4, "heads": True},
         train={"epochs": 2, "max_steps": 8, "batch_size": 16, "lr": 1e-3, "anchor_share": 0.5, "sampling": "cyclic",
-               "loss": "distill",
-               "teacher": "end", "freeze": ["batchnorm"]},
+               "loss": "distill", "teacher": "end", "freeze": ["batchnorm"]},
     )
     distilled: list[bool] = []
     loss = stitchframe.train.training_loss
